@@ -1,0 +1,1 @@
+//! Token-bucket engine (see issue: foundation). Filled in by its owner.

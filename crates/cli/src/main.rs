@@ -1,0 +1,55 @@
+//! `meshlimit`: the one binary. Each subcommand lives in its own module under `cmd/`; this file
+//! only parses the command line and dispatches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "meshlimit", version, about = "Rate limiting for service meshes")]
+struct Cli {
+    /// Control-plane API URL used by apply/get/describe/delete/diagnose/top.
+    #[arg(long, global = true, env = "MESHLIMIT_CP", default_value = "http://127.0.0.1:5681")]
+    cp: String,
+    /// API token for a control plane bound to a non-loopback address.
+    #[arg(long, global = true, env = "MESHLIMIT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dry-run a token bucket over a trace of arrivals.
+    Simulate(cmd::simulate::Args),
+    /// Validate resource files.
+    Validate(cmd::validate::Args),
+    /// Show what one dataplane instance enforces.
+    Inspect(cmd::inspect::Args),
+    /// Run every Dataplane in a resource directory (the all-in-one).
+    Run(cmd::run::Args),
+    /// Kernel agent: enforce RateLimit resources at connect() with eBPF.
+    Agent(cmd::agent::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = cmd::Context { cp: cli.cp, token: cli.token };
+    let result = match cli.command {
+        Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
+    };
+    let _ = ctx;
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

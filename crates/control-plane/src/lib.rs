@@ -1,0 +1,1 @@
+//! meshlimit-control-plane: filled in by its owner.

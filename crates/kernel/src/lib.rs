@@ -1,0 +1,1 @@
+//! meshlimit-kernel: filled in by its owner.

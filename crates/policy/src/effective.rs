@@ -1,0 +1,93 @@
+//! What one data-plane instance enforces, after matching and merging: the output of the
+//! policy engine and the input of every data path (proxy, kernel agent, xDS).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A rate `{num, interval}`: a token bucket with `max_tokens = tokens_per_fill = num`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Rate {
+    pub num: u32,
+    /// Serialized as a Go-style duration string (`"10s"`, `"1m30s"`, `"500ms"`).
+    #[serde(with = "crate::duration::serde_go")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RejectHeaders {
+    /// Overwrite (or add) these headers on a rejected response.
+    pub set: Vec<HeaderValue>,
+    /// Append these headers on a rejected response.
+    pub add: Vec<HeaderValue>,
+}
+
+/// The HTTP limit of one inbound; present only when something is enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpLimit {
+    pub request_rate: Rate,
+    /// 429 when the policy leaves it unset.
+    pub status: u16,
+    pub headers: RejectHeaders,
+}
+
+/// The TCP limit of one inbound; present only when something is enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpLimit {
+    pub connection_rate: Rate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+/// One inbound of a Dataplane and what is enforced on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundLimits {
+    pub port: u16,
+    pub service_port: u16,
+    /// The inbound's `kuma.io/service` tag.
+    pub service: String,
+    pub protocol: Protocol,
+    pub http: Option<HttpLimit>,
+    pub tcp: Option<TcpLimit>,
+    /// Names of the policies that contributed, least specific first.
+    pub policies: Vec<String>,
+}
+
+/// A `RateLimit` rule resolved to one destination (an inbound of some Dataplane).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelLimit {
+    pub service: String,
+    pub address: String,
+    pub port: u16,
+    pub max_tokens: u64,
+    pub tokens_per_fill: u64,
+    pub fill_interval_ns: u64,
+}
+
+/// Everything one Dataplane enforces. Serialized, this is the JSON of `meshlimit inspect -o json`
+/// and of the admin `/config` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneLimits {
+    pub dataplane: String,
+    pub mesh: String,
+    /// `networking.address` of the Dataplane (not part of the inspect JSON contract, but
+    /// needed by the proxy to bind its listeners).
+    pub address: String,
+    pub inbounds: Vec<InboundLimits>,
+    pub kernel: Vec<KernelLimit>,
+}

@@ -1,0 +1,1 @@
+//! meshlimit-proxy: filled in by its owner.

@@ -1,0 +1,1 @@
+//! meshlimit-xds: filled in by its owner.
