@@ -32,6 +32,24 @@ enum Command {
     Run(cmd::run::Args),
     /// Kernel agent: enforce RateLimit resources at connect() with eBPF.
     Agent(cmd::agent::Args),
+    /// Control plane: store, REST API, change stream (and xDS with --xds).
+    ControlPlane(cmd::control_plane::Args),
+    /// A proxy that follows a control plane.
+    Dataplane(cmd::dataplane::Args),
+    /// Create or update resources from files.
+    Apply(cmd::apply::Args),
+    /// List or show resources, or `ratelimit-stats`.
+    Get(cmd::get::Args),
+    /// Show a resource, what it selects and its effective limits there.
+    Describe(cmd::describe::Args),
+    /// Delete a resource.
+    Delete(cmd::delete::Args),
+    /// Walk the checks behind a rate-limit problem.
+    Diagnose(cmd::diagnose::Args),
+    /// Live view of rates and rejections per inbound.
+    Top(cmd::top::Args),
+    /// Envoy integration helpers (bootstrap).
+    Envoy(cmd::envoy::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,8 +61,16 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::ControlPlane(args) => cmd::control_plane::run(args),
+        Command::Dataplane(args) => cmd::dataplane::run(args),
+        Command::Apply(args) => cmd::apply::run(&ctx, args),
+        Command::Get(args) => cmd::get::run(&ctx, args),
+        Command::Describe(args) => cmd::describe::run(&ctx, args),
+        Command::Delete(args) => cmd::delete::run(&ctx, args),
+        Command::Diagnose(args) => cmd::diagnose::run(&ctx, args),
+        Command::Top(args) => cmd::top::run(&ctx, args),
+        Command::Envoy(args) => cmd::envoy::run(args),
     };
-    let _ = ctx;
     match result {
         Ok(code) => code,
         Err(err) => {

@@ -1,14 +1,24 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod apply;
+pub mod control_plane;
+pub mod dataplane;
+pub mod delete;
+pub mod describe;
+pub mod diagnose;
+pub mod envoy;
+pub mod get;
 pub mod inspect;
 pub mod run;
 pub mod simulate;
+pub mod top;
 pub mod validate;
 
 /// Global options every subcommand may use.
-#[allow(dead_code)]
 pub struct Context {
+    /// Control-plane API URL.
     pub cp: String,
+    /// Token for a control plane that requires one.
     pub token: Option<String>,
 }

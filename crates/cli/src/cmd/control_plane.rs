@@ -1,0 +1,10 @@
+//! `meshlimit control-plane` (being built).
+
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`meshlimit control-plane` is not available in this build yet")
+}

@@ -1,0 +1,12 @@
+//! `meshlimit diagnose` (being built).
+
+use std::process::ExitCode;
+
+use super::Context;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_ctx: &Context, _args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`meshlimit diagnose` is not available in this build yet")
+}
