@@ -16,6 +16,7 @@ pub mod top;
 pub mod validate;
 
 /// Global options every subcommand may use.
+#[allow(dead_code)] // read by the control-plane client commands as they land
 pub struct Context {
     /// Control-plane API URL.
     pub cp: String,
