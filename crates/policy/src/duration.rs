@@ -22,7 +22,10 @@ pub fn format_go(d: Duration) -> String {
     let h = total_s / 3600;
     let m = (total_s % 3600) / 60;
     let s = total_s % 60;
-    let secs = trim_fraction(u128::from(s as u64) * 1_000_000_000 + frac_ns, 1_000_000_000);
+    let secs = trim_fraction(
+        u128::from(s as u64) * 1_000_000_000 + frac_ns,
+        1_000_000_000,
+    );
     let mut out = String::new();
     if h > 0 {
         out.push_str(&format!("{h}h"));
@@ -60,7 +63,9 @@ pub fn parse_go(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("invalid duration {text:?}: missing unit (ns, us, ms, s, m, h)"))?;
+            .ok_or_else(|| {
+                format!("invalid duration {text:?}: missing unit (ns, us, ms, s, m, h)")
+            })?;
         if num_len == 0 {
             return Err(format!("invalid duration {text:?}: expected a number"));
         }
@@ -112,7 +117,8 @@ pub fn parse_go(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
         rest = next;
     }
-    let nanos = u64::try_from(total).map_err(|_| format!("invalid duration {text:?}: too large"))?;
+    let nanos =
+        u64::try_from(total).map_err(|_| format!("invalid duration {text:?}: too large"))?;
     Ok(Duration::from_nanos(nanos))
 }
 

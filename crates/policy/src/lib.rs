@@ -1,5 +1,28 @@
 //! The policy engine: resource types, parsing, validation, matching, merging, and the
-//! effective limits each data-plane instance enforces. Pure functions; no I/O.
+//! effective limits each data-plane instance enforces. Pure functions apart from
+//! [`load_paths`], which reads files.
+//!
+//! Start with [`parse_documents`] (YAML text to validated [`Resource`]s, or [`Problem`]s
+//! naming file, document, field path and reason), then [`ResourceSet`] (a consistent set of
+//! resources) and its [`ResourceSet::effective`], which matches and merges `MeshRateLimit`
+//! policies for one `Dataplane` into [`DataplaneLimits`]. The merge rules are in `matching`.
 
 pub mod duration;
 pub mod effective;
+pub mod model;
+
+pub mod matching;
+mod parse;
+mod problem;
+mod set;
+mod tree;
+
+pub use effective::{
+    DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, KernelLimit, Protocol, Rate,
+    RejectHeaders, TcpLimit,
+};
+pub use matching::Source;
+pub use model::{Form, Kind, Resource, UnknownKind};
+pub use parse::{MAX_FILE_BYTES, MESH_LABEL, Origin, Parsed, load_paths, parse_documents};
+pub use problem::Problem;
+pub use set::{ResourceSet, SourceLimits};

@@ -1,0 +1,240 @@
+//! Which `MeshRateLimit` policies apply to an inbound, in which order, and what their merged
+//! configuration is — Kuma's algorithm:
+//!
+//! 1. the top-level `targetRef` selects inbounds ([`selects`]);
+//! 2. the applying policies are ordered least specific first ([`Specificity`]), ties broken by
+//!    name, descending, so the lexicographically smallest name comes last and wins;
+//! 3. their confs are merged field by field in that order ([`merge`]); rates and header lists
+//!    are replaced whole; within one policy, later `from`/`rules` entries override earlier ones;
+//! 4. `rules` with `matches` apply only to the sources they match, over the catch-all ones,
+//!    ordered SNI < spiffeID Prefix < spiffeID Exact.
+
+use std::cmp::Reverse;
+
+use crate::effective::{HttpLimit, Protocol, RejectHeaders, TcpLimit};
+use crate::model::{
+    Conf, Dataplane, Inbound, Local, Match, MatchType, MeshRateLimit, TargetRef, TargetRefKind,
+};
+
+/// Whether a top-level targetRef selects this inbound of this Dataplane.
+pub fn selects(target: &TargetRef, dp: &Dataplane, inbound: &Inbound) -> bool {
+    let proxy_ok = target.proxy_types.is_empty() || target.proxy_types.contains(&dp.proxy_type());
+    let tags_ok = target
+        .tags
+        .iter()
+        .all(|(k, v)| inbound.tags.get(k) == Some(v));
+    let section_ok = target
+        .section_name
+        .as_ref()
+        .is_none_or(|s| inbound.name.as_ref() == Some(s) || inbound.port.to_string() == *s);
+    let service_ok = target.name.as_deref() == Some(inbound.service());
+    match target.kind {
+        TargetRefKind::Mesh => proxy_ok,
+        TargetRefKind::MeshSubset => proxy_ok && tags_ok,
+        TargetRefKind::MeshService => service_ok && section_ok,
+        TargetRefKind::MeshServiceSubset => service_ok && tags_ok,
+        TargetRefKind::Dataplane => {
+            target.name.as_ref().is_none_or(|n| *n == dp.name)
+                && target
+                    .labels
+                    .iter()
+                    .all(|(k, v)| dp.labels.get(k) == Some(v))
+                && section_ok
+        }
+        // Gateways have listeners, not inbounds; these kinds never select an inbound.
+        TargetRefKind::MeshGateway
+        | TargetRefKind::MeshHttpRoute
+        | TargetRefKind::MeshExternalService
+        | TargetRefKind::MeshMultiZoneService => false,
+    }
+}
+
+/// How specific a top-level targetRef is; greater sorts later and wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    kind_rank: u8,
+    /// Dataplane: selected by name (1) rather than labels (0). MeshGateway: listener tag count.
+    detail: usize,
+    /// Dataplane with a sectionName.
+    section: bool,
+}
+
+pub fn specificity(target: &TargetRef) -> Specificity {
+    let kind_rank = match target.kind {
+        TargetRefKind::Mesh => 0,
+        TargetRefKind::Dataplane => 1,
+        TargetRefKind::MeshSubset => 2,
+        TargetRefKind::MeshGateway => 3,
+        TargetRefKind::MeshService => 4,
+        TargetRefKind::MeshServiceSubset => 5,
+        TargetRefKind::MeshHttpRoute => 6,
+        TargetRefKind::MeshExternalService | TargetRefKind::MeshMultiZoneService => 7,
+    };
+    let (detail, section) = match target.kind {
+        TargetRefKind::Dataplane => (
+            usize::from(target.name.is_some()),
+            target.section_name.is_some(),
+        ),
+        TargetRefKind::MeshGateway => (target.tags.len(), false),
+        _ => (0, false),
+    };
+    Specificity {
+        kind_rank,
+        detail,
+        section,
+    }
+}
+
+/// The policies that select this inbound, least specific first.
+pub fn applying<'a>(
+    policies: impl IntoIterator<Item = &'a MeshRateLimit>,
+    dp: &Dataplane,
+    inbound: &Inbound,
+) -> Vec<&'a MeshRateLimit> {
+    let mut out: Vec<&MeshRateLimit> = policies
+        .into_iter()
+        .filter(|p| p.mesh == dp.mesh && selects(&p.spec.target(), dp, inbound))
+        .collect();
+    out.sort_by_key(|p| (specificity(&p.spec.target()), Reverse(p.name.clone())));
+    out
+}
+
+/// The confs a policy contributes for every source, in its own order: `from[]` entries (all
+/// of kind Mesh) and then `rules[]` without `matches` (a policy has one or the other).
+pub fn catch_all_confs(policy: &MeshRateLimit) -> impl Iterator<Item = &Conf> {
+    let from = policy.spec.from.iter().map(|f| &f.default);
+    let rules = policy
+        .spec
+        .rules
+        .iter()
+        .filter(|r| r.matches.is_empty())
+        .map(|r| &r.default);
+    from.chain(rules)
+}
+
+/// Merges `over` into `base`: a field set in `over` wins; rates and header lists are
+/// replaced whole.
+pub fn merge(base: &mut Conf, over: &Conf) {
+    merge_local(&mut base.local, &over.local);
+}
+
+fn merge_local(base: &mut Local, over: &Local) {
+    if let Some(o) = &over.http {
+        let b = base.http.get_or_insert_with(Default::default);
+        replace(&mut b.disabled, &o.disabled);
+        replace(&mut b.request_rate, &o.request_rate);
+        if let Some(orl) = &o.on_rate_limit {
+            let borl = b.on_rate_limit.get_or_insert_with(Default::default);
+            replace(&mut borl.status, &orl.status);
+            if let Some(h) = &orl.headers {
+                let bh = borl.headers.get_or_insert_with(Default::default);
+                replace(&mut bh.set, &h.set);
+                replace(&mut bh.add, &h.add);
+            }
+        }
+    }
+    if let Some(o) = &over.tcp {
+        let b = base.tcp.get_or_insert_with(Default::default);
+        replace(&mut b.disabled, &o.disabled);
+        replace(&mut b.connection_rate, &o.connection_rate);
+    }
+}
+
+fn replace<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
+    if value.is_some() {
+        slot.clone_from(value);
+    }
+}
+
+/// What a merged conf enforces on an inbound of this protocol. HTTP limits need an HTTP
+/// inbound; the TCP connection limit applies to every inbound.
+pub fn enforced(conf: &Conf, protocol: Protocol) -> (Option<HttpLimit>, Option<TcpLimit>) {
+    let http = conf
+        .local
+        .http
+        .as_ref()
+        .filter(|_| protocol == Protocol::Http)
+        .and_then(|h| {
+            if h.disabled == Some(true) {
+                return None;
+            }
+            let orl = h.on_rate_limit.clone().unwrap_or_default();
+            let headers = orl.headers.unwrap_or_default();
+            Some(HttpLimit {
+                request_rate: h.request_rate?,
+                status: orl.status.unwrap_or(429),
+                headers: RejectHeaders {
+                    set: headers.set.unwrap_or_default(),
+                    add: headers.add.unwrap_or_default(),
+                },
+            })
+        });
+    let tcp = conf.local.tcp.as_ref().and_then(|t| {
+        if t.disabled == Some(true) {
+            return None;
+        }
+        Some(TcpLimit {
+            connection_rate: t.connection_rate?,
+        })
+    });
+    (http, tcp)
+}
+
+/// The identity of a client, as far as `rules[].matches` can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The client's SPIFFE ID (`spiffe://trust-domain/...`).
+    pub spiffe_id: Option<String>,
+    /// The TLS server name the client asked for.
+    pub sni: Option<String>,
+}
+
+/// How specific a match is when it matches this source (`None` when it does not):
+/// SNI (1) < spiffeID Prefix (2) < spiffeID Exact (3).
+pub fn match_rank(m: &Match, source: &Source) -> Option<u8> {
+    match m {
+        Match::SpiffeId(s) => {
+            let id = source.spiffe_id.as_deref()?;
+            match s.kind {
+                MatchType::Exact => (id == s.value).then_some(3),
+                MatchType::Prefix => id.starts_with(&s.value).then_some(2),
+            }
+        }
+        Match::Sni(s) => (source.sni.as_deref() == Some(&s.value)).then_some(1),
+    }
+}
+
+/// The conf for one source: catch-all confs of every policy first, then each matching rule,
+/// least specific match first (policy order, then rule order, among equals).
+/// Returns the conf and the names of the policies that contributed.
+pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, Vec<String>) {
+    let mut conf = Conf::default();
+    let mut names: Vec<String> = Vec::new();
+    let contributed = |names: &mut Vec<String>, name: &str| {
+        if names.last().map(String::as_str) != Some(name) && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    };
+    for p in policies {
+        for c in catch_all_confs(p) {
+            merge(&mut conf, c);
+            contributed(&mut names, &p.name);
+        }
+    }
+    if let Some(source) = source {
+        let mut matched: Vec<(u8, usize, usize, &Conf, &str)> = Vec::new();
+        for (pi, p) in policies.iter().enumerate() {
+            for (ri, r) in p.spec.rules.iter().enumerate() {
+                if let Some(rank) = r.matches.iter().filter_map(|m| match_rank(m, source)).max() {
+                    matched.push((rank, pi, ri, &r.default, &p.name));
+                }
+            }
+        }
+        matched.sort_by_key(|(rank, pi, ri, _, _)| (*rank, *pi, *ri));
+        for (_, _, _, c, name) in matched {
+            merge(&mut conf, c);
+            contributed(&mut names, name);
+        }
+    }
+    (conf, names)
+}

@@ -1,0 +1,321 @@
+//! A consistent set of resources and what it means for each Dataplane.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::effective::{DataplaneLimits, InboundLimits, KernelLimit};
+use crate::matching::{self, Source};
+use crate::model::{
+    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource,
+};
+use crate::parse::{Origin, Parsed};
+use crate::problem::Problem;
+
+/// Validated resources that are consistent with each other: names are unique per kind and
+/// mesh, every mesh referred to exists, and no service has two kernel rate limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceSet {
+    resources: Vec<Resource>,
+}
+
+/// The limit of one `rules[]` entry with `matches`, for a client that matches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// The inbound port.
+    pub port: u16,
+    /// The match this entry was computed for.
+    pub matched: Match,
+    /// What a client matching it gets (catch-all rules, then every rule it matches).
+    pub limits: InboundLimits,
+}
+
+impl ResourceSet {
+    pub fn new(resources: Vec<Resource>) -> Result<ResourceSet, Vec<Problem>> {
+        let problems = consistency(&resources, None);
+        if problems.is_empty() {
+            Ok(ResourceSet { resources })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Like [`ResourceSet::new`], with problems attributed to the file and document each
+    /// resource came from.
+    pub fn from_parsed(parsed: Parsed) -> Result<ResourceSet, Vec<Problem>> {
+        let problems = consistency(&parsed.resources, Some(&parsed.origins));
+        if problems.is_empty() {
+            Ok(ResourceSet {
+                resources: parsed.resources,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    fn mesh_rate_limits(&self) -> impl Iterator<Item = &MeshRateLimit> {
+        self.resources.iter().filter_map(|r| match r {
+            Resource::MeshRateLimit(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    fn dataplanes(&self) -> impl Iterator<Item = &Dataplane> {
+        self.resources.iter().filter_map(|r| match r {
+            Resource::Dataplane(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
+        self.resources.iter().filter_map(|r| match r {
+            Resource::RateLimit(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn dataplane(&self, mesh: &str, name: &str) -> Option<&Dataplane> {
+        self.dataplanes().find(|d| d.mesh == mesh && d.name == name)
+    }
+
+    /// What one Dataplane enforces; `None` when there is no such Dataplane in that mesh.
+    pub fn effective(&self, mesh: &str, dataplane: &str) -> Option<DataplaneLimits> {
+        self.dataplane(mesh, dataplane).map(|dp| self.limits_of(dp))
+    }
+
+    /// What every Dataplane enforces, in the order they were given.
+    pub fn all_effective(&self) -> Vec<DataplaneLimits> {
+        self.dataplanes().map(|dp| self.limits_of(dp)).collect()
+    }
+
+    fn limits_of(&self, dp: &Dataplane) -> DataplaneLimits {
+        let inbounds = dp
+            .networking
+            .inbound
+            .iter()
+            .map(|inbound| {
+                let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
+                inbound_limits(inbound, &policies, None)
+            })
+            .collect();
+        DataplaneLimits {
+            dataplane: dp.name.clone(),
+            mesh: dp.mesh.clone(),
+            address: dp.networking.address.clone(),
+            inbounds,
+            kernel: self.kernel_limits_of(|d| std::ptr::eq(d, dp)),
+        }
+    }
+
+    /// For each inbound of a Dataplane, the limit a client gets when it matches one of the
+    /// `rules[].matches` of the policies there (one entry per match).
+    pub fn source_limits(&self, mesh: &str, dataplane: &str) -> Vec<SourceLimits> {
+        let Some(dp) = self.dataplane(mesh, dataplane) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for inbound in &dp.networking.inbound {
+            let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
+            let mut seen = Vec::new();
+            for p in &policies {
+                for rule in &p.spec.rules {
+                    for m in &rule.matches {
+                        if seen.contains(&m) {
+                            continue;
+                        }
+                        seen.push(m);
+                        let source = match m {
+                            Match::SpiffeId(s) => Source {
+                                spiffe_id: Some(s.value.clone()),
+                                sni: None,
+                            },
+                            Match::Sni(s) => Source {
+                                spiffe_id: None,
+                                sni: Some(s.value.clone()),
+                            },
+                        };
+                        out.push(SourceLimits {
+                            port: inbound.port,
+                            matched: m.clone(),
+                            limits: inbound_limits(inbound, &policies, Some(&source)),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The limits of one inbound for one client.
+    pub fn limits_for_source(
+        &self,
+        mesh: &str,
+        dataplane: &str,
+        port: u16,
+        source: &Source,
+    ) -> Option<InboundLimits> {
+        let dp = self.dataplane(mesh, dataplane)?;
+        let inbound = dp.networking.inbound.iter().find(|i| i.port == port)?;
+        let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
+        Some(inbound_limits(inbound, &policies, Some(source)))
+    }
+
+    /// Every `RateLimit` resolved to the inbounds, in the same mesh, whose `kuma.io/service`
+    /// is the limited service.
+    pub fn kernel_limits(&self) -> Vec<KernelLimit> {
+        self.kernel_limits_of(|_| true)
+    }
+
+    fn kernel_limits_of(&self, include: impl Fn(&Dataplane) -> bool) -> Vec<KernelLimit> {
+        let mut out = Vec::new();
+        for rl in self.rate_limits() {
+            for service in &rl.services {
+                for rule in &service.rules {
+                    for dp in self
+                        .dataplanes()
+                        .filter(|d| d.mesh == rl.mesh && include(d))
+                    {
+                        for inbound in &dp.networking.inbound {
+                            if inbound.service() != service.name {
+                                continue;
+                            }
+                            out.push(KernelLimit {
+                                service: service.name.clone(),
+                                address: inbound
+                                    .address
+                                    .clone()
+                                    .unwrap_or_else(|| dp.networking.address.clone()),
+                                port: inbound.port,
+                                max_tokens: rule.max_tokens,
+                                tokens_per_fill: rule.tokens_per_fill,
+                                fill_interval_ns: rule.fill_interval,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn inbound_limits(
+    inbound: &crate::model::Inbound,
+    policies: &[&MeshRateLimit],
+    source: Option<&Source>,
+) -> InboundLimits {
+    let (conf, names) = matching::conf_for(policies, source);
+    let protocol = inbound.protocol();
+    let (http, tcp) = matching::enforced(&conf, protocol);
+    InboundLimits {
+        port: inbound.port,
+        service_port: inbound.effective_service_port(),
+        service: inbound.service().to_string(),
+        protocol,
+        http,
+        tcp,
+        policies: names,
+    }
+}
+
+/// Checks across resources. `origins`, when given, is parallel to `resources`.
+fn consistency(resources: &[Resource], origins: Option<&[Origin]>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let locate = |i: usize, p: Problem| {
+        let r = &resources[i];
+        let p = p.of(r.kind().as_str(), r.name());
+        match origins.and_then(|o| o.get(i)) {
+            Some(o) => p.at(&o.file, o.document),
+            None => p,
+        }
+    };
+    let name_path = |r: &Resource| match r {
+        Resource::MeshRateLimit(p) if p.form == Form::Kubernetes => "metadata.name",
+        Resource::RateLimit(_) => "metadata.name",
+        _ => "name",
+    };
+    let mesh_path = |r: &Resource| match r {
+        Resource::MeshRateLimit(p) if p.form == Form::Kubernetes => {
+            "metadata.labels[\"kuma.io/mesh\"]"
+        }
+        Resource::RateLimit(_) => "metadata.labels[\"kuma.io/mesh\"]",
+        _ => "mesh",
+    };
+
+    let mut seen: HashMap<(Kind, &str, &str), usize> = HashMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(first) = seen.insert((r.kind(), r.mesh(), r.name()), i) {
+            let at = origins
+                .and_then(|o| o.get(first))
+                .map(|o| format!(" (first defined in {}, document {})", o.file, o.document))
+                .unwrap_or_default();
+            problems.push(locate(
+                i,
+                Problem::new(
+                    name_path(r),
+                    format!(
+                        "duplicate {} '{}' in mesh '{}'{at}: names must be unique per kind and mesh",
+                        r.kind(),
+                        r.name(),
+                        r.mesh()
+                    ),
+                ),
+            ));
+            // Put the first one back so later duplicates point at it too.
+            seen.insert((r.kind(), r.mesh(), r.name()), first);
+        }
+    }
+
+    let meshes: Vec<&str> = resources
+        .iter()
+        .filter(|r| r.kind() == Kind::Mesh)
+        .map(Resource::name)
+        .chain([DEFAULT_MESH])
+        .collect();
+    for (i, r) in resources.iter().enumerate() {
+        if r.kind() != Kind::Mesh && !meshes.contains(&r.mesh()) {
+            problems.push(locate(
+                i,
+                Problem::new(
+                    mesh_path(r),
+                    format!(
+                        "mesh '{}' is not defined (add a Mesh named '{}')",
+                        r.mesh(),
+                        r.mesh()
+                    ),
+                ),
+            ));
+        }
+    }
+
+    let mut limited: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        let Resource::RateLimit(rl) = r else { continue };
+        for (si, s) in rl.services.iter().enumerate() {
+            if let Some(other) = limited.get(&(rl.mesh.as_str(), s.name.as_str())) {
+                if *other != rl.name {
+                    let path = if rl.listed {
+                        format!("spec.services[{si}].name")
+                    } else {
+                        "spec.service".to_string()
+                    };
+                    problems.push(locate(
+                        i,
+                        Problem::new(
+                            path,
+                            format!(
+                                "service '{}' already has a kernel rate limit in RateLimit '{other}' (the kernel keeps one bucket per destination)",
+                                s.name
+                            ),
+                        ),
+                    ));
+                }
+            } else {
+                limited.insert((rl.mesh.as_str(), s.name.as_str()), rl.name.as_str());
+            }
+        }
+    }
+    problems
+}
