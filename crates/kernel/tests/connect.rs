@@ -1,0 +1,387 @@
+//! The kernel limiter through real `connect()` calls, as root: each test has its own network
+//! namespace and cgroup, attaches the programs to that cgroup only, and connects from threads
+//! inside (and outside) it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use meshlimit_kernel::{Counters, KernelLimiter, LimiterOptions, monotonic_now_ns};
+use support::{Cgroup, HOUR_NS, Netns, Outcome, Server, connect, connect_n, limit, run_in};
+
+struct Sandbox {
+    // Field order: detach before the cgroup and namespace go away.
+    limiter: KernelLimiter,
+    cgroup: Cgroup,
+    netns: Netns,
+}
+
+fn sandbox() -> Sandbox {
+    sandbox_with(LimiterOptions::default())
+}
+
+fn sandbox_with(options: LimiterOptions) -> Sandbox {
+    let netns = Netns::new();
+    let cgroup = Cgroup::new();
+    let limiter =
+        KernelLimiter::attach_with(cgroup.path(), options).expect("attach to the test cgroup");
+    Sandbox {
+        limiter,
+        cgroup,
+        netns,
+    }
+}
+
+impl Sandbox {
+    fn server(&self, addr: &str) -> Server {
+        let addr = addr.to_owned();
+        run_in(&self.netns, None, move || Server::bind(&addr))
+    }
+
+    /// Runs `work` in this sandbox's netns and cgroup.
+    fn inside<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        run_in(&self.netns, Some(&self.cgroup), work)
+    }
+}
+
+#[test]
+fn a_burst_gets_exactly_max_tokens_then_eperm() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    sb.limiter
+        .set_limits(&[limit("web", server.addr, 5, 1, HOUR_NS)])
+        .unwrap();
+
+    let addr = server.addr;
+    let outcomes = sb.inside(move || (0..8).map(|_| connect(addr)).collect::<Vec<_>>());
+    let expected: Vec<Outcome> =
+        [[Outcome::Connected; 5].as_slice(), &[Outcome::Eperm; 3]].concat();
+    assert_eq!(outcomes, expected);
+
+    assert_eq!(
+        sb.limiter.counters().unwrap(),
+        Counters {
+            allowed: 5,
+            limited: 3,
+            untracked: 0,
+            errors: 0
+        }
+    );
+    let stats = sb.limiter.stats().unwrap();
+    assert_eq!(stats.len(), 1);
+    let row = &stats[0];
+    assert_eq!(
+        (row.service.as_str(), row.address.as_str(), row.port),
+        ("web", "127.0.0.1", addr.port())
+    );
+    assert_eq!(
+        (
+            row.total,
+            row.allowed,
+            row.limited,
+            row.tokens_available,
+            row.clients
+        ),
+        (8, 5, 3, 0, 1)
+    );
+}
+
+#[test]
+fn refill_restores_exactly_tokens_per_fill_per_interval() {
+    const INTERVAL: u64 = 300_000_000;
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .set_limits(&[limit("web", addr, 3, 2, INTERVAL)])
+        .unwrap();
+
+    assert_eq!(sb.inside(move || connect_n(addr, 4)), (3, 1));
+    // The bucket's origin is the kernel clock reading of its first connect; tokens come back
+    // at whole intervals after it.
+    let origin = only_bucket(&sb.limiter).origin_ns;
+
+    // Interval 1: exactly tokensPerFill come back.
+    assert_eq!(burst_within_interval(&sb, addr, origin, 1, INTERVAL), 2);
+    // Interval 3: 2 x 2 tokens, capped at maxTokens = 3.
+    assert_eq!(burst_within_interval(&sb, addr, origin, 3, INTERVAL), 3);
+    // Interval 4: the cap's loss is not made up later: again exactly tokensPerFill.
+    assert_eq!(burst_within_interval(&sb, addr, origin, 4, INTERVAL), 2);
+    assert_eq!(only_bucket(&sb.limiter).origin_ns, origin);
+    let counters = sb.limiter.counters().unwrap();
+    assert_eq!((counters.allowed, counters.limited), (3 + 2 + 3 + 2, 4));
+}
+
+/// Waits (by the kernel's clock) until interval `k` after `origin` has begun, then connects
+/// until refused and returns how many got through. The burst must fit within interval `k` for
+/// its count to be exact; readings before and after prove that it did.
+fn burst_within_interval(
+    sb: &Sandbox,
+    addr: SocketAddr,
+    origin: u64,
+    k: u64,
+    interval: u64,
+) -> usize {
+    let start = origin + k * interval;
+    let now = monotonic_now_ns();
+    if now < start {
+        std::thread::sleep(Duration::from_nanos(start - now));
+    }
+    let (got, before, after) = sb.inside(move || {
+        let before = monotonic_now_ns();
+        let mut got = 0;
+        while connect(addr) != Outcome::Eperm {
+            got += 1;
+        }
+        (got, before, monotonic_now_ns())
+    });
+    assert!(before >= start, "the burst started before interval {k}");
+    assert!(
+        after < start + interval,
+        "the burst spilled into the next interval ({} ns)",
+        after - before
+    );
+    got
+}
+
+fn only_bucket(limiter: &KernelLimiter) -> meshlimit_kernel::BucketInfo {
+    let mut buckets = limiter.buckets().unwrap();
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    buckets.remove(0)
+}
+
+#[test]
+fn eight_threads_never_over_admit() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .set_limits(&[limit("web", addr, 40, 1, HOUR_NS)])
+        .unwrap();
+
+    let (connected, eperm) = sb.inside(move || {
+        let barrier = Arc::new(Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let barrier = barrier.clone();
+                // Spawned from inside: the threads share this thread's cgroup and netns.
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    connect_n(addr, 150)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    });
+    assert_eq!((connected, eperm), (40, 8 * 150 - 40));
+    assert_eq!(
+        sb.limiter.counters().unwrap(),
+        Counters {
+            allowed: 40,
+            limited: 1160,
+            untracked: 0,
+            errors: 0
+        }
+    );
+}
+
+#[test]
+fn ipv6_and_v4_mapped_destinations_are_limited() {
+    let mut sb = sandbox();
+    // Dual-stack: reachable as 127.0.0.1, ::ffff:127.0.0.1 and ::1 on one port.
+    let server = sb.server("[::]:0");
+    let port = server.addr.port();
+    let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    sb.limiter
+        .set_limits(&[
+            limit("v4", v4, 4, 1, HOUR_NS),
+            limit("v6", v6, 2, 1, HOUR_NS),
+        ])
+        .unwrap();
+
+    let outcomes = sb.inside(move || {
+        // IPv4 and v4-mapped IPv6 sockets share the 127.0.0.1 bucket.
+        let shared = [v4, mapped, v4, mapped, mapped, v4].map(connect);
+        let native = [v6, v6, v6].map(connect);
+        (shared, native)
+    });
+    use Outcome::{Connected as C, Eperm as E};
+    assert_eq!(outcomes, ([C, C, C, C, E, E], [C, C, E]));
+    let stats = sb.limiter.stats().unwrap();
+    let rows: Vec<_> = stats
+        .iter()
+        .map(|r| (r.address.as_str(), r.allowed, r.limited))
+        .collect();
+    assert_eq!(rows, [("127.0.0.1", 4, 2), ("::1", 2, 1)]);
+}
+
+#[test]
+fn other_cgroups_and_unlimited_destinations_are_untouched() {
+    let mut sb = sandbox();
+    let limited = sb.server("127.0.0.1:0");
+    let unlimited = sb.server("127.0.0.1:0");
+    let (l, u) = (limited.addr, unlimited.addr);
+    sb.limiter
+        .set_limits(&[limit("web", l, 2, 1, HOUR_NS)])
+        .unwrap();
+
+    // Same netns, outside the cgroup: no limit at all.
+    assert_eq!(run_in(&sb.netns, None, move || connect_n(l, 20)), (20, 0));
+    // A sibling cgroup is not below the attached one either.
+    let sibling = Cgroup::new();
+    assert_eq!(
+        run_in(&sb.netns, Some(&sibling), move || connect_n(l, 20)),
+        (20, 0)
+    );
+    // Inside: the unlimited destination is untouched and not counted.
+    assert_eq!(sb.inside(move || connect_n(u, 20)), (20, 0));
+    assert_eq!(sb.limiter.counters().unwrap(), Counters::default());
+    // The limited one still has its whole burst.
+    assert_eq!(sb.inside(move || connect_n(l, 3)), (2, 1));
+}
+
+#[test]
+fn each_client_namespace_has_its_own_bucket() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    let other = Netns::new();
+    let other_server = run_in(&other, None, move || Server::bind(&addr.to_string()));
+    sb.limiter
+        .set_limits(&[limit("web", addr, 3, 1, HOUR_NS)])
+        .unwrap();
+
+    assert_eq!(sb.inside(move || connect_n(addr, 5)), (3, 2));
+    assert_eq!(
+        run_in(&other, Some(&sb.cgroup), move || connect_n(addr, 5)),
+        (3, 2)
+    );
+    let mut cookies: Vec<u64> = sb
+        .limiter
+        .buckets()
+        .unwrap()
+        .iter()
+        .map(|b| b.netns_cookie)
+        .collect();
+    cookies.dedup();
+    assert_eq!(cookies.len(), 2);
+    let row = &sb.limiter.stats().unwrap()[0];
+    assert_eq!((row.allowed, row.limited, row.clients), (6, 4, 2));
+    drop(other_server);
+}
+
+#[test]
+fn removing_the_policy_lifts_the_limit_at_once() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    let policy = [limit("web", addr, 2, 1, HOUR_NS)];
+    sb.limiter.set_limits(&policy).unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 3)), (2, 1));
+
+    sb.limiter.set_limits(&[]).unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 10)), (10, 0));
+    assert!(sb.limiter.buckets().unwrap().is_empty());
+    assert!(sb.limiter.stats().unwrap().is_empty());
+
+    // Back again: a fresh, full bucket.
+    sb.limiter.set_limits(&policy).unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 3)), (2, 1));
+}
+
+#[test]
+fn changed_settings_keep_the_bucket_clamped_to_the_new_maximum() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .set_limits(&[limit("web", addr, 10, 1, HOUR_NS)])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 4)), (4, 0)); // 6 left
+    sb.limiter
+        .set_limits(&[limit("web", addr, 3, 1, HOUR_NS)])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 5)), (3, 2));
+}
+
+#[test]
+fn invalid_settings_are_refused_and_change_nothing() {
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .set_limits(&[limit("web", addr, 1, 1, HOUR_NS)])
+        .unwrap();
+    let err = sb
+        .limiter
+        .set_limits(&[limit("web", addr, 5, 1, 0)])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "invalid limits: service web (127.0.0.1:{}): fillInterval must be greater than 0",
+            addr.port()
+        )
+    );
+    assert_eq!(sb.inside(move || connect_n(addr, 2)), (1, 1));
+}
+
+#[test]
+fn the_lru_bound_holds_with_more_keys_than_capacity() {
+    const CAPACITY: u32 = 16;
+    let mut sb = sandbox_with(LimiterOptions {
+        bucket_capacity: CAPACITY,
+    });
+    // No listeners needed: an admitted connect to a closed port is refused by the peer.
+    let limits: Vec<_> = (0..64u16)
+        .map(|i| limit("many", ([127, 0, 0, 1], 20_000 + i).into(), 1, 1, HOUR_NS))
+        .collect();
+    sb.limiter.set_limits(&limits).unwrap();
+
+    let outcomes = sb.inside(|| {
+        (0..64u16)
+            .map(|i| connect(([127, 0, 0, 1], 20_000 + i).into()))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Refused),
+        "{outcomes:?}"
+    );
+    let buckets = sb.limiter.buckets().unwrap();
+    assert!(
+        !buckets.is_empty() && buckets.len() <= CAPACITY as usize,
+        "{} buckets",
+        buckets.len()
+    );
+    // Every connect was tracked: eviction made room, nothing failed open.
+    assert_eq!(
+        sb.limiter.counters().unwrap(),
+        Counters {
+            allowed: 64,
+            limited: 0,
+            untracked: 0,
+            errors: 0
+        }
+    );
+    // The most recent bucket is kept (and empty).
+    assert_eq!(
+        sb.inside(|| connect(([127, 0, 0, 1], 20_063).into())),
+        Outcome::Eperm
+    );
+}
+
+#[test]
+fn attaching_to_a_directory_that_is_not_a_cgroup_is_refused() {
+    let err = KernelLimiter::attach(std::path::Path::new("/tmp")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/tmp is not a directory of a cgroup v2 hierarchy"
+    );
+}
