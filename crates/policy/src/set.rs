@@ -255,12 +255,16 @@ fn consistency(resources: &[Resource], origins: Option<&[Origin]>) -> Vec<Proble
                 i,
                 Problem::new(
                     name_path(r),
-                    format!(
-                        "duplicate {} '{}' in mesh '{}'{at}: names must be unique per kind and mesh",
-                        r.kind(),
-                        r.name(),
-                        r.mesh()
-                    ),
+                    if r.kind() == Kind::Mesh {
+                        format!("duplicate Mesh '{}'{at}: names must be unique", r.name())
+                    } else {
+                        format!(
+                            "duplicate {} '{}' in mesh '{}'{at}: names must be unique per kind and mesh",
+                            r.kind(),
+                            r.name(),
+                            r.mesh()
+                        )
+                    },
                 ),
             ));
             // Put the first one back so later duplicates point at it too.

@@ -1,0 +1,179 @@
+//! `meshlimit inspect`, run as the real binary on the example resource files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies")
+}
+
+fn inspect(extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("inspect")
+        .arg("-f")
+        .arg(examples())
+        .args(extra)
+        .output()
+        .expect("meshlimit runs")
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn json_is_the_contract_shape_with_merged_limits() {
+    let out = inspect(&["--dataplane", "backend-2", "-o", "json"]);
+    assert_eq!(
+        json_of(&out),
+        json!({
+            "dataplane": "backend-2",
+            "mesh": "default",
+            "address": "127.0.0.2",
+            "inbounds": [{
+                "port": 18080,
+                "servicePort": 8080,
+                "service": "backend",
+                "protocol": "http",
+                // backend-v2 (MeshServiceSubset) replaces the rate; the status and headers of
+                // backend-rate-limit (MeshSubset, less specific) remain.
+                "http": {
+                    "requestRate": {"num": 2, "interval": "10s"},
+                    "status": 423,
+                    "headers": {
+                        "set": [{"name": "x-kuma-rate-limited", "value": "true"}],
+                        "add": []
+                    }
+                },
+                "tcp": {"connectionRate": {"num": 100, "interval": "1s"}},
+                "policies": ["mesh-connections", "backend-rate-limit", "backend-v2"]
+            }],
+            "kernel": []
+        })
+    );
+}
+
+#[test]
+fn json_shows_kernel_limits_towards_the_instance() {
+    let out = inspect(&["--dataplane", "redis-1", "--mesh", "default", "-o", "json"]);
+    let v = json_of(&out);
+    assert_eq!(v["inbounds"][0]["protocol"], "tcp");
+    assert_eq!(v["inbounds"][0]["http"], serde_json::Value::Null);
+    assert_eq!(
+        v["kernel"],
+        json!([{
+            "service": "redis",
+            "address": "127.0.0.3",
+            "port": 16379,
+            "maxTokens": 20,
+            "tokensPerFill": 2,
+            "fillIntervalNs": 1_000_000_000u64
+        }])
+    );
+}
+
+#[test]
+fn table_puts_each_limit_in_words() {
+    let out = inspect(&["--dataplane", "backend-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Dataplane backend-1 (mesh default, address 127.0.0.1)"
+    );
+    assert!(lines[1].starts_with("PORT"), "{table}");
+    let row: Vec<&str> = lines[2]
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "18080->8080",
+            "backend",
+            "http",
+            "5 requests per 10s, 423 + 1 header",
+            "100 connections per 1s",
+            "mesh-connections, backend-rate-limit",
+        ]
+    );
+    assert_eq!(
+        lines.len(),
+        3,
+        "no per-source or kernel sections for backend-1: {table}"
+    );
+}
+
+#[test]
+fn table_lists_per_source_rules_and_kernel_limits() {
+    let out = inspect(&["--dataplane", "backend-2"]);
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(table.contains("Per-source rules"), "{table}");
+    let source_row = table
+        .lines()
+        .find(|l| l.contains("spiffe://default/frontend"))
+        .expect("a row for the spiffeID match");
+    assert!(
+        source_row.contains("50 requests per 10s, 423 + 1 header"),
+        "{source_row}"
+    );
+
+    let out = inspect(&["--dataplane", "redis-1"]);
+    let table = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        table.contains("127.0.0.3:16379   redis     burst 20, 2 connections every 1s"),
+        "{table}"
+    );
+    assert!(
+        table.contains("16379->6379   redis     tcp        none"),
+        "{table}"
+    );
+}
+
+#[test]
+fn unknown_dataplane_or_mesh_fails_and_names_the_known_ones() {
+    let out = inspect(&["--dataplane", "backend-3"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no Dataplane 'backend-3' in mesh 'default' (the files define: backend-1 (mesh default), backend-2 (mesh default), redis-1 (mesh default))"),
+        "{stderr}"
+    );
+    let out = inspect(&["--dataplane", "backend-1", "--mesh", "other"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn invalid_files_fail_like_validate() {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policy/tests/fixtures/broken/unknown-field.yaml");
+    let out = Command::new(BIN)
+        .arg("inspect")
+        .arg("-f")
+        .arg(&policy)
+        .args(["--dataplane", "x"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(": document 1 (MeshRateLimit typo): spec.rules[0].default.local.http.requestrate: unknown field 'requestrate' (did you mean 'requestRate'?)"),
+        "{stderr}"
+    );
+}
