@@ -1,0 +1,173 @@
+//! The kernel's token arithmetic against a plain model of `interval` refill, over many random
+//! arrival sequences, through `BPF_PROG_TEST_RUN` with injected time (no sockets, no waiting).
+
+use meshlimit_kernel::{ArithmeticProbe, BucketSettings};
+
+/// The obviously-correct `interval` refill: tokens_per_fill for every whole fill_interval since
+/// the last top-up, the remainder carried, capped at max_tokens; starts full.
+struct PlainBucket {
+    settings: BucketSettings,
+    last_topup: u64,
+    tokens: u64,
+}
+
+impl PlainBucket {
+    fn new(settings: BucketSettings, now: u64) -> PlainBucket {
+        PlainBucket {
+            settings,
+            last_topup: now,
+            tokens: settings.max_tokens,
+        }
+    }
+
+    fn check(&mut self, now: u64) -> bool {
+        let s = self.settings;
+        if now > self.last_topup {
+            let topups = u128::from((now - self.last_topup) / s.fill_interval_ns);
+            self.last_topup += (topups as u64) * s.fill_interval_ns;
+            let tokens = u128::from(self.tokens) + topups * u128::from(s.tokens_per_fill);
+            self.tokens = tokens.min(u128::from(s.max_tokens)) as u64;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// xorshift64*: deterministic sequences, so a failure names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_settings(rng: &mut Rng) -> BucketSettings {
+    let max_tokens = 1 + rng.below(20);
+    let tokens_per_fill = 1 + rng.below(max_tokens + 2);
+    let fill_interval_ns =
+        [1, 7, 1_000, 999_983, 1_000_000_000, 3_600_000_000_000][rng.below(6) as usize];
+    BucketSettings {
+        max_tokens,
+        tokens_per_fill,
+        fill_interval_ns,
+    }
+}
+
+/// Gaps around the interval's scale: bursts at one instant, just under and over whole
+/// intervals, and long idle stretches.
+fn random_gap(rng: &mut Rng, interval: u64) -> u64 {
+    match rng.below(6) {
+        0 => 0,
+        1 => rng.below(interval.max(2)),
+        2 => interval.saturating_sub(1),
+        3 => interval * (1 + rng.below(3)),
+        4 => interval * rng.below(40) + rng.below(interval),
+        _ => rng.below(3 * interval + 1),
+    }
+}
+
+#[test]
+fn kernel_decisions_match_the_model_on_random_arrivals() {
+    let mut probe = ArithmeticProbe::load().expect("load the arithmetic program");
+    let mut compared = 0;
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let settings = random_settings(&mut rng);
+        let mut now = 1_000_000_000_000 + rng.below(1 << 40);
+        let mut model = PlainBucket::new(settings, now);
+        let mut decisions = Vec::new();
+        for step in 0..150 {
+            let kernel = probe.check(seed, settings, now).expect("test run");
+            let expected = model.check(now);
+            decisions.push(kernel);
+            assert_eq!(
+                kernel, expected,
+                "seed {seed}, step {step}, {settings:?}, now {now}: kernel {kernel}, model {expected}"
+            );
+            now += random_gap(&mut rng, settings.fill_interval_ns);
+            compared += 1;
+        }
+        // Every sequence must exercise both outcomes to mean anything.
+        assert!(decisions.contains(&true), "seed {seed} admitted nothing");
+    }
+    assert_eq!(compared, 300 * 150);
+}
+
+#[test]
+fn a_burst_then_refill_at_exact_interval_boundaries() {
+    let mut probe = ArithmeticProbe::load().unwrap();
+    let s = BucketSettings {
+        max_tokens: 3,
+        tokens_per_fill: 2,
+        fill_interval_ns: 1_000,
+    };
+    let t0 = 5_000_000;
+    let run = |probe: &mut ArithmeticProbe, now: u64| probe.check(1, s, now).unwrap();
+    assert_eq!(
+        [0, 0, 0, 0].map(|dt| run(&mut probe, t0 + dt)),
+        [true, true, true, false]
+    );
+    assert!(!run(&mut probe, t0 + 999));
+    assert_eq!(
+        [1_000, 1_000, 1_999].map(|dt| run(&mut probe, t0 + dt)),
+        [true, true, false]
+    );
+    // 2 intervals later: 4 tokens earned, capped at 3.
+    assert_eq!(
+        [3_500, 3_500, 3_500, 3_999].map(|dt| run(&mut probe, t0 + dt)),
+        [true, true, true, false]
+    );
+    // The remainder carried: the next top-up is at t0 + 4000, not 4500.
+    assert!(run(&mut probe, t0 + 4_000));
+}
+
+#[test]
+fn a_settings_change_keeps_the_tokens_clamped() {
+    let mut probe = ArithmeticProbe::load().unwrap();
+    let wide = BucketSettings {
+        max_tokens: 10,
+        tokens_per_fill: 1,
+        fill_interval_ns: 1_000_000,
+    };
+    let narrow = BucketSettings {
+        max_tokens: 3,
+        ..wide
+    };
+    for _ in 0..4 {
+        assert!(probe.check(7, wide, 100).unwrap()); // 6 left
+    }
+    // Shrunk to 3: three more, then empty.
+    let after: Vec<bool> = (0..4)
+        .map(|_| probe.check(7, narrow, 200).unwrap())
+        .collect();
+    assert_eq!(after, [true, true, true, false]);
+    // Widened again: still empty until a refill (tokens are kept, not reset).
+    assert!(!probe.check(7, wide, 300).unwrap());
+    assert!(probe.check(7, wide, 300 + 1_000_000).unwrap());
+}
+
+#[test]
+fn invalid_settings_are_refused_by_the_program_too() {
+    let mut probe = ArithmeticProbe::load().unwrap();
+    let zero = BucketSettings {
+        max_tokens: 1,
+        tokens_per_fill: 1,
+        fill_interval_ns: 0,
+    };
+    let err = probe.check(9, zero, 1).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "BPF_PROG_TEST_RUN failed: the program refused the settings"
+    );
+}
