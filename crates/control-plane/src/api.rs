@@ -1,0 +1,720 @@
+//! The REST API, in Kuma's style (`/meshes/{mesh}/{collection}/{name}`), plus the bulk apply,
+//! the limit streams data planes follow, and the status they report. `api/openapi.yaml`
+//! documents every route; [`error_response`] is the one place errors become HTTP statuses.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use meshlimit_policy::{Kind, Problem, Resource};
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+use crate::state::{ControlPlane, CpError};
+use crate::stream;
+use crate::wire::{
+    AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, InvalidParameter,
+    KernelEvent, Page, Selection, SourceFile, StreamEvent,
+};
+
+/// How the API is served.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// How often a quiet watch stream sends a heartbeat line.
+    pub heartbeat: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) cp: ControlPlane,
+    pub(crate) config: ApiConfig,
+}
+
+/// The whole API as an axum router.
+pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
+    let state = AppState { cp, config };
+    Router::new()
+        .route("/", get(index))
+        .route("/meshes", get(list_meshes))
+        .route(
+            "/meshes/{mesh}",
+            get(get_mesh).put(put_mesh).delete(delete_mesh),
+        )
+        .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{collection}/{name}",
+            get(get_resource).put(put_resource).delete(delete_resource),
+        )
+        .route(
+            "/meshes/{mesh}/{collection}/{name}/_resources/dataplanes",
+            get(selection),
+        )
+        .route(
+            "/meshes/{mesh}/{collection}/{name}/limits",
+            get(dataplane_limits),
+        )
+        .route(
+            "/meshes/{mesh}/{collection}/{name}/status",
+            post(dataplane_status),
+        )
+        .route("/apply", post(apply))
+        .route("/status", get(status))
+        .route("/kernel-limits", get(kernel_limits))
+        .route("/kernel-agents/{name}/status", post(agent_status))
+        .route("/{collection}", get(list_all))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Every way a request fails, before it becomes a response in [`error_response`].
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    Cp(CpError),
+    BadRequest(String),
+    NotFound(String),
+    Unauthorized,
+    TooLarge(usize),
+    UnsupportedMediaType(String),
+}
+
+impl From<CpError> for ApiError {
+    fn from(e: CpError) -> Self {
+        ApiError::Cp(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self)
+    }
+}
+
+/// The one edge function from errors to statuses.
+fn error_response(error: ApiError) -> Response {
+    let (status, title, detail, problems) = match error {
+        ApiError::Cp(CpError::Invalid(problems)) => (
+            StatusCode::BAD_REQUEST,
+            "Invalid resources",
+            format!("{} problem(s); nothing was changed", problems.len()),
+            problems,
+        ),
+        ApiError::Cp(e @ CpError::NotFound { .. }) => {
+            (StatusCode::NOT_FOUND, "Not found", e.to_string(), vec![])
+        }
+        ApiError::Cp(CpError::Conflict(detail)) => {
+            (StatusCode::CONFLICT, "Conflict", detail, vec![])
+        }
+        ApiError::Cp(e @ (CpError::Store(_) | CpError::Internal(_))) => {
+            tracing::error!("request failed: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+                format!("{e}; nothing was changed"),
+                vec![],
+            )
+        }
+        ApiError::BadRequest(detail) => (StatusCode::BAD_REQUEST, "Bad request", detail, vec![]),
+        ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, "Not found", detail, vec![]),
+        ApiError::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this control plane requires `Authorization: Bearer <token>` \
+             (meshlimit --token or MESHLIMIT_TOKEN)"
+                .to_string(),
+            vec![],
+        ),
+        ApiError::TooLarge(limit) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload too large",
+            format!("request bodies are limited to {limit} bytes"),
+            vec![],
+        ),
+        ApiError::UnsupportedMediaType(detail) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported media type",
+            detail,
+            vec![],
+        ),
+    };
+    let body = ErrorBody {
+        status: status.as_u16(),
+        title: title.to_string(),
+        detail,
+        invalid_parameters: problems.iter().map(invalid_parameter).collect(),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn invalid_parameter(p: &Problem) -> InvalidParameter {
+    InvalidParameter {
+        field: p.path.clone(),
+        reason: p.message.clone(),
+        file: p.file.clone(),
+        document: p.document,
+        kind: p.kind.clone(),
+        name: p.name.clone(),
+        message: p.to_string(),
+    }
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+            return error_response(ApiError::Unauthorized);
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so the time taken does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// Reads a body up to the configured limit.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.max_body_bytes;
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(limit)),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+fn body_text(bytes: &Bytes) -> Result<&str, ApiError> {
+    std::str::from_utf8(bytes).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn is_json(media: &str) -> bool {
+    media.starts_with("application/json") || media.contains("+json")
+}
+
+fn is_yaml(media: &str) -> bool {
+    media.contains("yaml")
+}
+
+/// Resource bodies: YAML or JSON (JSON is read by the same YAML parser, so both give the same
+/// field-path errors).
+fn check_resource_media(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = content_type(headers);
+    if media.is_empty() || is_json(media) || is_yaml(media) || media.starts_with("text/plain") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "{media:?}: send application/json or application/yaml"
+        )))
+    }
+}
+
+/// Renders a body as YAML when the client asked for it (`Accept: application/yaml`), else JSON.
+fn render<T: Serialize>(headers: &HeaderMap, status: StatusCode, value: &T) -> Response {
+    let wants_yaml = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_yaml);
+    let rendered = if wants_yaml {
+        serde_yaml_ng::to_string(value)
+            .map(|text| (text, "application/yaml"))
+            .map_err(|e| e.to_string())
+    } else {
+        serde_json::to_string(value)
+            .map(|text| (text, "application/json"))
+            .map_err(|e| e.to_string())
+    };
+    match rendered {
+        Ok((text, media)) => (status, [(header::CONTENT_TYPE, media)], text).into_response(),
+        Err(e) => error_response(ApiError::Cp(CpError::Internal(e))),
+    }
+}
+
+fn collection_kind(collection: &str) -> Result<Kind, ApiError> {
+    model::kind_of_collection(collection).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "unknown collection {collection:?}: use meshratelimits, ratelimits or dataplanes"
+        ))
+    })
+}
+
+/// `If-Match: "<version>"` (or a bare number) makes a write conditional.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("If-Match: {text:?} is not a resource version")))
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    size: Option<usize>,
+    offset: Option<usize>,
+}
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+fn page<'a>(
+    path: &str,
+    query: &PageQuery,
+    items: Vec<&'a Resource>,
+) -> Result<Page<&'a Resource>, ApiError> {
+    let size = query.size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if size == 0 || size > MAX_PAGE_SIZE {
+        return Err(ApiError::BadRequest(format!(
+            "size must be between 1 and {MAX_PAGE_SIZE}"
+        )));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let total = items.len();
+    let end = offset.saturating_add(size).min(total);
+    let next = (end < total).then(|| format!("{path}?offset={end}&size={size}"));
+    Ok(Page {
+        total,
+        items: items.into_iter().skip(offset).take(size).collect(),
+        next,
+    })
+}
+
+fn with_version(mut response: Response, version: u64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    product: &'static str,
+    version: &'static str,
+    store_version: u64,
+}
+
+async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let index = Index {
+        product: "meshlimit",
+        version: env!("CARGO_PKG_VERSION"),
+        store_version: state.cp.snapshot().version,
+    };
+    render(&headers, StatusCode::OK, &index)
+}
+
+async fn list_meshes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.cp.snapshot();
+    let implicit = implicit_default_mesh();
+    let mut items: Vec<&Resource> = snapshot
+        .list(Kind::Mesh, None)
+        .into_iter()
+        .map(|e| &e.resource)
+        .collect();
+    if !items.iter().any(|r| r.name() == "default")
+        && let Some(default) = &implicit
+    {
+        items.push(default);
+    }
+    items.sort_by(|a, b| a.name().cmp(b.name()));
+    let page = page("/meshes", &query, items)?;
+    Ok(render(&headers, StatusCode::OK, &page))
+}
+
+/// The `default` mesh exists without a resource; listings show it as one.
+fn implicit_default_mesh() -> Option<Resource> {
+    model::parse_one("implicit", "type: Mesh\nname: default\n").ok()
+}
+
+async fn get_mesh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(mesh): Path<String>,
+) -> Result<Response, ApiError> {
+    let snapshot = state.cp.snapshot();
+    if let Some(entry) = snapshot.get(Kind::Mesh, "", &mesh) {
+        return Ok(with_version(
+            render(&headers, StatusCode::OK, &entry.resource),
+            entry.version,
+        ));
+    }
+    match (mesh.as_str(), implicit_default_mesh()) {
+        ("default", Some(default)) => Ok(render(&headers, StatusCode::OK, &default)),
+        _ => Err(CpError::NotFound {
+            kind: "Mesh".into(),
+            mesh: String::new(),
+            name: mesh,
+        }
+        .into()),
+    }
+}
+
+async fn put_mesh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(mesh): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    write_one(state, headers, Kind::Mesh, String::new(), mesh, body).await
+}
+
+async fn delete_mesh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(mesh): Path<String>,
+) -> Result<Response, ApiError> {
+    delete_one(state, headers, Kind::Mesh, String::new(), mesh).await
+}
+
+async fn list_in_mesh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection)): Path<(String, String)>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    let snapshot = state.cp.snapshot();
+    let items = snapshot
+        .list(kind, Some(&mesh))
+        .into_iter()
+        .map(|e| &e.resource)
+        .collect();
+    let page = page(&format!("/meshes/{mesh}/{collection}"), &query, items)?;
+    Ok(render(&headers, StatusCode::OK, &page))
+}
+
+async fn list_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(collection): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    let snapshot = state.cp.snapshot();
+    let items = snapshot
+        .list(kind, None)
+        .into_iter()
+        .map(|e| &e.resource)
+        .collect();
+    let page = page(&format!("/{collection}"), &query, items)?;
+    Ok(render(&headers, StatusCode::OK, &page))
+}
+
+async fn get_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    let snapshot = state.cp.snapshot();
+    let entry = snapshot
+        .get(kind, &mesh, &name)
+        .ok_or_else(|| CpError::NotFound {
+            kind: model::kind_name(kind).into(),
+            mesh: mesh.clone(),
+            name: name.clone(),
+        })?;
+    Ok(with_version(
+        render(&headers, StatusCode::OK, &entry.resource),
+        entry.version,
+    ))
+}
+
+async fn put_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    write_one(state, headers, kind, mesh, name, body).await
+}
+
+async fn delete_resource(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    delete_one(state, headers, kind, mesh, name).await
+}
+
+async fn write_one(
+    state: AppState,
+    headers: HeaderMap,
+    kind: Kind,
+    mesh: String,
+    name: String,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_resource_media(&headers)?;
+    let expected = if_match(&headers)?;
+    let bytes = read_body(&state, body).await?;
+    let text = body_text(&bytes)?.to_string();
+    let cp = state.cp.clone();
+    let result = blocking(move || cp.put(kind, &mesh, &name, &text, expected)).await?;
+    let created = result
+        .results
+        .iter()
+        .any(|r| r.action == crate::wire::Action::Created);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let version = result.version;
+    Ok(with_version(render(&headers, status, &result), version))
+}
+
+async fn delete_one(
+    state: AppState,
+    headers: HeaderMap,
+    kind: Kind,
+    mesh: String,
+    name: String,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers)?;
+    let cp = state.cp.clone();
+    let result = blocking(move || cp.delete(kind, &mesh, &name, expected)).await?;
+    Ok(render(&headers, StatusCode::OK, &result))
+}
+
+/// Store commits wait for the disk; keep them off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CpError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Cp(CpError::Internal(format!("write task failed: {e}"))))?
+        .map_err(ApiError::Cp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    /// Names the body in problems (`<file>: document <n> ...`) when it is YAML.
+    file: Option<String>,
+}
+
+/// `POST /apply`: all documents or none. `application/json` carries an [`ApplyRequest`] (several
+/// named files); a YAML body is one multi-document file.
+async fn apply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ApplyQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let media = content_type(&headers).to_string();
+    let bytes = read_body(&state, body).await?;
+    let request = if is_json(&media) {
+        serde_json::from_slice::<ApplyRequest>(&bytes).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "an application/json apply is {{\"files\": [{{\"name\", \"content\"}}], \"dryRun\"}}: {e}"
+            ))
+        })?
+    } else if media.is_empty() || is_yaml(&media) || media.starts_with("text/plain") {
+        ApplyRequest {
+            files: vec![SourceFile {
+                name: query.file.clone().unwrap_or_else(|| "request".to_string()),
+                content: body_text(&bytes)?.to_string(),
+            }],
+            dry_run: query.dry_run,
+        }
+    } else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "{media:?}: send application/yaml (documents) or application/json (files)"
+        )));
+    };
+    let dry_run = request.dry_run || query.dry_run;
+    let cp = state.cp.clone();
+    let result = blocking(move || cp.apply(&request.files, dry_run)).await?;
+    Ok(render(&headers, StatusCode::OK, &result))
+}
+
+/// What a policy selects: the dataplanes whose inbounds it contributed to, or (for a
+/// `RateLimit`) its kernel destinations; a Dataplane selects itself.
+async fn selection(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = collection_kind(&collection)?;
+    let snapshot = state.cp.snapshot();
+    let entry = snapshot
+        .get(kind, &mesh, &name)
+        .ok_or_else(|| CpError::NotFound {
+            kind: model::kind_name(kind).into(),
+            mesh: mesh.clone(),
+            name: name.clone(),
+        })?;
+    let (dataplanes, kernel) = crate::select::selected(&snapshot, &entry.resource);
+    let selection = Selection {
+        version: snapshot.version,
+        dataplanes,
+        kernel,
+    };
+    Ok(render(&headers, StatusCode::OK, &selection))
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    #[serde(default)]
+    watch: bool,
+    /// The kernel agent's name (for `/status`).
+    agent: Option<String>,
+}
+
+async fn dataplane_limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+    Query(query): Query<WatchQuery>,
+) -> Result<Response, ApiError> {
+    if collection_kind(&collection)? != Kind::Dataplane {
+        return Err(ApiError::NotFound(format!(
+            "limits are served for dataplanes, not {collection}"
+        )));
+    }
+    if query.watch {
+        return Ok(stream::dataplane(&state, mesh, name));
+    }
+    let snapshot = state.cp.snapshot();
+    let limits = snapshot
+        .effective(&mesh, &name)
+        .cloned()
+        .ok_or_else(|| CpError::NotFound {
+            kind: "Dataplane".into(),
+            mesh: mesh.clone(),
+            name: name.clone(),
+        })?;
+    let event: DataplaneEvent = StreamEvent::Limits {
+        version: snapshot.version,
+        limits: Some(limits),
+    };
+    Ok(render(&headers, StatusCode::OK, &event))
+}
+
+async fn kernel_limits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<WatchQuery>,
+) -> Response {
+    if query.watch {
+        return stream::kernel(&state, query.agent);
+    }
+    let snapshot = state.cp.snapshot();
+    let event: KernelEvent = StreamEvent::Limits {
+        version: snapshot.version,
+        limits: Some(snapshot.kernel.clone()),
+    };
+    render(&headers, StatusCode::OK, &event)
+}
+
+async fn dataplane_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    if collection_kind(&collection)? != Kind::Dataplane {
+        return Err(ApiError::NotFound(format!(
+            "status is reported by dataplanes, not {collection}"
+        )));
+    }
+    let report: DataplaneReport = json_body(&state, &headers, body).await?;
+    state.cp.insights().report_dataplane(&mesh, &name, &report);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn agent_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let report: AgentReport = json_body(&state, &headers, body).await?;
+    state.cp.insights().report_agent(&name, &report);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let media = content_type(headers);
+    if !media.is_empty() && !is_json(media) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "{media:?}: send application/json"
+        )));
+    }
+    let bytes = read_body(state, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let snapshot = state.cp.snapshot();
+    let status = state.cp.insights().status(&snapshot);
+    render(&headers, StatusCode::OK, &status)
+}

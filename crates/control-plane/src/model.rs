@@ -1,0 +1,76 @@
+//! How the control plane names and serializes the policy crate's resources: store keys, URL
+//! collection names, canonical YAML.
+
+use meshlimit_policy::{Kind, Problem, Resource};
+
+use crate::store::Key;
+
+/// The kind's name as resources spell it (`MeshRateLimit`).
+pub fn kind_name(kind: Kind) -> &'static str {
+    kind.as_str()
+}
+
+/// The kind's collection in URLs (`/meshes/{mesh}/meshratelimits`).
+pub fn collection(kind: Kind) -> &'static str {
+    match kind {
+        Kind::MeshRateLimit => "meshratelimits",
+        Kind::RateLimit => "ratelimits",
+        Kind::Dataplane => "dataplanes",
+        Kind::Mesh => "meshes",
+    }
+}
+
+/// The mesh-scoped kinds a URL may name (`Mesh` has its own top-level collection).
+pub fn kind_of_collection(segment: &str) -> Option<Kind> {
+    match segment {
+        "meshratelimits" => Some(Kind::MeshRateLimit),
+        "ratelimits" => Some(Kind::RateLimit),
+        "dataplanes" => Some(Kind::Dataplane),
+        _ => None,
+    }
+}
+
+/// Meshes are stored under the empty mesh: they are the namespaces, not inside one.
+pub fn key(kind: Kind, mesh: &str, name: &str) -> Key {
+    Key {
+        mesh: if kind == Kind::Mesh {
+            String::new()
+        } else {
+            mesh.to_string()
+        },
+        kind: kind_name(kind).to_string(),
+        name: name.to_string(),
+    }
+}
+
+pub fn key_of(resource: &Resource) -> Key {
+    key(resource.kind(), resource.mesh(), resource.name())
+}
+
+/// The resource's canonical YAML: what the store keeps and `get -o yaml` prints.
+pub fn to_yaml(resource: &Resource) -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(resource)
+}
+
+/// Parses exactly one resource (a stored value, or the body of a `PUT`).
+pub fn parse_one(file: &str, text: &str) -> Result<Resource, Vec<Problem>> {
+    let parsed = meshlimit_policy::parse_documents(file, text)?;
+    let mut resources = parsed.resources;
+    if resources.len() != 1 {
+        return Err(vec![
+            Problem::new(
+                "",
+                format!("expected exactly one resource, found {}", resources.len()),
+            )
+            .at(file, 1),
+        ]);
+    }
+    Ok(resources.remove(0))
+}
+
+/// A problem that is not about one field of one document.
+pub fn problem(file: &str, resource: &Resource, message: impl Into<String>) -> Problem {
+    Problem::new("", message)
+        .at(file, 0)
+        .of(kind_name(resource.kind()), resource.name())
+}
