@@ -1,0 +1,338 @@
+//! A bounded table of buckets, one per key, all with the same settings.
+//!
+//! Every key behaves as if it had its own bucket since clock time 0, full until first used
+//! (interval buckets top up at whole multiples of `fill_interval` from 0). A bucket that is full
+//! again is indistinguishable from one never used, so dropping it changes nothing: that is how
+//! the table evicts idle keys, exactly. Only when a shard is full of keys that are all still
+//! refilling does it drop a busy one (the one closest to full), and counts that separately.
+//!
+//! The table is split into shards, each a `hashbrown` table behind a `parking_lot` read-write
+//! lock. A check on a known key takes the read lock and one compare-and-swap on the key's
+//! state word; new keys, eviction and rebasing take the write lock.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+
+use crate::Decision;
+use crate::arith::{self, Plan, Step};
+use crate::settings::Settings;
+
+/// Occupied entries examined per insert into a full shard.
+const EVICTION_SCAN: usize = 32;
+/// Most shards a table is split into.
+const MAX_SHARDS: usize = 64;
+/// Fewest keys per shard when a table is small (keeps shards from filling unevenly).
+const MIN_SHARD_CAPACITY: usize = 256;
+
+/// Buckets per key, bounded to `capacity` keys. See the module documentation.
+pub struct KeyedBuckets<K> {
+    plan: Plan,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Padded<RwLock<Shard<K>>>]>,
+    shard_capacity: usize,
+    evicted: AtomicU64,
+    evicted_active: AtomicU64,
+}
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+struct Shard<K> {
+    /// Payloads are relative to this clock value.
+    origin: u64,
+    table: HashTable<Entry<K>>,
+    /// Where the next eviction scan starts.
+    cursor: usize,
+}
+
+struct Entry<K> {
+    key: K,
+    state: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync> KeyedBuckets<K> {
+    /// A table for at most `capacity` keys (at least 1), split evenly across its shards.
+    pub fn new(settings: Settings, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let shards = (capacity / MIN_SHARD_CAPACITY)
+            .max(1)
+            .next_power_of_two()
+            .min(MAX_SHARDS);
+        let shard_capacity = (capacity / shards).max(1);
+        KeyedBuckets {
+            plan: Plan::new(settings),
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..shards)
+                .map(|_| {
+                    Padded(RwLock::new(Shard {
+                        origin: 0,
+                        table: HashTable::new(),
+                        cursor: 0,
+                    }))
+                })
+                .collect(),
+            shard_capacity,
+            evicted: AtomicU64::new(0),
+            evicted_active: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token from `key`'s bucket if there is one.
+    #[inline]
+    pub fn check(&self, key: &K, now_ns: u64) -> Decision {
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[self.shard_index(hash)].0;
+        {
+            let shard = shard.read();
+            if let Some(entry) = shard.table.find(hash, |e| e.key == *key)
+                && let Some(decision) = take(&self.plan, shard.origin, &entry.state, now_ns)
+            {
+                return decision;
+            }
+        }
+        self.check_exclusive(shard, hash, key, now_ns)
+    }
+
+    /// Keys tracked now (idle ones included until they are evicted).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().table.len()).sum()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most keys the table holds.
+    pub fn capacity(&self) -> usize {
+        self.shard_capacity * self.shards.len()
+    }
+
+    /// The settings every key's bucket has.
+    pub fn settings(&self) -> Settings {
+        self.plan.settings()
+    }
+
+    /// Keys dropped so far: idle ones (no behaviour change) and busy ones pushed out by a full
+    /// table (see [`KeyedBuckets::evicted_while_active`]).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Keys dropped while their bucket was still refilling because the table was full of
+    /// busy keys. Each such key starts again with a full bucket: raise the capacity if this grows.
+    pub fn evicted_while_active(&self) -> u64 {
+        self.evicted_active.load(Ordering::Relaxed)
+    }
+
+    /// Drops every idle key (bucket full at `now_ns`); returns how many. Optional: inserts
+    /// evict on their own when a shard is full.
+    pub fn evict_idle(&self, now_ns: u64) -> usize {
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.0.write();
+            let origin = shard.origin;
+            let plan = self.plan;
+            shard.table.retain(|e| {
+                let idle = arith::level(&plan, origin, *e.state.get_mut(), now_ns).full;
+                dropped += usize::from(idle);
+                !idle
+            });
+        }
+        self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        dropped
+    }
+
+    fn shard_index(&self, hash: u64) -> usize {
+        // hashbrown places entries by the low bits and tags them with the top 7: use others.
+        (hash >> 32) as usize & (self.shards.len() - 1)
+    }
+
+    #[cold]
+    fn check_exclusive(
+        &self,
+        shard: &RwLock<Shard<K>>,
+        hash: u64,
+        key: &K,
+        now_ns: u64,
+    ) -> Decision {
+        let mut guard = shard.write();
+        let shard = &mut *guard;
+        loop {
+            if now_ns.saturating_sub(shard.origin) > self.plan.rebase_after {
+                self.rebase(shard, now_ns);
+            }
+            let entry = match shard.table.find(hash, |e| e.key == *key) {
+                Some(entry) => entry,
+                None => {
+                    if shard.table.len() >= self.shard_capacity {
+                        self.make_room(shard, now_ns);
+                    }
+                    let entry = Entry {
+                        key: key.clone(),
+                        state: AtomicU64::new(self.plan.full_payload()),
+                    };
+                    shard
+                        .table
+                        .insert_unique(hash, entry, |e| self.hasher.hash_one(&e.key))
+                        .into_mut()
+                }
+            };
+            // Just rebased, so the step cannot ask for a rebase; loop defensively anyway.
+            if let Some(decision) = take(&self.plan, shard.origin, &entry.state, now_ns) {
+                return decision;
+            }
+        }
+    }
+
+    /// Moves a shard's origin to `now_ns`, re-expressing every payload, and drops the keys that
+    /// are idle there.
+    fn rebase(&self, shard: &mut Shard<K>, now_ns: u64) {
+        let plan = self.plan;
+        let from = shard.origin;
+        let to = arith::rebase_origin(&plan, from, now_ns);
+        let mut dropped = 0u64;
+        shard.table.retain(|e| {
+            let payload = arith::shift(&plan, *e.state.get_mut(), from, to);
+            *e.state.get_mut() = payload;
+            let idle = arith::level(&plan, to, payload, now_ns).full;
+            dropped += u64::from(idle);
+            !idle
+        });
+        shard.origin = to;
+        shard.cursor = 0;
+        self.evicted.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Frees at least one place in a full shard: drops the idle keys among the next few
+    /// entries, or failing that the busy key closest to full among them.
+    fn make_room(&self, shard: &mut Shard<K>, now_ns: u64) {
+        let buckets = shard.table.num_buckets();
+        let mut index = shard.cursor;
+        let mut examined = 0;
+        let mut dropped = 0u64;
+        let mut fullest: Option<(usize, u64)> = None;
+        for _ in 0..buckets {
+            if examined == EVICTION_SCAN {
+                break;
+            }
+            index = (index + 1) % buckets;
+            let Some(entry) = shard.table.get_bucket(index) else {
+                continue;
+            };
+            examined += 1;
+            let level = arith::level(
+                &self.plan,
+                shard.origin,
+                entry.state.load(Ordering::Relaxed),
+                now_ns,
+            );
+            if level.full {
+                if let Ok(entry) = shard.table.get_bucket_entry(index) {
+                    entry.remove();
+                    dropped += 1;
+                }
+            } else if fullest.is_none_or(|(_, scaled)| level.scaled > scaled) {
+                fullest = Some((index, level.scaled));
+            }
+        }
+        shard.cursor = index;
+        if dropped == 0
+            && let Some((index, _)) = fullest
+            && let Ok(entry) = shard.table.get_bucket_entry(index)
+        {
+            entry.remove();
+            dropped = 1;
+            self.evicted_active.fetch_add(1, Ordering::Relaxed);
+        }
+        self.evicted.fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+/// The compare-and-swap loop on one key's state; `None` when the shard must rebase first.
+#[inline]
+fn take(plan: &Plan, origin: u64, state: &AtomicU64, now_ns: u64) -> Option<Decision> {
+    let mut current = state.load(Ordering::Acquire);
+    loop {
+        match arith::step(plan, origin, current, now_ns) {
+            Step::Admit { payload, decision } => {
+                match state.compare_exchange_weak(
+                    current,
+                    payload,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(decision),
+                    Err(actual) => current = actual,
+                }
+            }
+            Step::Deny(decision) => return Some(decision),
+            Step::Rebase => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::settings::Refill;
+
+    const S: u64 = 1_000_000_000;
+
+    fn settings(refill: Refill) -> Settings {
+        Settings::new(2, 1, Duration::from_secs(1), refill).unwrap()
+    }
+
+    #[test]
+    fn keys_have_independent_buckets() {
+        let t = KeyedBuckets::new(settings(Refill::Smooth), 100);
+        assert!(t.check(&"a", 0).admitted);
+        assert!(t.check(&"a", 0).admitted);
+        assert!(!t.check(&"a", 0).admitted);
+        assert!(t.check(&"b", 0).admitted);
+        assert_eq!(t.len(), 2);
+        assert!(t.check(&"a", S).admitted);
+    }
+
+    #[test]
+    fn a_full_shard_drops_idle_keys_first() {
+        for refill in [Refill::Smooth, Refill::Interval] {
+            let t = KeyedBuckets::new(settings(refill), 4);
+            assert_eq!(t.capacity(), 4);
+            for k in 0..4u32 {
+                assert!(t.check(&k, 10 * S).admitted);
+            }
+            // Key 0 drains; keys 1..3 are idle again two seconds later.
+            assert!(t.check(&0, 10 * S).admitted);
+            assert!(t.check(&4, 12 * S).admitted);
+            assert!(t.len() <= 4);
+            assert!(t.evicted() >= 1);
+            assert_eq!(t.evicted_while_active(), 0);
+            // Key 0 kept its (refilled) bucket: 2 tokens, then none.
+            assert!(t.check(&0, 12 * S).admitted);
+            assert!(t.check(&0, 12 * S).admitted);
+            assert!(!t.check(&0, 12 * S).admitted, "{refill:?}");
+        }
+    }
+
+    #[test]
+    fn a_table_full_of_busy_keys_stays_bounded() {
+        let t = KeyedBuckets::new(settings(Refill::Smooth), 300);
+        for k in 0..10_000u32 {
+            t.check(&k, 0);
+            t.check(&k, 0);
+        }
+        assert!(t.len() <= t.capacity());
+        assert!(t.capacity() <= 300);
+        assert_eq!(t.evicted() as usize, 10_000 - t.len());
+        assert_eq!(t.evicted_while_active(), t.evicted());
+        let held = t.len();
+        assert_eq!(t.evict_idle(10 * S), held);
+        assert!(t.is_empty());
+    }
+}
