@@ -1,0 +1,275 @@
+//! The gRPC edge: Envoy's `AggregatedDiscoveryService` over tonic. Each stream runs the
+//! [`crate::protocol`] state machine against the latest snapshot, which a `watch` channel
+//! delivers; [`XdsHandle::update`] replaces the snapshot.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use meshlimit_policy::effective::DataplaneLimits;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::protocol::{AdsStream, Event, Outcome};
+use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
+use crate::snapshot::Snapshot;
+use crate::status::{Nack, NodeStatus, TypeStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    #[error("xDS server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The ADS server; [`XdsServer::serve`] runs it on a listener.
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+/// Feeds the server and reads what Envoys did with it. Cheap to clone.
+#[derive(Clone)]
+pub struct XdsHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Per node id: what its streams sent, acknowledged and rejected.
+    records: Mutex<BTreeMap<String, NodeStatus>>,
+}
+
+impl XdsServer {
+    /// A server with no Dataplane yet: Envoys that connect get empty configurations until
+    /// the first [`XdsHandle::update`].
+    pub fn new() -> (XdsServer, XdsHandle) {
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        let shared = Arc::new(Shared {
+            snapshot,
+            records: Mutex::new(BTreeMap::new()),
+        });
+        let handle = XdsHandle {
+            shared: shared.clone(),
+        };
+        (XdsServer { shared }, handle)
+    }
+
+    /// Serves ADS (gRPC over HTTP/2 without TLS) until the listener fails.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), XdsError> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    }
+
+    /// The tonic service, to mount next to other gRPC services on one server.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<impl AggregatedDiscoveryService> {
+        AggregatedDiscoveryServiceServer::new(Ads {
+            shared: self.shared,
+        })
+    }
+}
+
+impl XdsHandle {
+    /// Replaces every Dataplane's limits; connected Envoys whose resources changed get them
+    /// at once. Dataplanes absent from `limits` lose their listeners and clusters.
+    pub fn update(&self, limits: Vec<DataplaneLimits>) {
+        self.shared.snapshot.send_modify(|snapshot| {
+            *snapshot = Arc::new(snapshot.next(&limits));
+            tracing::info!(
+                generation = snapshot.generation,
+                dataplanes = limits.len(),
+                "xDS snapshot updated"
+            );
+        });
+    }
+
+    /// Every node the server knows (a Dataplane of the last update) or has heard from, sorted
+    /// by node id.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let snapshot = self.shared.snapshot.borrow().clone();
+        let mut records = self.shared.records().clone();
+        for id in snapshot.nodes.keys() {
+            records
+                .entry(id.clone())
+                .or_insert_with(|| NodeStatus::new(id));
+        }
+        records
+            .into_values()
+            .map(|mut status| {
+                status.known = snapshot.nodes.get(&status.node).is_some_and(|n| n.known);
+                status.listeners.current_version = snapshot.version(&status.node, LISTENER_TYPE);
+                status.clusters.current_version = snapshot.version(&status.node, CLUSTER_TYPE);
+                status
+            })
+            .filter(|status| {
+                status.known || status.streams > 0 || status.listeners.sent_version.is_some()
+            })
+            .collect()
+    }
+
+    /// One node's status (see [`crate::node_id`] for the id).
+    pub fn node_status(&self, node: &str) -> Option<NodeStatus> {
+        self.status().into_iter().find(|s| s.node == node)
+    }
+}
+
+impl Shared {
+    fn records(&self) -> MutexGuard<'_, BTreeMap<String, NodeStatus>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, node: &str, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut records = self.records();
+        let status = records
+            .entry(node.to_string())
+            .or_insert_with(|| NodeStatus::new(node));
+        for event in events {
+            match event {
+                Event::Connected => {
+                    status.streams += 1;
+                    tracing::info!(node, "Envoy connected");
+                }
+                Event::Sent { type_url, version } => {
+                    if let Some(t) = type_status(status, &type_url) {
+                        t.sent_version = Some(version);
+                    }
+                }
+                Event::Ack { type_url, version } => {
+                    tracing::debug!(node, type_url, version, "ACK");
+                    if let Some(t) = type_status(status, &type_url) {
+                        t.acked_version = Some(version);
+                    }
+                }
+                Event::Nack {
+                    type_url,
+                    version,
+                    message,
+                } => {
+                    tracing::warn!(
+                        node,
+                        type_url,
+                        version,
+                        message,
+                        "Envoy rejected a configuration (NACK)"
+                    );
+                    if let Some(t) = type_status(status, &type_url) {
+                        t.nacks += 1;
+                        t.last_nack = Some(Nack { version, message });
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnected(&self, node: &str) {
+        let mut records = self.records();
+        if let Some(status) = records.get_mut(node) {
+            status.streams = status.streams.saturating_sub(1);
+        }
+        tracing::info!(node, "Envoy disconnected");
+    }
+}
+
+fn type_status<'a>(status: &'a mut NodeStatus, type_url: &str) -> Option<&'a mut TypeStatus> {
+    match type_url {
+        LISTENER_TYPE => Some(&mut status.listeners),
+        CLUSTER_TYPE => Some(&mut status.clusters),
+        _ => None,
+    }
+}
+
+struct Ads {
+    shared: Arc<Shared>,
+}
+
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(run_stream(self.shared.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "meshlimit serves state-of-the-world ADS: set ads_config.api_type to GRPC",
+        ))
+    }
+}
+
+async fn run_stream(
+    shared: Arc<Shared>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut snapshots = shared.snapshot.subscribe();
+    let mut stream = AdsStream::default();
+    'stream: loop {
+        let outcome: Result<Outcome, Status> = tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    stream
+                        .on_request(request, &snapshot)
+                        .map_err(|e| Status::invalid_argument(e.0))
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = stream.node(), %status, "ADS stream ended");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                Ok(stream.on_snapshot(&snapshot))
+            }
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(status) => {
+                tracing::warn!(%status, "refusing an ADS stream");
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+        };
+        if let Some(node) = stream.node() {
+            shared.record(node, outcome.events);
+        }
+        for response in outcome.responses {
+            if tx.send(Ok(response)).await.is_err() {
+                break 'stream;
+            }
+        }
+    }
+    if let Some(node) = stream.node() {
+        shared.disconnected(node);
+    }
+}
