@@ -1,1 +1,26 @@
-//! meshlimit-proxy: filled in by its owner.
+//! meshlimit's userspace data plane. For every inbound of a Dataplane it listens on
+//! `address:port` and forwards to the application on `127.0.0.1:servicePort`: HTTP inbounds
+//! (HTTP/1.1 and HTTP/2 on one port) take one token per request and answer rejected requests
+//! themselves with the policy's status and headers; TCP inbounds take one token per connection
+//! and close the ones over the limit. Limits arrive through a `tokio::sync::watch` channel and
+//! change live, without dropping connections or resetting unchanged buckets.
+//!
+//! Start reading at [`Proxy::spawn`] (`proxy.rs`); the request path is `http.rs`, read top to
+//! bottom; every answer the proxy gives itself is built in `error.rs`; what one inbound does is
+//! compiled in `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
+
+mod admin;
+mod error;
+mod http;
+mod inbound;
+mod metrics;
+mod options;
+mod plan;
+mod proxy;
+mod tcp;
+
+pub use admin::{Admin, ConfigSource, MetricsSource, ReadinessSource};
+pub use inbound::InboundKey;
+pub use metrics::escape_label;
+pub use options::ProxyOptions;
+pub use proxy::{ListenerStatus, Proxy, Status};

@@ -1,0 +1,204 @@
+//! The admin endpoint: `/metrics` (Prometheus text, from any number of sources), `/ready`
+//! and `/config` (the effective limits as JSON).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::ProxyMetrics;
+use crate::proxy::{Proxy, Shared};
+
+/// Something that adds samples to `/metrics`. Each source writes whole metric families
+/// (`# HELP`, `# TYPE`, samples) in the Prometheus text format.
+pub trait MetricsSource: Send + Sync + 'static {
+    fn render(&self, out: &mut String);
+}
+
+/// Something `/ready` waits for: `Err(reason)` while it is not ready.
+pub trait ReadinessSource: Send + Sync + 'static {
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// What `/config` shows.
+pub trait ConfigSource: Send + Sync + 'static {
+    fn config_json(&self) -> serde_json::Value;
+}
+
+/// The admin endpoint's routes and where their content comes from.
+#[derive(Clone, Default)]
+pub struct Admin {
+    metrics: Vec<Arc<dyn MetricsSource>>,
+    readiness: Vec<Arc<dyn ReadinessSource>>,
+    config: Option<Arc<dyn ConfigSource>>,
+}
+
+impl Admin {
+    /// An admin endpoint with no sources: `/metrics` empty, `/ready` ready, no `/config`.
+    pub fn new() -> Admin {
+        Admin::default()
+    }
+
+    /// The proxy's counters and buckets in `/metrics`, its status in `/ready` (ready once a
+    /// configuration is applied with every inbound bound), its limits in `/config`.
+    pub fn for_proxy(proxy: &Proxy) -> Admin {
+        let view = Arc::new(ProxyView(Arc::clone(&proxy.shared)));
+        Admin::new()
+            .with_metrics(Arc::new(ProxyMetrics(Arc::clone(&proxy.shared))))
+            .with_readiness(view.clone())
+            .with_config(view)
+    }
+
+    pub fn with_metrics(mut self, source: Arc<dyn MetricsSource>) -> Admin {
+        self.metrics.push(source);
+        self
+    }
+
+    pub fn with_readiness(mut self, source: Arc<dyn ReadinessSource>) -> Admin {
+        self.readiness.push(source);
+        self
+    }
+
+    pub fn with_config(mut self, source: Arc<dyn ConfigSource>) -> Admin {
+        self.config = Some(source);
+        self
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+        let admin = Arc::new(self);
+        let stop = CancellationToken::new();
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = Arc::clone(&admin);
+            let stop = stop.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.route(&request)) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, "admin connection ended with an error");
+                }
+            });
+        }
+        stop.cancel();
+        connections.close();
+        connections.wait().await;
+    }
+
+    fn route(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        }
+        match request.uri().path() {
+            "/metrics" => {
+                let mut out = String::new();
+                for source in &self.metrics {
+                    source.render(&mut out);
+                }
+                let mut response = text(StatusCode::OK, out);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/ready" => {
+                let problems: Vec<String> = self
+                    .readiness
+                    .iter()
+                    .filter_map(|source| source.ready().err())
+                    .collect();
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n".into())
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n{}\n", problems.join("\n")),
+                    )
+                }
+            }
+            "/config" => match &self.config {
+                Some(source) => {
+                    let body = serde_json::to_string_pretty(&source.config_json())
+                        .unwrap_or_else(|error| format!("{{\"error\": {:?}}}", error.to_string()));
+                    let mut response = text(StatusCode::OK, body + "\n");
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                None => text(StatusCode::NOT_FOUND, "no configuration here\n".into()),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "try /metrics, /ready or /config\n".into(),
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+struct ProxyView(Arc<Shared>);
+
+impl ReadinessSource for ProxyView {
+    fn ready(&self) -> Result<(), String> {
+        let status = self.0.status.borrow();
+        if status.generation == 0 {
+            return Err("no configuration applied yet".into());
+        }
+        if status.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(status.problems.join("\n"))
+        }
+    }
+}
+
+impl ConfigSource for ProxyView {
+    fn config_json(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.0.config.load_full()).unwrap_or(serde_json::Value::Null)
+    }
+}

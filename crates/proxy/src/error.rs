@@ -1,0 +1,103 @@
+//! Why a request did not reach the application, and the one function that turns each reason
+//! into the HTTP response the client gets.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use meshlimit_bucket::Decision;
+
+use crate::plan::{REJECTED_BODY, RejectTemplate, ceil_secs};
+
+/// The body of every response the proxy sends: the application's, streamed, or one of ours.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// A request the proxy answers itself.
+#[derive(Debug)]
+pub(crate) enum RequestError<'a> {
+    /// The inbound's bucket is empty.
+    RateLimited {
+        reject: &'a RejectTemplate,
+        decision: Decision,
+        rate_limit_headers: bool,
+    },
+    /// The declared or streamed body is larger than the configured limit.
+    BodyTooLarge,
+    /// The application could not be reached, or dropped the request before answering
+    /// (logged where it happens, with the inbound it concerns).
+    UpstreamUnavailable,
+}
+
+/// The edge: every local answer is built here.
+pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
+    match error {
+        RequestError::RateLimited {
+            reject,
+            decision,
+            rate_limit_headers,
+        } => {
+            let mut response = local(reject.status, Bytes::from_static(REJECTED_BODY));
+            *response.headers_mut() = reject.headers.clone();
+            if rate_limit_headers {
+                let retry_after = ceil_secs(decision.next_token_in).max(1);
+                let headers = response.headers_mut();
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
+                headers.insert("ratelimit-policy", reject.policy_header.clone());
+                headers.insert("ratelimit", rate_limit_value(&decision));
+            }
+            response
+        }
+        RequestError::BodyTooLarge => local(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Bytes::from_static(b"request body too large"),
+        ),
+        RequestError::UpstreamUnavailable => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(b"upstream unavailable"),
+        ),
+    }
+}
+
+/// `RateLimit: "default";r=<remaining>;t=<seconds until the next token>`.
+pub(crate) fn rate_limit_value(decision: &Decision) -> HeaderValue {
+    let value = format!(
+        "\"default\";r={};t={}",
+        decision.remaining,
+        ceil_secs(decision.next_token_in)
+    );
+    HeaderValue::try_from(value).expect("digits and quotes are a valid header value")
+}
+
+fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// `error: cause: cause`, for logs.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a failed upstream exchange failed because the client's body hit the size limit.
+pub(crate) fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}

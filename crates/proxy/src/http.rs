@@ -1,0 +1,289 @@
+//! The HTTP request path, read top to bottom: admit (take a token) → check the body size →
+//! rewrite for the application → forward over a pooled connection → rewrite for the client.
+//! Every answer the proxy gives itself comes from [`error_response`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http_body_util::{Either, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use meshlimit_bucket::{Clock, Decision};
+use tokio::net::TcpStream;
+
+use crate::error::{
+    ProxyBody, RequestError, error_chain, error_response, is_body_limit, rate_limit_value,
+};
+use crate::inbound::Inbound;
+use crate::options::ProxyOptions;
+use crate::plan::Plan;
+
+/// What the application receives as a request body: the client's, cut at the size limit.
+type UpstreamBody = Limited<Incoming>;
+
+/// Shared by every HTTP connection of a proxy: the server and client configuration, the
+/// clock buckets are read with, and the upstream connection pool.
+pub(crate) struct HttpContext {
+    server: auto::Builder<TokioExecutor>,
+    client: Client<HttpConnector, UpstreamBody>,
+    clock: Arc<dyn Clock>,
+    body_limit: Option<u64>,
+    rate_limit_headers: bool,
+}
+
+impl HttpContext {
+    pub(crate) fn new(options: &ProxyOptions, clock: Arc<dyn Clock>) -> HttpContext {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(options.max_request_header_bytes.max(8192))
+            .max_headers(options.max_request_headers);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(options.max_request_header_bytes).unwrap_or(u32::MAX),
+            );
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector);
+        HttpContext {
+            server,
+            client,
+            clock,
+            body_limit: options.max_request_body_bytes,
+            rate_limit_headers: options.rate_limit_headers,
+        }
+    }
+}
+
+/// One accepted client connection: HTTP/1.1 or HTTP/2 (detected from the first bytes), served
+/// until the client leaves, or until the inbound stops, in which case in-flight requests finish.
+pub(crate) async fn serve_connection(
+    stream: TcpStream,
+    inbound: Arc<Inbound>,
+    ctx: Arc<HttpContext>,
+) {
+    let _ = stream.set_nodelay(true);
+    let stop = inbound.stop.clone();
+    let conn = Arc::new((inbound, Arc::clone(&ctx)));
+    let service = service_fn(move |request| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(handle(request, &conn.0, &conn.1).await) }
+    });
+    let connection = ctx.server.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
+    }
+}
+
+/// One request, one token.
+async fn handle(
+    request: Request<Incoming>,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+) -> Response<ProxyBody> {
+    let (upstream_request, rate_limit) = {
+        let plan = inbound.plan.load();
+        let decision = match admit(&plan, inbound, ctx) {
+            Ok(decision) => decision,
+            Err(error) => return error_response(error),
+        };
+        if let Err(error) = check_body(&request, ctx.body_limit) {
+            return error_response(error);
+        }
+        let rate_limit = match (&plan.http, decision, ctx.rate_limit_headers) {
+            (Some(http), Some(decision), true) => {
+                Some((http.reject.policy_header.clone(), decision))
+            }
+            _ => None,
+        };
+        (to_upstream(request, &plan, ctx.body_limit), rate_limit)
+    };
+    match ctx.client.request(upstream_request).await {
+        Ok(response) => to_downstream(response, rate_limit),
+        Err(error) if is_body_limit(&error) => error_response(RequestError::BodyTooLarge),
+        Err(error) => {
+            tracing::warn!(
+                mesh = %inbound.key.mesh,
+                dataplane = %inbound.key.dataplane,
+                inbound = inbound.key.port,
+                error = %error_chain(&error),
+                "upstream unavailable"
+            );
+            error_response(RequestError::UpstreamUnavailable)
+        }
+    }
+}
+
+/// Phase 1: take one token from the inbound's bucket, if it has one.
+fn admit<'p>(
+    plan: &'p Plan,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+) -> Result<Option<Decision>, RequestError<'p>> {
+    let Some(http) = &plan.http else {
+        inbound.counters.http_allowed.inc();
+        return Ok(None);
+    };
+    let decision = http.bucket.check(ctx.clock.now_ns());
+    if decision.admitted {
+        inbound.counters.http_allowed.inc();
+        Ok(Some(decision))
+    } else {
+        inbound.counters.http_limited.inc();
+        Err(RequestError::RateLimited {
+            reject: &http.reject,
+            decision,
+            rate_limit_headers: ctx.rate_limit_headers,
+        })
+    }
+}
+
+/// Phase 2: a declared body larger than the limit is refused before anything is sent.
+fn check_body(
+    request: &Request<Incoming>,
+    limit: Option<u64>,
+) -> Result<(), RequestError<'static>> {
+    match limit {
+        Some(limit) if request.body().size_hint().lower() > limit => {
+            Err(RequestError::BodyTooLarge)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Phase 3: address the application over HTTP/1.1, keep the client's `Host` (HTTP/2 clients
+/// send it as `:authority`), drop hop-by-hop headers, cap the body.
+fn to_upstream(
+    request: Request<Incoming>,
+    plan: &Plan,
+    body_limit: Option<u64>,
+) -> Request<UpstreamBody> {
+    let (mut parts, body) = request.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if !parts.headers.contains_key(HOST)
+        && let Some(value) = uri
+            .authority
+            .as_ref()
+            .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+    {
+        parts.headers.insert(HOST, value);
+    }
+    remove_hop_by_hop(&mut parts.headers);
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(plan.upstream_authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.version = Version::HTTP_11;
+    let limit = body_limit.map_or(usize::MAX, |limit| {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    });
+    Request::from_parts(parts, Limited::new(body, limit))
+}
+
+/// Phase 4: the application's response goes back with hop-by-hop headers removed and, when
+/// switched on, the IETF rate-limit header fields.
+fn to_downstream(
+    response: Response<Incoming>,
+    rate_limit: Option<(HeaderValue, Decision)>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some((policy, decision)) = rate_limit {
+        parts.headers.insert("ratelimit-policy", policy);
+        parts
+            .headers
+            .insert("ratelimit", rate_limit_value(&decision));
+    }
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// RFC 9110 §7.6.1: `Connection`, the fields it names, and the classic hop-by-hop fields.
+/// `TE: trailers` is kept (gRPC needs it), as Envoy does.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::try_from(token.trim()).ok())
+            .collect();
+        for name in named {
+            if name != TE {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if let Some(te) = headers.get(TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_headers_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers[TE], "trailers");
+    }
+}

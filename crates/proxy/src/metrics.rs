@@ -1,0 +1,127 @@
+//! The proxy's counters and bucket levels in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use crate::admin::MetricsSource;
+use crate::inbound::Inbound;
+use crate::proxy::Shared;
+
+pub(crate) struct ProxyMetrics(pub Arc<Shared>);
+
+impl MetricsSource for ProxyMetrics {
+    fn render(&self, out: &mut String) {
+        let inbounds = self.0.inbounds.load();
+        let now_ns = self.0.clock.now_ns();
+        family(
+            out,
+            "meshlimit_http_requests_total",
+            "counter",
+            "HTTP requests received by an inbound, by rate-limit decision.",
+        );
+        for inbound in inbounds.iter() {
+            sample(
+                out,
+                "meshlimit_http_requests_total",
+                inbound,
+                "decision=\"allowed\"",
+                inbound.counters.http_allowed.get(),
+            );
+            sample(
+                out,
+                "meshlimit_http_requests_total",
+                inbound,
+                "decision=\"limited\"",
+                inbound.counters.http_limited.get(),
+            );
+        }
+        family(
+            out,
+            "meshlimit_tcp_connections_total",
+            "counter",
+            "Connections accepted by an inbound, by rate-limit decision (limited ones are closed at once).",
+        );
+        for inbound in inbounds.iter() {
+            sample(
+                out,
+                "meshlimit_tcp_connections_total",
+                inbound,
+                "decision=\"allowed\"",
+                inbound.counters.tcp_allowed.get(),
+            );
+            sample(
+                out,
+                "meshlimit_tcp_connections_total",
+                inbound,
+                "decision=\"limited\"",
+                inbound.counters.tcp_limited.get(),
+            );
+        }
+        family(
+            out,
+            "meshlimit_bucket_tokens",
+            "gauge",
+            "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection).",
+        );
+        for inbound in inbounds.iter() {
+            let plan = inbound.plan.load();
+            if let Some(http) = &plan.http {
+                sample(
+                    out,
+                    "meshlimit_bucket_tokens",
+                    inbound,
+                    "limit=\"http\"",
+                    http.bucket.peek(now_ns),
+                );
+            }
+            if let Some(tcp) = &plan.tcp {
+                sample(
+                    out,
+                    "meshlimit_bucket_tokens",
+                    inbound,
+                    "limit=\"tcp\"",
+                    tcp.peek(now_ns),
+                );
+            }
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, inbound: &Inbound, extra_label: &str, value: u64) {
+    let _ = write!(out, "{name}{{mesh=\"");
+    escape_label(out, &inbound.key.mesh);
+    out.push_str("\",dataplane=\"");
+    escape_label(out, &inbound.key.dataplane);
+    let _ = writeln!(
+        out,
+        "\",inbound=\"{}\",{extra_label}}} {value}",
+        inbound.key.port
+    );
+}
+
+/// Label values escape `\`, `"` and newlines.
+pub fn escape_label(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        super::escape_label(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,116 @@
+//! The admin endpoint over a real socket: metrics with exact counts, readiness, config.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use meshlimit_policy::effective::Protocol;
+use meshlimit_proxy::{Admin, MetricsSource, ProxyOptions};
+use tokio::net::TcpListener;
+
+struct Extra;
+
+impl MetricsSource for Extra {
+    fn render(&self, out: &mut String) {
+        out.push_str("# TYPE meshlimit_kernel_example gauge\nmeshlimit_kernel_example 7\n");
+    }
+}
+
+#[tokio::test]
+async fn metrics_ready_and_config() {
+    let app = upstream().await;
+    let config = vec![dataplane(
+        "backend",
+        app.addr.port(),
+        Protocol::Http,
+        Some(http_limit(5, Duration::from_secs(10), 423)),
+        None,
+    )];
+    let h = Harness::start(config.clone(), ProxyOptions::default()).await;
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Admin::for_proxy(&h.proxy)
+            .with_metrics(std::sync::Arc::new(Extra))
+            .serve(admin, async {
+                let _ = stopped.await;
+            }),
+    );
+
+    let mut client = H1::connect(h.addr("backend")).await;
+    for _ in 0..7 {
+        client.get("/").await;
+    }
+    let metrics = admin_get(admin_addr, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let body = metrics.body;
+    for line in [
+        "# TYPE meshlimit_http_requests_total counter",
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 5"#,
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="limited"} 2"#,
+        r#"meshlimit_tcp_connections_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 1"#,
+        "# TYPE meshlimit_bucket_tokens gauge",
+        r#"meshlimit_bucket_tokens{mesh="default",dataplane="backend",inbound="0",limit="http"} 0"#,
+        "meshlimit_kernel_example 7",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    h.clock.advance(Duration::from_secs(4));
+    let body = admin_get(admin_addr, "/metrics").await.body;
+    assert!(body.contains(r#"meshlimit_bucket_tokens{mesh="default",dataplane="backend",inbound="0",limit="http"} 2"#), "{body}");
+
+    let ready = admin_get(admin_addr, "/ready").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.body.as_str()),
+        (200, "ready\n")
+    );
+
+    let shown = admin_get(admin_addr, "/config").await;
+    assert_eq!(shown.status, 200);
+    let shown: serde_json::Value = serde_json::from_str(&shown.body).unwrap();
+    assert_eq!(shown, serde_json::to_value(&config).unwrap());
+
+    assert_eq!(admin_get(admin_addr, "/nothing").await.status, 404);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn not_ready_while_an_inbound_cannot_listen() {
+    let app = upstream().await;
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = vec![dataplane(
+        "backend",
+        app.addr.port(),
+        Protocol::Http,
+        None,
+        None,
+    )];
+    config[0].inbounds[0].port = taken.local_addr().unwrap().port();
+    let h = Harness::start(config, ProxyOptions::default()).await;
+    let status = h.status.borrow().clone();
+    assert!(status.listeners.is_empty());
+    assert!(
+        status.problems[0].contains("cannot listen on 127.0.0.1:"),
+        "{:?}",
+        status.problems
+    );
+
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(Admin::for_proxy(&h.proxy).serve(admin, std::future::pending()));
+    let ready = admin_get(admin_addr, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("cannot listen"), "{}", ready.body);
+}
