@@ -314,6 +314,41 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Rebasing while the bucket is refilling (not just after an idle gap) changes nothing:
+        /// arrivals straddle the point where the payload runs out of range.
+        #[test]
+        fn rebasing_mid_activity_matches_the_model(
+            max in proptest::prop_oneof![1u64..50, 1u64..=(1 << 40)],
+            per_fill in proptest::prop_oneof![1u64..10, 1u64..=(1 << 32)],
+            interval in proptest::prop_oneof![1u64..100, 1u64..10_000_000_000],
+            smooth in proptest::bool::ANY,
+            start_fraction in 0.0f64..1.0,
+            lead in 0u64..200,
+            gaps in proptest::collection::vec(0u64..400, 1..100),
+        ) {
+            let refill = if smooth { Refill::Smooth } else { Refill::Interval };
+            let Ok(s) = Settings::new(max, per_fill, Duration::from_nanos(interval), refill) else {
+                return Ok(());
+            };
+            let rebase_after = Plan::new(s).rebase_after;
+            proptest::prop_assume!(rebase_after < u64::MAX / 2);
+            // Arrivals start a little before origin + rebase_after and run past it, in steps
+            // of a fraction of the time one token takes.
+            let start = ((u64::MAX - rebase_after) as f64 * start_fraction) as u64;
+            let unit = (interval / per_fill).max(1);
+            let first = start + rebase_after.saturating_sub(lead * unit / 4);
+            let bucket = Bucket::new(s, start);
+            let mut model =
+                crate::model::ReferenceBucket::new(max, per_fill, interval, refill, start);
+            let mut now = first;
+            for gap in gaps {
+                now = now.saturating_add(gap * unit / 100);
+                proptest::prop_assert_eq!(bucket.check(now), model.decision(now), "at {}", now);
+            }
+        }
+    }
+
     #[test]
     fn reconfigure_keeps_tokens_clamped() {
         let b = Bucket::new(settings(10, 10, Duration::from_secs(1), Refill::Smooth), 0);

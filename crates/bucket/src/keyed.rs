@@ -288,6 +288,43 @@ mod tests {
         Settings::new(2, 1, Duration::from_secs(1), refill).unwrap()
     }
 
+    proptest::proptest! {
+        /// A shard rebases while its keys are refilling, triggered by any of them: nothing
+        /// changes for any key.
+        #[test]
+        fn rebasing_mid_activity_matches_the_model(
+            max in proptest::prop_oneof![1u64..50, 1u64..=(1 << 40)],
+            per_fill in proptest::prop_oneof![1u64..10, 1u64..=(1 << 32)],
+            interval in proptest::prop_oneof![1u64..100, 1u64..10_000_000_000],
+            smooth in proptest::bool::ANY,
+            lead in 0u64..200,
+            arrivals in proptest::collection::vec((0u8..3, 0u64..400), 1..100),
+        ) {
+            let refill = if smooth { Refill::Smooth } else { Refill::Interval };
+            let Ok(s) = Settings::new(max, per_fill, Duration::from_nanos(interval), refill) else {
+                return Ok(());
+            };
+            let plan = Plan::new(s);
+            let table = KeyedBuckets::new(s, 16);
+            let mut models = std::collections::HashMap::new();
+            let unit = (interval / per_fill).max(1);
+            // The first arrival rebases the empty shard to (about) its own time, so arrivals
+            // starting there run into the next rebase point.
+            let start = 1u64 << 20;
+            let _ = table.check(&u8::MAX, start);
+            let origin = table.shards[0].0.read().origin;
+            proptest::prop_assume!(plan.rebase_after < u64::MAX / 2);
+            let mut now = origin + plan.rebase_after.saturating_sub(lead * unit / 4);
+            for (key, gap) in arrivals {
+                now = now.saturating_add(gap * unit / 100);
+                let model = models.entry(key).or_insert_with(|| {
+                    crate::model::ReferenceBucket::new(max, per_fill, interval, refill, 0)
+                });
+                proptest::prop_assert_eq!(table.check(&key, now), model.decision(now), "key {} at {}", key, now);
+            }
+        }
+    }
+
     #[test]
     fn keys_have_independent_buckets() {
         let t = KeyedBuckets::new(settings(Refill::Smooth), 100);
