@@ -6,6 +6,7 @@
 //! compare this rendering with the `/config_dump` of an Envoy fed over xDS, so the two cannot
 //! drift apart unnoticed.
 
+use envoy_types::pb::envoy::config::accesslog::v3::{access_log_filter, comparison_filter};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderValueOption, RuntimeFractionalPercent, TrafficDirection, address,
@@ -21,7 +22,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+    HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, http_connection_manager,
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -215,6 +217,52 @@ fn hcm_value(hcm: &HttpConnectionManager) -> Value {
     obj.list(
         "http_filters",
         hcm.http_filters.iter().map(http_filter_value),
+    )
+    .opt(
+        "local_reply_config",
+        hcm.local_reply_config.as_ref().map(local_reply_value),
+    )
+    .into()
+}
+
+fn local_reply_value(config: &LocalReplyConfig) -> Value {
+    Obj::default()
+        .list("mappers", config.mappers.iter().map(mapper_value))
+        .into()
+}
+
+/// A response mapper as [`crate::resources`] builds it: a status-code filter and a new status.
+fn mapper_value(mapper: &ResponseMapper) -> Value {
+    let mut obj = Obj::default();
+    if let Some(filter) = &mapper.filter
+        && let Some(access_log_filter::FilterSpecifier::StatusCodeFilter(status)) =
+            &filter.filter_specifier
+    {
+        let comparison = status.comparison.as_ref().map(|c| {
+            let value = c.value.as_ref().map(|v| {
+                Obj::default()
+                    .uint("default_value", v.default_value)
+                    .str("runtime_key", &v.runtime_key)
+                    .into()
+            });
+            Obj::default()
+                .enumeration(
+                    "op",
+                    c.op,
+                    comparison_filter::Op::try_from(c.op).map(|o| o.as_str_name()),
+                )
+                .opt("value", value)
+                .into()
+        });
+        let status = Obj::default().opt("comparison", comparison).into();
+        obj = obj.set(
+            "filter",
+            Obj::default().set("status_code_filter", status).into(),
+        );
+    }
+    obj.opt(
+        "status_code",
+        mapper.status_code.map(|v| Value::from(v.value)),
     )
     .into()
 }

@@ -7,13 +7,22 @@
 //! - TCP inbounds: `envoy.filters.network.local_ratelimit` (when a limit applies) then `tcp_proxy`;
 //! - a TCP connection rate on an HTTP inbound puts the network filter in front of the HTTP
 //!   connection manager, so it counts connections there too.
+//!
+//! Envoy's rate-limit filter takes its status from a fixed list of codes (418, 420, 499, 509
+//! and others are missing, and Envoy rejects the listener). For such a status the filter answers
+//! 429 and the connection manager's local-reply mapper turns its 429s into the policy's status:
+//! the rate limiter is the only source of 429 local replies on an inbound.
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLogFilter, ComparisonFilter, StatusCodeFilter, access_log_filter, comparison_filter,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, SocketAddress,
-    TrafficDirection, address, header_value_option::HeaderAppendAction, socket_address,
+    Address, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, RuntimeUInt32,
+    SocketAddress, TrafficDirection, address, header_value_option::HeaderAppendAction,
+    socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -26,12 +35,13 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+    HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, http_connection_manager,
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::r#type::v3::{
-    FractionalPercent, HttpStatus, TokenBucket, fractional_percent::DenominatorType,
+    FractionalPercent, HttpStatus, StatusCode, TokenBucket, fractional_percent::DenominatorType,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use meshlimit_policy::effective::{
@@ -53,6 +63,8 @@ pub const ROUTER: &str = "envoy.filters.http.router";
 /// The address inbound clusters forward to: the application beside the sidecar.
 const APPLICATION_ADDRESS: &str = "127.0.0.1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The status the rate-limit filter answers with when the policy's is not in Envoy's list.
+const STAND_IN_STATUS: u16 = 429;
 
 /// Everything Envoy gets for one Dataplane.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -192,8 +204,14 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
         })),
         ..Default::default()
     };
+    let local_reply_config = inbound
+        .http
+        .as_ref()
+        .filter(|http| !envoy_knows_status(http.status))
+        .map(|http| status_mapper(http.status));
     HttpConnectionManager {
         stat_prefix: stat_prefix(inbound.port),
+        local_reply_config,
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
             RouteConfiguration {
                 name: format!("inbound:{}", inbound.service),
@@ -237,12 +255,48 @@ fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
     HttpLocalRateLimit {
         stat_prefix: stat_prefix(port),
         status: Some(HttpStatus {
-            code: i32::from(limit.status),
+            code: i32::from(if envoy_knows_status(limit.status) {
+                limit.status
+            } else {
+                STAND_IN_STATUS
+            }),
         }),
         token_bucket: Some(token_bucket(limit.request_rate)),
         filter_enabled: Some(always("local_rate_limit_enabled")),
         filter_enforced: Some(always("local_rate_limit_enforced")),
         response_headers_to_add: set.chain(add).collect(),
+        ..Default::default()
+    }
+}
+
+/// Whether Envoy's `HttpStatus` enum lists `status` (it refuses any other code).
+pub fn envoy_knows_status(status: u16) -> bool {
+    StatusCode::try_from(i32::from(status)).is_ok_and(|code| code != StatusCode::Empty)
+}
+
+/// Turns the rate limiter's stand-in 429 local replies into `status`.
+fn status_mapper(status: u16) -> LocalReplyConfig {
+    let is_stand_in = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(
+            StatusCodeFilter {
+                comparison: Some(ComparisonFilter {
+                    op: comparison_filter::Op::Eq as i32,
+                    value: Some(RuntimeUInt32 {
+                        default_value: u32::from(STAND_IN_STATUS),
+                        runtime_key: "meshlimit.rate_limit_stand_in_status".to_string(),
+                    }),
+                }),
+            },
+        )),
+    };
+    LocalReplyConfig {
+        mappers: vec![ResponseMapper {
+            filter: Some(is_stand_in),
+            status_code: Some(UInt32Value {
+                value: u32::from(status),
+            }),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -438,6 +492,28 @@ mod tests {
             ]
         );
         assert_eq!(rl.stat_prefix, "inbound_8080");
+    }
+
+    #[test]
+    fn a_status_envoy_does_not_list_is_mapped_from_a_stand_in() {
+        let mut http = inbound(8080, Protocol::Http);
+        http.http = Some(HttpLimit {
+            request_rate: rate(1, Duration::from_secs(1)),
+            status: 418,
+            headers: RejectHeaders::default(),
+        });
+        let resources = generate(&dataplane(vec![http.clone()]));
+        let hcm: HttpConnectionManager = typed(&filters(&resources.listeners[0])[0]);
+        let rl: HttpLocalRateLimit = http_filter_config(&hcm.http_filters[0]);
+        assert_eq!(rl.status, Some(HttpStatus { code: 429 }));
+        let mapper = &hcm.local_reply_config.expect("mapper").mappers[0];
+        assert_eq!(mapper.status_code, Some(UInt32Value { value: 418 }));
+
+        http.http.as_mut().expect("limit").status = 503;
+        let resources = generate(&dataplane(vec![http]));
+        let hcm: HttpConnectionManager = typed(&filters(&resources.listeners[0])[0]);
+        assert_eq!(hcm.local_reply_config, None, "503 is Envoy's own");
+        assert!(!envoy_knows_status(599) && envoy_knows_status(429));
     }
 
     #[test]

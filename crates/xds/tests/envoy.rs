@@ -287,3 +287,27 @@ async fn an_envoy_whose_node_matches_no_dataplane_gets_nothing_until_one_appears
     envoy.wait_running(&limits).await;
     assert_eq!(statuses(port, 2).await, [200, 429]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_missing_from_envoys_list_still_reaches_the_client() {
+    let (handle, xds) = start_xds().await;
+    let (backend, _) = http_backend().await;
+    let port = free_port();
+    let mut web = inbound(port, backend, Protocol::Http);
+    // Envoy's HttpStatus enum has no 418; the listener must still be accepted.
+    web.http = Some(http_limit(1, 418, vec![header("x-limited", "yes")], vec![]));
+    let limits = dataplane("web-1", vec![web]);
+    handle.update(vec![limits.clone()]);
+    let envoy = Envoy::start("default", "web-1", xds).await;
+    envoy.wait_running(&limits).await;
+    let address = ([127, 0, 0, 1], port).into();
+    assert_eq!(http_get(address, "/").await.expect("request").status, 200);
+    let rejected = http_get(address, "/").await.expect("request");
+    assert_eq!(rejected.status, 418);
+    assert_eq!(rejected.header_values("x-limited"), ["yes"]);
+    let status = node_status(&handle, "default.web-1");
+    assert!(status.in_sync(), "{status:#?}");
+    let stats = envoy.stats("http_local_rate_limit").await;
+    let limited = format!("{}.http_local_rate_limit.rate_limited", stat_prefix(port));
+    assert_eq!(counter(&stats, &limited), 1);
+}

@@ -208,14 +208,23 @@ impl Envoy {
             .unwrap_or_default()
         {
             let name = listener["name"].as_str().unwrap_or_default().to_string();
-            eventually(
-                &format!("Envoy running listener {name} as rendered"),
-                || async {
-                    let (_, running) = self.active_listener(&name).await?;
-                    (running == listener).then_some(())
-                },
-            )
+            let mut last = None;
+            let matched = tokio::time::timeout(DEADLINE, async {
+                loop {
+                    let running = self.active_listener(&name).await.map(|(_, l)| l);
+                    if running.as_ref() == Some(&listener) {
+                        return;
+                    }
+                    last = running;
+                    tokio::time::sleep(POLL).await;
+                }
+            })
             .await;
+            assert!(
+                matched.is_ok(),
+                "Envoy does not run listener {name} as rendered after {DEADLINE:?}.\n\
+                 rendered: {listener:#}\nrunning: {last:#?}"
+            );
         }
     }
 }
