@@ -264,6 +264,10 @@ fn mapper_value(mapper: &ResponseMapper) -> Value {
         "status_code",
         mapper.status_code.map(|v| Value::from(v.value)),
     )
+    .list(
+        "headers_to_add",
+        mapper.headers_to_add.iter().map(header_option_value),
+    )
     .into()
 }
 

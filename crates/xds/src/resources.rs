@@ -9,9 +9,10 @@
 //!   connection manager, so it counts connections there too.
 //!
 //! Envoy's rate-limit filter takes its status from a fixed list of codes (418, 420, 499, 509
-//! and others are missing, and Envoy rejects the listener). For such a status the filter answers
-//! 429 and the connection manager's local-reply mapper turns its 429s into the policy's status:
-//! the rate limiter is the only source of 429 local replies on an inbound.
+//! and others are missing) and at most 10 response headers; Envoy rejects a listener beyond
+//! either. For such a limit the filter answers a stand-in 429 with no headers, and the
+//! connection manager's local-reply mapper turns its 429s into the policy's status and headers
+//! (the rate limiter is the only source of 429 local replies on an inbound).
 
 use std::time::Duration;
 
@@ -63,8 +64,10 @@ pub const ROUTER: &str = "envoy.filters.http.router";
 /// The address inbound clusters forward to: the application beside the sidecar.
 const APPLICATION_ADDRESS: &str = "127.0.0.1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The status the rate-limit filter answers with when the policy's is not in Envoy's list.
+/// The status the rate-limit filter answers with when the local-reply mapper finishes the answer.
 const STAND_IN_STATUS: u16 = 429;
+/// Envoy's limit on the rate-limit filter's `response_headers_to_add`.
+const FILTER_MAX_HEADERS: usize = 10;
 
 /// Everything Envoy gets for one Dataplane.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -207,8 +210,8 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
     let local_reply_config = inbound
         .http
         .as_ref()
-        .filter(|http| !envoy_knows_status(http.status))
-        .map(|http| status_mapper(http.status));
+        .filter(|http| needs_mapper(http))
+        .map(mapper);
     HttpConnectionManager {
         stat_prefix: stat_prefix(inbound.port),
         local_reply_config,
@@ -231,6 +234,26 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
 
 /// The HTTP local rate limit of an inbound, enabled and enforced for every request.
 fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
+    let (status, headers) = if needs_mapper(limit) {
+        (STAND_IN_STATUS, Vec::new())
+    } else {
+        (limit.status, reject_headers(limit))
+    };
+    HttpLocalRateLimit {
+        stat_prefix: stat_prefix(port),
+        status: Some(HttpStatus {
+            code: i32::from(status),
+        }),
+        token_bucket: Some(token_bucket(limit.request_rate)),
+        filter_enabled: Some(always("local_rate_limit_enabled")),
+        filter_enforced: Some(always("local_rate_limit_enforced")),
+        response_headers_to_add: headers,
+        ..Default::default()
+    }
+}
+
+/// The policy's headers for a rejected request: `set` overwrites (or adds), `add` appends.
+fn reject_headers(limit: &HttpLimit) -> Vec<HeaderValueOption> {
     let header = |name: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_string(),
@@ -252,21 +275,7 @@ fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
         .add
         .iter()
         .map(|h| header(&h.name, &h.value, HeaderAppendAction::AppendIfExistsOrAdd));
-    HttpLocalRateLimit {
-        stat_prefix: stat_prefix(port),
-        status: Some(HttpStatus {
-            code: i32::from(if envoy_knows_status(limit.status) {
-                limit.status
-            } else {
-                STAND_IN_STATUS
-            }),
-        }),
-        token_bucket: Some(token_bucket(limit.request_rate)),
-        filter_enabled: Some(always("local_rate_limit_enabled")),
-        filter_enforced: Some(always("local_rate_limit_enforced")),
-        response_headers_to_add: set.chain(add).collect(),
-        ..Default::default()
-    }
+    set.chain(add).collect()
 }
 
 /// Whether Envoy's `HttpStatus` enum lists `status` (it refuses any other code).
@@ -274,8 +283,14 @@ pub fn envoy_knows_status(status: u16) -> bool {
     StatusCode::try_from(i32::from(status)).is_ok_and(|code| code != StatusCode::Empty)
 }
 
-/// Turns the rate limiter's stand-in 429 local replies into `status`.
-fn status_mapper(status: u16) -> LocalReplyConfig {
+/// The rate-limit filter alone cannot answer as the policy says.
+fn needs_mapper(limit: &HttpLimit) -> bool {
+    let headers = limit.headers.set.len() + limit.headers.add.len();
+    !envoy_knows_status(limit.status) || headers > FILTER_MAX_HEADERS
+}
+
+/// Turns the rate limiter's stand-in 429 local replies into the policy's status and headers.
+fn mapper(limit: &HttpLimit) -> LocalReplyConfig {
     let is_stand_in = AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(
             StatusCodeFilter {
@@ -293,8 +308,9 @@ fn status_mapper(status: u16) -> LocalReplyConfig {
         mappers: vec![ResponseMapper {
             filter: Some(is_stand_in),
             status_code: Some(UInt32Value {
-                value: u32::from(status),
+                value: u32::from(limit.status),
             }),
+            headers_to_add: reject_headers(limit),
             ..Default::default()
         }],
         ..Default::default()
@@ -513,6 +529,39 @@ mod tests {
         let resources = generate(&dataplane(vec![http]));
         let hcm: HttpConnectionManager = typed(&filters(&resources.listeners[0])[0]);
         assert_eq!(hcm.local_reply_config, None, "503 is Envoy's own");
+    }
+
+    #[test]
+    fn more_headers_than_the_filter_takes_go_to_the_mapper() {
+        let mut http = inbound(8080, Protocol::Http);
+        let headers = |prefix: &str| {
+            (0..6)
+                .map(|i| PolicyHeader {
+                    name: format!("{prefix}-{i}"),
+                    value: "v".into(),
+                })
+                .collect()
+        };
+        http.http = Some(HttpLimit {
+            request_rate: rate(1, Duration::from_secs(1)),
+            status: 503,
+            headers: RejectHeaders {
+                set: headers("x-set"),
+                add: headers("x-add"),
+            },
+        });
+        let resources = generate(&dataplane(vec![http]));
+        let hcm: HttpConnectionManager = typed(&filters(&resources.listeners[0])[0]);
+        let rl: HttpLocalRateLimit = http_filter_config(&hcm.http_filters[0]);
+        assert_eq!(rl.status, Some(HttpStatus { code: 429 }));
+        assert!(rl.response_headers_to_add.is_empty());
+        let mapper = &hcm.local_reply_config.expect("mapper").mappers[0];
+        assert_eq!(mapper.status_code, Some(UInt32Value { value: 503 }));
+        assert_eq!(mapper.headers_to_add.len(), 12);
+        assert_eq!(
+            mapper.headers_to_add[6].append_action,
+            HeaderAppendAction::AppendIfExistsOrAdd as i32
+        );
         assert!(!envoy_knows_status(599) && envoy_knows_status(429));
     }
 

@@ -289,25 +289,54 @@ async fn an_envoy_whose_node_matches_no_dataplane_gets_nothing_until_one_appears
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_status_missing_from_envoys_list_still_reaches_the_client() {
+async fn answers_beyond_the_filters_own_fields_still_reach_the_client() {
     let (handle, xds) = start_xds().await;
     let (backend, _) = http_backend().await;
-    let port = free_port();
-    let mut web = inbound(port, backend, Protocol::Http);
-    // Envoy's HttpStatus enum has no 418; the listener must still be accepted.
-    web.http = Some(http_limit(1, 418, vec![header("x-limited", "yes")], vec![]));
-    let limits = dataplane("web-1", vec![web]);
+    let (odd_status, many_headers) = (free_port(), free_port());
+    // Envoy's HttpStatus enum has no 418.
+    let mut odd = inbound(odd_status, backend, Protocol::Http);
+    odd.http = Some(http_limit(1, 418, vec![header("x-limited", "yes")], vec![]));
+    // The filter takes at most 10 headers; a policy may have 16 `set` and 16 `add`.
+    let mut many = inbound(many_headers, backend, Protocol::Http);
+    let set = (0..16)
+        .map(|i| header(&format!("x-set-{i}"), "v"))
+        .collect();
+    let mut add: Vec<_> = (0..15)
+        .map(|i| header(&format!("x-add-{i}"), "v"))
+        .collect();
+    add.push(header("x-set-0", "appended"));
+    many.http = Some(http_limit(1, 503, set, add));
+    let limits = dataplane("web-1", vec![odd, many]);
     handle.update(vec![limits.clone()]);
     let envoy = Envoy::start("default", "web-1", xds).await;
     envoy.wait_running(&limits).await;
-    let address = ([127, 0, 0, 1], port).into();
+    let status = node_status(&handle, "default.web-1");
+    assert!(
+        status.in_sync(),
+        "Envoy accepts both listeners: {status:#?}"
+    );
+
+    let address = ([127, 0, 0, 1], odd_status).into();
     assert_eq!(http_get(address, "/").await.expect("request").status, 200);
     let rejected = http_get(address, "/").await.expect("request");
     assert_eq!(rejected.status, 418);
     assert_eq!(rejected.header_values("x-limited"), ["yes"]);
-    let status = node_status(&handle, "default.web-1");
-    assert!(status.in_sync(), "{status:#?}");
+
+    let address = ([127, 0, 0, 1], many_headers).into();
+    assert_eq!(http_get(address, "/").await.expect("request").status, 200);
+    let rejected = http_get(address, "/").await.expect("request");
+    assert_eq!(rejected.status, 503);
+    for i in 1..16 {
+        assert_eq!(rejected.header_values(&format!("x-set-{i}")), ["v"]);
+    }
+    for i in 0..15 {
+        assert_eq!(rejected.header_values(&format!("x-add-{i}")), ["v"]);
+    }
+    assert_eq!(rejected.header_values("x-set-0"), ["v", "appended"]);
+
     let stats = envoy.stats("http_local_rate_limit").await;
-    let limited = format!("{}.http_local_rate_limit.rate_limited", stat_prefix(port));
-    assert_eq!(counter(&stats, &limited), 1);
+    for port in [odd_status, many_headers] {
+        let limited = format!("{}.http_local_rate_limit.rate_limited", stat_prefix(port));
+        assert_eq!(counter(&stats, &limited), 1);
+    }
 }
