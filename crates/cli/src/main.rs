@@ -8,10 +8,19 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "meshlimit", version, about = "Rate limiting for service meshes")]
+#[command(
+    name = "meshlimit",
+    version,
+    about = "Rate limiting for service meshes"
+)]
 struct Cli {
     /// Control-plane API URL used by apply/get/describe/delete/diagnose/top.
-    #[arg(long, global = true, env = "MESHLIMIT_CP", default_value = "http://127.0.0.1:5681")]
+    #[arg(
+        long,
+        global = true,
+        env = "MESHLIMIT_CP",
+        default_value = "http://127.0.0.1:5681"
+    )]
     cp: String,
     /// API token for a control plane bound to a non-loopback address.
     #[arg(long, global = true, env = "MESHLIMIT_TOKEN", hide_env_values = true)]
@@ -54,7 +63,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = cmd::Context { cp: cli.cp, token: cli.token };
+    let ctx = cmd::Context {
+        cp: cli.cp,
+        token: cli.token,
+    };
     let result = match cli.command {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Validate(args) => cmd::validate::run(args),
