@@ -228,6 +228,17 @@ impl Client {
         self.json(Method::GET, path, None).await
     }
 
+    /// A plain-text `GET` (an admin endpoint's `/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (_, bytes) = self
+            .call(Method::GET, path, None, "text/plain", Bytes::new())
+            .await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Protocol {
+            url: format!("{}{path}", self.base),
+            reason: e.to_string(),
+        })
+    }
+
     /// `POST /apply`: every document of every file, all or nothing.
     pub async fn apply(
         &self,

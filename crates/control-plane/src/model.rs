@@ -52,6 +52,11 @@ pub fn to_yaml(resource: &Resource) -> Result<String, serde_yaml_ng::Error> {
     serde_yaml_ng::to_string(resource)
 }
 
+/// Any API body as YAML (what `Accept: application/yaml` gets).
+pub fn any_to_yaml<T: serde::Serialize>(value: &T) -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(value)
+}
+
 /// Parses exactly one resource (a stored value, or the body of a `PUT`).
 pub fn parse_one(file: &str, text: &str) -> Result<Resource, Vec<Problem>> {
     let parsed = meshlimit_policy::parse_documents(file, text)?;

@@ -1,10 +1,138 @@
-//! `meshlimit control-plane` (being built).
+//! `meshlimit control-plane [--store PATH] [--api ADDR] [--token-file F]`: the store, the REST
+//! API and the limit streams data planes follow.
+//!
+//! The API listens on loopback (`127.0.0.1:5681`) unless told otherwise; on any other address it
+//! refuses to start without `--token-file`, and then every request must carry
+//! `Authorization: Bearer <token>`. Once listening it prints `API listening on http://ADDR`
+//! (the real port when given port 0) and writes the URL to `--address-file` if asked.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context as _;
+use meshlimit_control_plane::{
+    ApiConfig, ControlPlane, DEFAULT_API_ADDR, default_store_path, needs_token,
+};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`meshlimit control-plane` is not available in this build yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store file [default: $XDG_DATA_HOME/meshlimit/store.redb, else
+    /// ~/.local/share/meshlimit/store.redb].
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Address of the REST API.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_API_ADDR)]
+    pub api: SocketAddr,
+    /// File holding the API token; required when --api is not a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Write the API's URL to this file once listening (useful with port 0).
+    #[arg(long, value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let token = match &args.token_file {
+        Some(path) => Some(read_token(path)?),
+        None if needs_token(&args.api) => anyhow::bail!(
+            "refusing to serve the API on {} without --token-file: only loopback addresses may \
+             be used without a token",
+            args.api
+        ),
+        None => None,
+    };
+    let store = args.store.clone().unwrap_or_else(default_store_path);
+    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the store directory {}", parent.display()))?;
+    }
+    let cp = ControlPlane::open(&store).map_err(|e| match e {
+        meshlimit_control_plane::CpError::Invalid(problems) => anyhow::anyhow!(
+            "the store {} holds resources that no longer validate:\n{}",
+            store.display(),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        other => anyhow::Error::new(other),
+    })?;
+    let config = ApiConfig {
+        token,
+        max_body_bytes: args.max_body_bytes,
+        ..ApiConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(cp, config, args, store))
+}
+
+async fn serve(
+    cp: ControlPlane,
+    config: ApiConfig,
+    args: Args,
+    store: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api))?;
+    let bound = listener.local_addr()?;
+    let url = format!("http://{bound}");
+    if let Some(path) = &args.address_file {
+        // Write then rename, so a reader never sees half a URL.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{url}\n"))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let snapshot = cp.snapshot();
+    println!("meshlimit control plane: API listening on {url}");
+    println!(
+        "store {} at version {} ({} resources){}",
+        store.display(),
+        snapshot.version,
+        snapshot.entries.len(),
+        if config.token.is_some() {
+            "; API requires a token"
+        } else {
+            ""
+        }
+    );
+    let router = meshlimit_control_plane::router(cp, config);
+    tokio::select! {
+        served = meshlimit_control_plane::serve(listener, router) => {
+            served.context("serving the API")?;
+        }
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (every acknowledged write is already durable, so stopping is immediate).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn read_token(path: &PathBuf) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
 }
