@@ -7,8 +7,10 @@
 //! Start with [`KernelLimiter`] (`limiter.rs`): `attach` a cgroup, `set_limits` from the policy
 //! engine's `KernelLimit`s, read `stats`/`counters`, and [`render_prometheus`] them. The types
 //! both sides share are in `shared.rs`; `arithmetic.rs` runs the program's token arithmetic
-//! with injected time so it can be checked against the userspace engine.
+//! with injected time so it can be checked against the userspace engine. [`agent`] is the
+//! long-running agent behind `meshlimit agent`.
 
+pub mod agent;
 mod arithmetic;
 mod error;
 mod limiter;
