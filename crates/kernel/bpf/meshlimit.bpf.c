@@ -173,8 +173,9 @@ static __always_inline int admit(void *state_map, const struct bucket_key *key,
 			// (clamped). A take that lands before the seal is in `tokens`; none lands after.
 			if (__sync_val_compare_and_swap(&state->consumed, consumed, consumed | SEALED) != consumed)
 				continue;
+			// Intervals keep counting from the last top-up, in the new settings.
 			struct bucket_state next = {
-				.origin_ns = now,
+				.origin_ns = state->origin_ns + n * state->settings.fill_interval_ns,
 				.settings = *s,
 				.initial_tokens = tokens < s->max_tokens ? tokens : s->max_tokens,
 			};

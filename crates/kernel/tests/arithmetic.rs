@@ -1,39 +1,20 @@
-//! The kernel's token arithmetic against a plain model of `interval` refill, over many random
-//! arrival sequences, through `BPF_PROG_TEST_RUN` with injected time (no sockets, no waiting).
+//! The kernel's token arithmetic against the userspace engine's reference model
+//! (`meshlimit_bucket::model::ReferenceBucket`, `interval` refill) over many random arrival
+//! sequences, with settings changes, through `BPF_PROG_TEST_RUN` with injected time (no
+//! sockets, no waiting).
 
+use meshlimit_bucket::Refill;
+use meshlimit_bucket::model::ReferenceBucket;
 use meshlimit_kernel::{ArithmeticProbe, BucketSettings};
 
-/// The obviously-correct `interval` refill: tokens_per_fill for every whole fill_interval since
-/// the last top-up, the remainder carried, capped at max_tokens; starts full.
-struct PlainBucket {
-    settings: BucketSettings,
-    last_topup: u64,
-    tokens: u64,
-}
-
-impl PlainBucket {
-    fn new(settings: BucketSettings, now: u64) -> PlainBucket {
-        PlainBucket {
-            settings,
-            last_topup: now,
-            tokens: settings.max_tokens,
-        }
-    }
-
-    fn check(&mut self, now: u64) -> bool {
-        let s = self.settings;
-        if now > self.last_topup {
-            let topups = u128::from((now - self.last_topup) / s.fill_interval_ns);
-            self.last_topup += (topups as u64) * s.fill_interval_ns;
-            let tokens = u128::from(self.tokens) + topups * u128::from(s.tokens_per_fill);
-            self.tokens = tokens.min(u128::from(s.max_tokens)) as u64;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
+fn reference(s: BucketSettings, now: u64) -> ReferenceBucket {
+    ReferenceBucket::new(
+        s.max_tokens,
+        s.tokens_per_fill,
+        s.fill_interval_ns,
+        Refill::Interval,
+        now,
+    )
 }
 
 /// xorshift64*: deterministic sequences, so a failure names its seed.
@@ -81,13 +62,27 @@ fn random_gap(rng: &mut Rng, interval: u64) -> u64 {
 fn kernel_decisions_match_the_model_on_random_arrivals() {
     let mut probe = ArithmeticProbe::load().expect("load the arithmetic program");
     let mut compared = 0;
+    let mut reconfigured = 0;
     for seed in 1..=300u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let settings = random_settings(&mut rng);
+        let mut settings = random_settings(&mut rng);
         let mut now = 1_000_000_000_000 + rng.below(1 << 40);
-        let mut model = PlainBucket::new(settings, now);
+        let mut model = reference(settings, now);
         let mut decisions = Vec::new();
         for step in 0..150 {
+            // Now and then the policy changes: the kernel applies new settings to a bucket at
+            // its next connect, so the model is reconfigured at that instant.
+            if rng.below(25) == 0 {
+                settings = random_settings(&mut rng);
+                model.reconfigure(
+                    settings.max_tokens,
+                    settings.tokens_per_fill,
+                    settings.fill_interval_ns,
+                    Refill::Interval,
+                    now,
+                );
+                reconfigured += 1;
+            }
             let kernel = probe.check(seed, settings, now).expect("test run");
             let expected = model.check(now);
             decisions.push(kernel);
@@ -102,6 +97,7 @@ fn kernel_decisions_match_the_model_on_random_arrivals() {
         assert!(decisions.contains(&true), "seed {seed} admitted nothing");
     }
     assert_eq!(compared, 300 * 150);
+    assert!(reconfigured > 100, "only {reconfigured} settings changes");
 }
 
 #[test]
