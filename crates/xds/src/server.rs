@@ -43,6 +43,8 @@ pub struct XdsHandle {
 
 struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Set on shutdown: every stream ends, so a graceful stop does not wait forever.
+    closing: watch::Sender<bool>,
     /// Per node id: what its streams sent, acknowledged and rejected.
     records: Mutex<BTreeMap<String, NodeStatus>>,
 }
@@ -54,6 +56,7 @@ impl XdsServer {
         let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         let shared = Arc::new(Shared {
             snapshot,
+            closing: watch::Sender::new(false),
             records: Mutex::new(BTreeMap::new()),
         });
         let handle = XdsHandle {
@@ -67,6 +70,25 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming(TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    }
+
+    /// Serves until `signal` completes, then ends every stream (Envoys keep their last
+    /// configuration and retry) and returns once the connections are closed.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), XdsError> {
+        let shared = self.shared.clone();
+        let signal = async move {
+            signal.await;
+            shared.closing.send_replace(true);
+        };
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await?;
         Ok(())
     }
@@ -98,10 +120,12 @@ impl XdsHandle {
     pub fn status(&self) -> Vec<NodeStatus> {
         let snapshot = self.shared.snapshot.borrow().clone();
         let mut records = self.shared.records().clone();
-        for id in snapshot.nodes.keys() {
-            records
-                .entry(id.clone())
-                .or_insert_with(|| NodeStatus::new(id));
+        for (id, node) in &snapshot.nodes {
+            if node.known {
+                records
+                    .entry(id.clone())
+                    .or_insert_with(|| NodeStatus::new(id));
+            }
         }
         records
             .into_values()
@@ -110,9 +134,6 @@ impl XdsHandle {
                 status.listeners.current_version = snapshot.version(&status.node, LISTENER_TYPE);
                 status.clusters.current_version = snapshot.version(&status.node, CLUSTER_TYPE);
                 status
-            })
-            .filter(|status| {
-                status.known || status.streams > 0 || status.listeners.sent_version.is_some()
             })
             .collect()
     }
@@ -228,9 +249,14 @@ async fn run_stream(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
     let mut snapshots = shared.snapshot.subscribe();
+    let mut closing = shared.closing.subscribe();
     let mut stream = AdsStream::default();
     'stream: loop {
+        if *closing.borrow_and_update() {
+            break;
+        }
         let outcome: Result<Outcome, Status> = tokio::select! {
+            _ = closing.changed() => continue,
             request = requests.message() => match request {
                 Ok(Some(request)) => {
                     let snapshot = snapshots.borrow_and_update().clone();
@@ -271,5 +297,49 @@ async fn run_stream(
     }
     if let Some(node) = stream.node() {
         shared.disconnected(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshlimit_policy::effective::DataplaneLimits;
+
+    use super::*;
+
+    fn dataplane(name: &str) -> DataplaneLimits {
+        DataplaneLimits {
+            dataplane: name.into(),
+            mesh: "default".into(),
+            address: "127.0.0.1".into(),
+            inbounds: vec![],
+            kernel: vec![],
+        }
+    }
+
+    #[test]
+    fn status_lists_known_dataplanes_and_nodes_that_connected() {
+        let (_server, handle) = XdsServer::new();
+        handle.update(vec![dataplane("a")]);
+        let status = handle.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].node, "default.a");
+        assert!(status[0].known && status[0].streams == 0);
+        assert_eq!(status[0].listeners.current_version, "1");
+        assert_eq!(status[0].listeners.sent_version, None);
+
+        handle
+            .shared
+            .record("default.stranger", vec![Event::Connected]);
+        handle.update(vec![]);
+        let nodes: Vec<_> = handle
+            .status()
+            .into_iter()
+            .map(|s| (s.node, s.known))
+            .collect();
+        assert_eq!(
+            nodes,
+            [("default.stranger".to_string(), false)],
+            "a removed Dataplane that never connected is forgotten"
+        );
     }
 }

@@ -150,11 +150,13 @@ async fn an_update_changes_envoys_behaviour_within_a_second() {
     assert_eq!(statuses(port, 3).await, [200, 200, 429]);
 
     let applied = timed_update(&handle, &envoy, limits(Some((4, 503)))).await;
+    eprintln!("Envoy ran the changed limit {applied:?} after the update");
     assert!(applied < Duration::from_secs(1), "Envoy took {applied:?}");
     // A changed listener gets a new filter, so a new (full) bucket.
     assert_eq!(statuses(port, 5).await, [200, 200, 200, 200, 503]);
 
     let applied = timed_update(&handle, &envoy, limits(None)).await;
+    eprintln!("Envoy ran the removed limit {applied:?} after the update");
     assert!(applied < Duration::from_secs(1), "Envoy took {applied:?}");
     assert_eq!(statuses(port, 10).await, [200; 10], "no limit any more");
 
@@ -339,4 +341,60 @@ async fn answers_beyond_the_filters_own_fields_still_reach_the_client() {
         let limited = format!("{}.http_local_rate_limit.rate_limited", stat_prefix(port));
         assert_eq!(counter(&stats, &limited), 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_one_inbound_keeps_the_tokens_of_the_others() {
+    let (handle, xds) = start_xds().await;
+    let (backend, _) = http_backend().await;
+    let (kept, changed) = (free_port(), free_port());
+    let limits = |changed_num| {
+        let mut a = inbound(kept, backend, Protocol::Http);
+        a.http = Some(http_limit(2, 429, vec![], vec![]));
+        let mut b = inbound(changed, backend, Protocol::Http);
+        b.http = Some(http_limit(changed_num, 429, vec![], vec![]));
+        dataplane("web-1", vec![a, b])
+    };
+    handle.update(vec![limits(1)]);
+    let envoy = Envoy::start("default", "web-1", xds).await;
+    envoy.wait_running(&limits(1)).await;
+    assert_eq!(statuses(kept, 3).await, [200, 200, 429]);
+    assert_eq!(statuses(changed, 2).await, [200, 429]);
+
+    handle.update(vec![limits(3)]);
+    envoy.wait_running(&limits(3)).await;
+    // Envoy re-creates only the listener whose configuration changed.
+    assert_eq!(statuses(kept, 1).await, [429], "its bucket is still empty");
+    assert_eq!(statuses(changed, 4).await, [200, 200, 200, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_ends_the_streams_of_connected_envoys() {
+    let (server, handle) = meshlimit_xds::XdsServer::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind xDS");
+    let xds = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(listener, async {
+        let _ = stopped.await;
+    }));
+    let _envoy = Envoy::start("default", "web-1", xds).await;
+    eventually("the Envoy to connect", || async {
+        let status = handle.node_status("default.web-1")?;
+        (status.streams == 1).then_some(())
+    })
+    .await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the server stops although Envoy's stream was open")
+        .expect("server task")
+        .expect("clean stop");
+    eventually("the stream to be counted closed", || async {
+        let status = handle.node_status("default.web-1")?;
+        (status.streams == 0).then_some(())
+    })
+    .await;
 }
