@@ -23,6 +23,8 @@ pub use effective::{
 };
 pub use matching::Source;
 pub use model::{Form, Kind, Resource, UnknownKind};
-pub use parse::{MAX_FILE_BYTES, MESH_LABEL, Origin, Parsed, load_paths, parse_documents};
+pub use parse::{
+    MAX_FILE_BYTES, MAX_FLOW_DEPTH, MESH_LABEL, Origin, Parsed, load_paths, parse_documents,
+};
 pub use problem::Problem;
 pub use set::{ResourceSet, SourceLimits};

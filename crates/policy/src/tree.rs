@@ -237,6 +237,14 @@ pub(crate) fn duration(report: &mut Report, value: &Value, path: &str) -> Option
     };
     match crate::duration::parse_go(s) {
         Ok(d) => Some(d),
+        // Do not echo a whole megabyte back at the user.
+        Err(_) if s.len() > 64 => {
+            report.error(
+                path,
+                format!("invalid duration {}: too long", quote_short(s)),
+            );
+            None
+        }
         Err(e) => {
             report.error(path, e);
             None

@@ -163,12 +163,23 @@ pub struct Rule {
 }
 
 /// One source a rule applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Match {
-    #[serde(rename = "spiffeID")]
     SpiffeId(StringMatch),
     Sni(StringMatch),
+}
+
+impl Serialize for Match {
+    /// `{spiffeID: {...}}` or `{sni: {...}}`: a one-entry mapping, never a YAML tag.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Match::SpiffeId(m) => map.serialize_entry("spiffeID", m)?,
+            Match::Sni(m) => map.serialize_entry("sni", m)?,
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -16,8 +16,14 @@ mod mesh_rate_limit;
 mod rate_limit;
 
 /// Files larger than this are refused before parsing: real policy files are a few kilobytes,
-/// and the bound keeps memory and time predictable for anything fed to the parser.
-pub const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
+/// and the bound keeps memory and time predictable for anything fed to the parser (the YAML
+/// parser holds every event of a document in memory, about 100 bytes per node).
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: the YAML
+/// parser's time grows with the square of that depth. Anything past 128 levels is refused by
+/// the parser anyway; the margin keeps brackets inside quoted strings from tripping it.
+pub const MAX_FLOW_DEPTH: usize = 1000;
 
 /// The label that puts a Kubernetes-form resource in a mesh.
 pub const MESH_LABEL: &str = "kuma.io/mesh";
@@ -59,6 +65,17 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Parsed, Vec<Problem>> {
                 format!(
                     "file is {} bytes, more than the {MAX_FILE_BYTES} bytes a resource file may have",
                     text.len()
+                ),
+            )
+            .at(file, 0),
+        ]);
+    }
+    if let Some(line) = too_deep(text) {
+        return Err(vec![
+            Problem::new(
+                "",
+                format!(
+                    "flow collections ([ ], {{ }}) are nested more than {MAX_FLOW_DEPTH} levels deep at line {line}"
                 ),
             )
             .at(file, 0),
@@ -445,6 +462,28 @@ fn resource_name(report: &mut Report, value: &Value, path: &str) -> Option<Strin
         return None;
     }
     Some(name)
+}
+
+/// The line where flow brackets first nest deeper than [`MAX_FLOW_DEPTH`], if they do.
+/// Brackets are counted everywhere (quotes included): cheap, and only wrong for files with
+/// a thousand unbalanced brackets inside strings.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The parser's message, made plainer where it is cryptic (integers beyond 128 bits).

@@ -1,0 +1,591 @@
+//! Kuma's matching and merging, one table row (or test) per rule of the algorithm.
+
+use std::time::Duration;
+
+use meshlimit_policy::{HeaderValue, InboundLimits, Rate, ResourceSet, Source, parse_documents};
+
+const DATAPLANES: &str = r#"
+type: Dataplane
+name: dp-1
+labels: {zone: east}
+networking:
+  address: 10.0.0.1
+  inbound:
+    - port: 8080
+      name: api
+      tags: {kuma.io/service: web, kuma.io/protocol: http, version: v1, team: a}
+    - port: 9090
+      tags: {kuma.io/service: web-admin, kuma.io/protocol: http2, version: v1}
+    - port: 6379
+      tags: {kuma.io/service: cache}
+---
+type: Dataplane
+name: dp-2
+labels: {zone: west}
+networking:
+  address: 10.0.0.2
+  inbound:
+    - port: 8080
+      tags: {kuma.io/service: web, kuma.io/protocol: grpc, version: v2}
+---
+type: Dataplane
+name: gw-1
+networking:
+  address: 10.0.0.9
+  gateway:
+    type: BUILTIN
+    tags: {kuma.io/service: edge}
+---
+type: Mesh
+name: other
+"#;
+
+/// A MeshRateLimit with one catch-all rule.
+fn policy(name: &str, target: &str, local: &str) -> String {
+    format!(
+        "type: MeshRateLimit\nname: {name}\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        local: {local}\n"
+    )
+}
+
+/// HTTP `num` requests per second.
+fn http(num: u32) -> String {
+    format!("{{http: {{requestRate: {{num: {num}, interval: 1s}}}}}}")
+}
+
+fn set(policies: &[String]) -> ResourceSet {
+    let mut docs = vec![DATAPLANES.to_string()];
+    docs.extend(policies.iter().cloned());
+    let parsed =
+        parse_documents("t.yaml", &docs.join("\n---\n")).unwrap_or_else(|p| panic!("{p:#?}"));
+    ResourceSet::from_parsed(parsed).unwrap_or_else(|p| panic!("{p:#?}"))
+}
+
+fn inbound(set: &ResourceSet, dp: &str, port: u16) -> InboundLimits {
+    let limits = set.effective("default", dp).expect("dataplane");
+    limits
+        .inbounds
+        .into_iter()
+        .find(|i| i.port == port)
+        .expect("inbound")
+}
+
+fn http_num(i: &InboundLimits) -> Option<u32> {
+    i.http.as_ref().map(|h| h.request_rate.num)
+}
+
+struct Case {
+    rule: &'static str,
+    policies: Vec<String>,
+    /// (dataplane, port, expected HTTP num, expected contributing policies)
+    expect: Vec<(&'static str, u16, Option<u32>, Vec<&'static str>)>,
+}
+
+#[test]
+fn selection_by_target_ref_kind() {
+    let cases = vec![
+        Case {
+            rule: "Mesh selects every inbound of every sidecar",
+            policies: vec![policy("all", "{kind: Mesh}", &http(1))],
+            expect: vec![
+                ("dp-1", 8080, Some(1), vec!["all"]),
+                ("dp-1", 9090, Some(1), vec!["all"]),
+                ("dp-2", 8080, Some(1), vec!["all"]),
+            ],
+        },
+        Case {
+            rule: "an omitted targetRef means Mesh",
+            policies: vec![format!(
+                "type: MeshRateLimit\nname: implicit\nspec:\n  rules:\n    - default:\n        local: {}\n",
+                http(2)
+            )],
+            expect: vec![
+                ("dp-1", 8080, Some(2), vec!["implicit"]),
+                ("dp-2", 8080, Some(2), vec!["implicit"]),
+            ],
+        },
+        Case {
+            rule: "proxyTypes [Sidecar] keeps sidecars",
+            policies: vec![policy(
+                "sidecars",
+                "{kind: Mesh, proxyTypes: [Sidecar]}",
+                &http(12),
+            )],
+            expect: vec![
+                ("dp-1", 8080, Some(12), vec!["sidecars"]),
+                ("dp-2", 8080, Some(12), vec!["sidecars"]),
+            ],
+        },
+        Case {
+            rule: "MeshSubset needs every tag on the inbound",
+            policies: vec![policy(
+                "v1-team-a",
+                "{kind: MeshSubset, tags: {version: v1, team: a}}",
+                &http(3),
+            )],
+            expect: vec![
+                ("dp-1", 8080, Some(3), vec!["v1-team-a"]),
+                ("dp-1", 9090, None, vec![]),
+                ("dp-2", 8080, None, vec![]),
+            ],
+        },
+        Case {
+            rule: "MeshService selects inbounds whose kuma.io/service is the name",
+            policies: vec![policy("web", "{kind: MeshService, name: web}", &http(4))],
+            expect: vec![
+                ("dp-1", 8080, Some(4), vec!["web"]),
+                ("dp-1", 9090, None, vec![]),
+                ("dp-2", 8080, Some(4), vec!["web"]),
+            ],
+        },
+        Case {
+            rule: "MeshServiceSubset needs the service and the tags",
+            policies: vec![policy(
+                "web-v2",
+                "{kind: MeshServiceSubset, name: web, tags: {version: v2}}",
+                &http(5),
+            )],
+            expect: vec![
+                ("dp-1", 8080, None, vec![]),
+                ("dp-2", 8080, Some(5), vec!["web-v2"]),
+            ],
+        },
+        Case {
+            rule: "Dataplane by name selects all its inbounds",
+            policies: vec![policy("dp1", "{kind: Dataplane, name: dp-1}", &http(6))],
+            expect: vec![
+                ("dp-1", 8080, Some(6), vec!["dp1"]),
+                ("dp-1", 9090, Some(6), vec!["dp1"]),
+                ("dp-2", 8080, None, vec![]),
+            ],
+        },
+        Case {
+            rule: "Dataplane by labels",
+            policies: vec![policy(
+                "west",
+                "{kind: Dataplane, labels: {zone: west}}",
+                &http(7),
+            )],
+            expect: vec![
+                ("dp-1", 8080, None, vec![]),
+                ("dp-2", 8080, Some(7), vec!["west"]),
+            ],
+        },
+        Case {
+            rule: "sectionName narrows to one inbound, by inbound name or port",
+            policies: vec![
+                policy(
+                    "by-name",
+                    "{kind: Dataplane, name: dp-1, sectionName: api}",
+                    &http(8),
+                ),
+                policy(
+                    "by-port",
+                    "{kind: Dataplane, labels: {zone: east}, sectionName: \"9090\"}",
+                    &http(9),
+                ),
+            ],
+            expect: vec![
+                ("dp-1", 8080, Some(8), vec!["by-name"]),
+                ("dp-1", 9090, Some(9), vec!["by-port"]),
+                ("dp-2", 8080, None, vec![]),
+            ],
+        },
+        Case {
+            rule: "MeshGateway and MeshHTTPRoute select no sidecar inbound",
+            policies: vec![format!(
+                "type: MeshRateLimit\nname: edge\nspec:\n  targetRef: {{kind: MeshGateway, name: edge}}\n  to:\n    - targetRef: {{kind: Mesh}}\n      default:\n        local: {}\n",
+                http(10)
+            )],
+            expect: vec![("dp-1", 8080, None, vec![]), ("dp-2", 8080, None, vec![])],
+        },
+        Case {
+            rule: "a policy of another mesh selects nothing here",
+            policies: vec![
+                policy("elsewhere", "{kind: Mesh}", &http(11))
+                    .replace("name: elsewhere", "name: elsewhere\nmesh: other"),
+            ],
+            expect: vec![("dp-1", 8080, None, vec![])],
+        },
+    ];
+    run(cases);
+}
+
+#[test]
+fn ordering_by_specificity_then_name() {
+    let cases = vec![
+        Case {
+            rule: "kind rank: Mesh < Dataplane < MeshSubset < MeshService < MeshServiceSubset",
+            policies: vec![
+                policy(
+                    "e-subset-service",
+                    "{kind: MeshServiceSubset, name: web, tags: {version: v1}}",
+                    &http(5),
+                ),
+                policy("a-mesh", "{kind: Mesh}", &http(1)),
+                policy(
+                    "c-subset",
+                    "{kind: MeshSubset, tags: {version: v1}}",
+                    &http(3),
+                ),
+                policy("b-dataplane", "{kind: Dataplane, name: dp-1}", &http(2)),
+                policy("d-service", "{kind: MeshService, name: web}", &http(4)),
+            ],
+            expect: vec![
+                (
+                    "dp-1",
+                    8080,
+                    Some(5),
+                    vec![
+                        "a-mesh",
+                        "b-dataplane",
+                        "c-subset",
+                        "d-service",
+                        "e-subset-service",
+                    ],
+                ),
+                (
+                    "dp-1",
+                    9090,
+                    Some(3),
+                    vec!["a-mesh", "b-dataplane", "c-subset"],
+                ),
+                ("dp-2", 8080, Some(4), vec!["a-mesh", "d-service"]),
+            ],
+        },
+        Case {
+            rule: "Dataplane: labels < name, and no sectionName < sectionName",
+            policies: vec![
+                policy(
+                    "z-section",
+                    "{kind: Dataplane, name: dp-1, sectionName: api}",
+                    &http(3),
+                ),
+                policy("y-name", "{kind: Dataplane, name: dp-1}", &http(2)),
+                policy(
+                    "x-labels",
+                    "{kind: Dataplane, labels: {zone: east}}",
+                    &http(1),
+                ),
+            ],
+            expect: vec![
+                (
+                    "dp-1",
+                    8080,
+                    Some(3),
+                    vec!["x-labels", "y-name", "z-section"],
+                ),
+                ("dp-1", 9090, Some(2), vec!["x-labels", "y-name"]),
+            ],
+        },
+        Case {
+            rule: "ties break by name, descending: the smallest name comes last and wins",
+            policies: vec![
+                policy("alpha", "{kind: MeshService, name: web}", &http(1)),
+                policy("beta", "{kind: MeshService, name: web}", &http(2)),
+                policy("gamma", "{kind: MeshService, name: web}", &http(3)),
+            ],
+            expect: vec![("dp-1", 8080, Some(1), vec!["gamma", "beta", "alpha"])],
+        },
+    ];
+    run(cases);
+}
+
+fn run(cases: Vec<Case>) {
+    for case in cases {
+        let set = set(&case.policies);
+        for (dp, port, num, policies) in case.expect {
+            let i = inbound(&set, dp, port);
+            assert_eq!(http_num(&i), num, "{}: {dp}:{port}", case.rule);
+            assert_eq!(i.policies, policies, "{}: {dp}:{port}", case.rule);
+        }
+    }
+}
+
+#[test]
+fn merge_is_field_by_field() {
+    // The general policy sets status and headers; the specific one only the rate.
+    let set = set(&[
+        policy(
+            "general",
+            "{kind: Mesh}",
+            "{http: {requestRate: {num: 100, interval: 1s}, onRateLimit: {status: 503, headers: {add: [{name: x-a, value: \"1\"}]}}}, tcp: {connectionRate: {num: 7, interval: 1s}}}",
+        ),
+        policy(
+            "specific",
+            "{kind: MeshService, name: web}",
+            "{http: {requestRate: {num: 10, interval: 2s}}}",
+        ),
+    ]);
+    let i = inbound(&set, "dp-1", 8080);
+    let h = i.http.expect("http");
+    assert_eq!(
+        h.request_rate,
+        Rate {
+            num: 10,
+            interval: Duration::from_secs(2)
+        }
+    );
+    assert_eq!(h.status, 503);
+    assert_eq!(
+        h.headers.add,
+        vec![HeaderValue {
+            name: "x-a".into(),
+            value: "1".into()
+        }]
+    );
+    assert_eq!(i.tcp.expect("tcp").connection_rate.num, 7);
+}
+
+#[test]
+fn header_lists_are_replaced_whole_and_set_and_add_separately() {
+    let set = set(&[
+        policy(
+            "general",
+            "{kind: Mesh}",
+            "{http: {requestRate: {num: 1, interval: 1s}, onRateLimit: {headers: {set: [{name: x-a, value: a}, {name: x-b, value: b}], add: [{name: x-c, value: c}]}}}}",
+        ),
+        policy(
+            "specific",
+            "{kind: MeshService, name: web}",
+            "{http: {onRateLimit: {headers: {set: [{name: x-z, value: z}]}}}}",
+        ),
+    ]);
+    let h = inbound(&set, "dp-1", 8080).http.expect("http");
+    assert_eq!(
+        h.headers.set,
+        vec![HeaderValue {
+            name: "x-z".into(),
+            value: "z".into()
+        }]
+    );
+    assert_eq!(
+        h.headers.add,
+        vec![HeaderValue {
+            name: "x-c".into(),
+            value: "c".into()
+        }]
+    );
+    assert_eq!(h.status, 429, "status defaults to 429");
+}
+
+#[test]
+fn rates_are_replaced_whole() {
+    let set = set(&[
+        policy(
+            "general",
+            "{kind: Mesh}",
+            "{http: {requestRate: {num: 100, interval: 1m}}}",
+        ),
+        policy(
+            "specific",
+            "{kind: MeshService, name: web}",
+            "{http: {requestRate: {num: 3, interval: 1s}}}",
+        ),
+    ]);
+    let h = inbound(&set, "dp-1", 8080).http.expect("http");
+    assert_eq!(
+        h.request_rate,
+        Rate {
+            num: 3,
+            interval: Duration::from_secs(1)
+        }
+    );
+}
+
+#[test]
+fn disabled_cancels_and_a_more_specific_false_restores() {
+    let base = policy(
+        "base",
+        "{kind: Mesh}",
+        "{http: {requestRate: {num: 9, interval: 1s}}, tcp: {connectionRate: {num: 4, interval: 1s}}}",
+    );
+    let off = policy(
+        "off",
+        "{kind: MeshService, name: web}",
+        "{http: {disabled: true}, tcp: {disabled: true}}",
+    );
+    let on = policy(
+        "on",
+        "{kind: Dataplane, name: dp-1, sectionName: api}",
+        "{http: {disabled: false}}",
+    );
+    let s = set(&[base.clone(), off.clone()]);
+    let i = inbound(&s, "dp-1", 8080);
+    assert_eq!((i.http, i.tcp), (None, None));
+    assert_eq!(i.policies, ["base", "off"]);
+    // Dataplane ranks below MeshService, so its `disabled: false` comes first and loses...
+    let s = set(&[base.clone(), off.clone(), on.clone()]);
+    assert_eq!(inbound(&s, "dp-1", 8080).http, None);
+    // ...while a MeshServiceSubset comes after and re-enables with the inherited rate.
+    let on = policy(
+        "on",
+        "{kind: MeshServiceSubset, name: web, tags: {team: a}}",
+        "{http: {disabled: false}}",
+    );
+    let s = set(&[base, off, on]);
+    let i = inbound(&s, "dp-1", 8080);
+    assert_eq!(http_num(&i), Some(9));
+    assert_eq!(i.tcp, None);
+}
+
+#[test]
+fn within_a_policy_later_from_entries_override_earlier_ones() {
+    let yaml = r#"type: MeshRateLimit
+name: p
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  from:
+    - targetRef: {kind: Mesh}
+      default:
+        local:
+          http:
+            requestRate: {num: 1, interval: 1s}
+            onRateLimit: {status: 503}
+    - targetRef: {kind: Mesh}
+      default:
+        local:
+          http:
+            requestRate: {num: 2, interval: 1s}
+"#;
+    let i = inbound(&set(&[yaml.to_string()]), "dp-1", 8080);
+    let h = i.http.expect("http");
+    assert_eq!((h.request_rate.num, h.status), (2, 503));
+}
+
+#[test]
+fn http_limits_need_an_http_inbound_and_tcp_limits_apply_everywhere() {
+    let s = set(&[policy(
+        "both",
+        "{kind: Mesh}",
+        "{http: {requestRate: {num: 1, interval: 1s}}, tcp: {connectionRate: {num: 2, interval: 1s}}}",
+    )]);
+    for (dp, port, protocol_is_http) in [
+        ("dp-1", 8080, true),
+        ("dp-1", 9090, true),
+        ("dp-2", 8080, true),
+        ("dp-1", 6379, false),
+    ] {
+        let i = inbound(&s, dp, port);
+        assert_eq!(i.http.is_some(), protocol_is_http, "{dp}:{port}");
+        assert_eq!(i.tcp.map(|t| t.connection_rate.num), Some(2), "{dp}:{port}");
+    }
+    // A policy with only an onRateLimit (no rate) enforces nothing.
+    let s = set(&[policy(
+        "status-only",
+        "{kind: Mesh}",
+        "{http: {onRateLimit: {status: 503}}}",
+    )]);
+    let i = inbound(&s, "dp-1", 8080);
+    assert_eq!(i.http, None);
+    assert_eq!(i.policies, ["status-only"]);
+}
+
+#[test]
+fn rules_with_matches_apply_to_matching_sources_over_the_catch_all() {
+    let yaml = r#"type: MeshRateLimit
+name: p
+spec:
+  targetRef: {kind: MeshService, name: web}
+  rules:
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/frontend"}}]
+      default: {local: {http: {requestRate: {num: 30, interval: 1s}}}}
+    - matches: [{sni: {type: Exact, value: web.mesh}}]
+      default: {local: {http: {requestRate: {num: 10, interval: 1s}, onRateLimit: {status: 503}}}}
+    - matches: [{spiffeID: {type: Prefix, value: "spiffe://default/ns/a/"}}]
+      default: {local: {http: {requestRate: {num: 20, interval: 1s}}}}
+    - default: {local: {http: {requestRate: {num: 1, interval: 1s}, onRateLimit: {status: 420}}}}
+"#;
+    let general = policy(
+        "general",
+        "{kind: Mesh}",
+        "{tcp: {connectionRate: {num: 5, interval: 1s}}}",
+    );
+    let s = set(&[yaml.to_string(), general]);
+    // The per-inbound limit is the catch-all one.
+    let i = inbound(&s, "dp-1", 8080);
+    assert_eq!(
+        (http_num(&i), i.http.as_ref().map(|h| h.status)),
+        (Some(1), Some(420))
+    );
+
+    let at = |spiffe: Option<&str>, sni: Option<&str>| {
+        let source = Source {
+            spiffe_id: spiffe.map(String::from),
+            sni: sni.map(String::from),
+        };
+        let i = s
+            .limits_for_source("default", "dp-1", 8080, &source)
+            .expect("inbound");
+        let h = i.http.expect("http");
+        (
+            h.request_rate.num,
+            h.status,
+            i.tcp.map(|t| t.connection_rate.num),
+        )
+    };
+    // Unmatched source: the catch-all.
+    assert_eq!(
+        at(Some("spiffe://default/ns/b/sa/x"), None),
+        (1, 420, Some(5))
+    );
+    // SNI over the catch-all.
+    assert_eq!(at(None, Some("web.mesh")), (10, 503, Some(5)));
+    // spiffeID Prefix beats SNI; the SNI rule's status still shows through (field merge).
+    assert_eq!(
+        at(Some("spiffe://default/ns/a/sa/other"), Some("web.mesh")),
+        (20, 503, Some(5))
+    );
+    // spiffeID Exact beats Prefix.
+    assert_eq!(
+        at(Some("spiffe://default/ns/a/sa/frontend"), None),
+        (30, 420, Some(5))
+    );
+
+    let listed = s.source_limits("default", "dp-1");
+    let nums: Vec<u32> = listed
+        .iter()
+        .map(|l| l.limits.http.as_ref().expect("http").request_rate.num)
+        .collect();
+    assert_eq!(
+        nums,
+        [30, 10, 20],
+        "one entry per match, in the order written"
+    );
+}
+
+#[test]
+fn gateways_have_no_inbound_limits() {
+    let s = set(&[policy("all", "{kind: Mesh}", &http(1))]);
+    let gw = s.effective("default", "gw-1").expect("gateway dataplane");
+    assert!(gw.inbounds.is_empty());
+    assert_eq!(s.all_effective().len(), 3);
+    assert!(s.effective("other", "dp-1").is_none());
+}
+
+#[test]
+fn proxy_types_filter_by_the_kind_of_proxy() {
+    use meshlimit_policy::matching::selects;
+    use meshlimit_policy::model::{ProxyType, TargetRef, TargetRefKind};
+
+    let s = set(&[]);
+    let dataplane = |name: &str| match s.dataplane("default", name) {
+        Some(d) => d.clone(),
+        None => panic!("no {name}"),
+    };
+    let sidecar = dataplane("dp-1");
+    let mut gateway = dataplane("gw-1");
+    // Give the gateway an inbound-shaped entry so selection can be asked about it.
+    gateway.networking.inbound = sidecar.networking.inbound.clone();
+    let inbound = &sidecar.networking.inbound[0];
+    let mut target = TargetRef::of(TargetRefKind::Mesh);
+    for (types, on_sidecar, on_gateway) in [
+        (vec![], true, true),
+        (vec![ProxyType::Sidecar], true, false),
+        (vec![ProxyType::Gateway], false, true),
+        (vec![ProxyType::Sidecar, ProxyType::Gateway], true, true),
+    ] {
+        target.proxy_types = types.clone();
+        assert_eq!(selects(&target, &sidecar, inbound), on_sidecar, "{types:?}");
+        assert_eq!(selects(&target, &gateway, inbound), on_gateway, "{types:?}");
+    }
+}

@@ -1,0 +1,869 @@
+//! One case per validation rule: the exact field path and message, as `validate` prints them.
+
+use meshlimit_policy::{Problem, ResourceSet, parse_documents};
+
+/// A MeshRateLimit document around the given `spec` body (indented by the caller as YAML
+/// under `spec:`).
+fn mrl(spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!("type: MeshRateLimit\nmesh: default\nname: p\nspec:\n{body}")
+}
+
+fn problems(yaml: &str) -> Vec<(String, String)> {
+    match parse_documents("t.yaml", yaml) {
+        Ok(p) => panic!("expected problems, got {:?}", p.resources),
+        Err(problems) => problems.into_iter().map(|p| (p.path, p.message)).collect(),
+    }
+}
+
+fn warnings(yaml: &str) -> Vec<(String, String)> {
+    match parse_documents("t.yaml", yaml) {
+        Ok(p) => p
+            .warnings
+            .into_iter()
+            .map(|p| (p.path, p.message))
+            .collect(),
+        Err(problems) => panic!("expected no problems, got {problems:#?}"),
+    }
+}
+
+fn set_problems(yaml: &str) -> Vec<String> {
+    let parsed = parse_documents("t.yaml", yaml).expect("each document is valid");
+    match ResourceSet::from_parsed(parsed) {
+        Ok(_) => panic!("expected the set to be rejected"),
+        Err(p) => p.iter().map(Problem::to_string).collect(),
+    }
+}
+
+fn one(path: &str, message: &str) -> Vec<(String, String)> {
+    vec![(path.to_string(), message.to_string())]
+}
+
+const LOCAL: &str = "spec.rules[0].default.local";
+
+#[test]
+fn local_must_be_defined() {
+    assert_eq!(
+        problems(&mrl("rules:\n  - default: {}")),
+        one(LOCAL, "must be defined")
+    );
+    // A rule with no `default` at all reads the same way, as in Kuma.
+    assert_eq!(
+        problems(&mrl("rules:\n  - {}")),
+        one(LOCAL, "must be defined")
+    );
+}
+
+#[test]
+fn local_needs_tcp_or_http() {
+    assert_eq!(
+        problems(&mrl("rules:\n  - default:\n      local: {}")),
+        one(LOCAL, "must have at least one defined: tcp, http")
+    );
+}
+
+#[test]
+fn empty_http_and_tcp_are_rejected() {
+    assert_eq!(
+        problems(&mrl("rules:\n  - default:\n      local:\n        http: {}")),
+        one(
+            &format!("{LOCAL}.http"),
+            "must have at least one defined: disabled, requestRate, onRateLimit"
+        )
+    );
+    assert_eq!(
+        problems(&mrl("rules:\n  - default:\n      local:\n        tcp: {}")),
+        one(
+            &format!("{LOCAL}.tcp"),
+            "must have at least one defined: disabled, connectionRate"
+        )
+    );
+}
+
+#[test]
+fn rate_num_must_be_positive() {
+    assert_eq!(
+        problems(&mrl(
+            "rules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 0, interval: 1s}"
+        )),
+        one(
+            &format!("{LOCAL}.http.requestRate.num"),
+            "must be greater than 0"
+        )
+    );
+    assert_eq!(
+        problems(&mrl(
+            "rules:\n  - default:\n      local:\n        tcp:\n          connectionRate: {num: -3, interval: 1s}"
+        )),
+        one(
+            &format!("{LOCAL}.tcp.connectionRate.num"),
+            "must not be negative, found -3"
+        )
+    );
+}
+
+#[test]
+fn rate_interval_must_exceed_50ms() {
+    let at = |interval: &str| {
+        mrl(&format!(
+            "rules:\n  - default:\n      local:\n        http:\n          requestRate: {{num: 1, interval: {interval}}}"
+        ))
+    };
+    for bad in ["50ms", "10ms", "0s", "\"0\""] {
+        assert_eq!(
+            problems(&at(bad)),
+            one(
+                &format!("{LOCAL}.http.requestRate.interval"),
+                "must be greater than: 50ms"
+            ),
+            "{bad}"
+        );
+    }
+    for good in ["51ms", "1s", "1m30s"] {
+        assert!(parse_documents("t", &at(good)).is_ok(), "{good}");
+    }
+    assert_eq!(
+        problems(&at("ten")),
+        one(
+            &format!("{LOCAL}.http.requestRate.interval"),
+            "invalid duration \"ten\": expected a number"
+        )
+    );
+}
+
+#[test]
+fn status_must_be_a_4xx_or_5xx() {
+    let at = |status: &str| {
+        mrl(&format!(
+            "rules:\n  - default:\n      local:\n        http:\n          onRateLimit: {{status: {status}}}"
+        ))
+    };
+    for bad in ["0", "200", "399", "600", "99999999999"] {
+        assert_eq!(
+            problems(&at(bad)),
+            one(
+                &format!("{LOCAL}.http.onRateLimit.status"),
+                "must be in inclusive range [400, 599]"
+            ),
+            "{bad}"
+        );
+    }
+    for good in ["400", "429", "503", "599"] {
+        assert!(parse_documents("t", &at(good)).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn from_and_to_entries_take_only_kind_mesh() {
+    let from = "from:\n  - targetRef: {kind: MeshService, name: web}\n    default:\n      local:\n        tcp: {disabled: true}";
+    assert_eq!(
+        problems(&mrl(&format!(
+            "targetRef: {{kind: Mesh, proxyTypes: [Sidecar]}}\n{from}"
+        ))),
+        one(
+            "spec.from[0].targetRef.kind",
+            "value 'MeshService' is not supported"
+        )
+    );
+    let to = "to:\n  - targetRef: {kind: MeshSubset}\n    default:\n      local:\n        tcp: {disabled: true}";
+    assert_eq!(
+        problems(&mrl(&format!(
+            "targetRef: {{kind: MeshGateway, name: edge}}\n{to}"
+        ))),
+        one(
+            "spec.to[0].targetRef.kind",
+            "value 'MeshSubset' is not supported"
+        )
+    );
+    assert_eq!(
+        problems(&mrl(
+            "from:\n  - default:\n      local:\n        tcp: {disabled: true}"
+        )),
+        one("spec.from[0].targetRef", "must be defined")
+    );
+}
+
+#[test]
+fn from_and_rules_must_not_target_gateways() {
+    let from = "from:\n  - targetRef: {kind: Mesh}\n    default:\n      local:\n        tcp: {disabled: true}";
+    let gateway = "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to";
+    for top in [
+        "{kind: MeshGateway, name: edge}",
+        "{kind: Mesh, proxyTypes: [Gateway]}",
+        "{kind: MeshSubset, proxyTypes: [Sidecar, Gateway]}",
+    ] {
+        assert_eq!(
+            problems(&mrl(&format!("targetRef: {top}\n{from}"))),
+            one("spec.from", gateway),
+            "{top}"
+        );
+    }
+    assert_eq!(
+        problems(&mrl(&format!(
+            "targetRef: {{kind: MeshHTTPRoute, name: r}}\n{from}"
+        ))),
+        one(
+            "spec.from",
+            "must not be defined when spec.kind is MeshHTTPRoute"
+        )
+    );
+    let rules = "rules:\n  - default:\n      local:\n        tcp: {disabled: true}";
+    for top in [
+        "{kind: MeshGateway, name: edge}",
+        "{kind: MeshHTTPRoute, name: r}",
+        "{kind: Mesh, proxyTypes: [Gateway]}",
+    ] {
+        assert_eq!(
+            problems(&mrl(&format!("targetRef: {top}\n{rules}"))),
+            one("spec.rules", "must not be defined"),
+            "{top}"
+        );
+    }
+}
+
+#[test]
+fn to_needs_a_gateway_scope() {
+    let to = "to:\n  - targetRef: {kind: Mesh}\n    default:\n      local:\n        tcp: {disabled: true}";
+    for top in [
+        "{kind: MeshService, name: web}",
+        "{kind: Mesh, proxyTypes: [Sidecar]}",
+        "{kind: Dataplane, name: dp-1}",
+    ] {
+        assert_eq!(
+            problems(&mrl(&format!("targetRef: {top}\n{to}"))),
+            one("spec.to", "must not be defined"),
+            "{top}"
+        );
+    }
+    for top in [
+        "{kind: MeshGateway, name: edge}",
+        "{kind: Mesh}",
+        "{kind: Mesh, proxyTypes: [Gateway]}",
+    ] {
+        assert!(
+            parse_documents("t", &mrl(&format!("targetRef: {top}\n{to}"))).is_ok(),
+            "{top}"
+        );
+    }
+}
+
+#[test]
+fn rules_exclude_from_and_to() {
+    let yaml = mrl(
+        "targetRef: {kind: Mesh, proxyTypes: [Sidecar]}\nrules:\n  - default:\n      local:\n        tcp: {disabled: true}\nfrom:\n  - targetRef: {kind: Mesh}\n    default:\n      local:\n        tcp: {disabled: true}",
+    );
+    assert_eq!(
+        problems(&yaml),
+        one(
+            "spec",
+            "fields 'to' and 'from' must be empty when 'rules' is defined"
+        )
+    );
+}
+
+#[test]
+fn spiffe_id_matches_cannot_limit_tcp() {
+    let yaml = mrl(
+        "targetRef: {kind: Mesh, proxyTypes: [Sidecar]}\nrules:\n  - matches:\n      - spiffeID: {type: Exact, value: spiffe://default/web}\n    default:\n      local:\n        tcp:\n          connectionRate: {num: 1, interval: 1s}",
+    );
+    assert_eq!(
+        problems(&yaml),
+        one(
+            "spec.rules[0].default.local.tcp",
+            "must not be defined when matches select by spiffeID (a TCP connection limit cannot depend on the client identity)"
+        )
+    );
+    // SNI matches may limit TCP.
+    let sni = yaml.replace(
+        "spiffeID: {type: Exact, value: spiffe://default/web}",
+        "sni: {type: Exact, value: web.local}",
+    );
+    assert!(parse_documents("t", &sni).is_ok());
+}
+
+#[test]
+fn matches_are_checked() {
+    let at = |m: &str| {
+        mrl(&format!(
+            "targetRef: {{kind: Mesh, proxyTypes: [Sidecar]}}\nrules:\n  - matches:\n      - {m}\n    default:\n      local:\n        http: {{disabled: true}}"
+        ))
+    };
+    let base = "spec.rules[0].matches[0]";
+    assert_eq!(
+        problems(&at("{}")),
+        one(base, "must have exactly one defined: spiffeID, sni")
+    );
+    assert_eq!(
+        problems(&at("sni: {type: Prefix, value: a}")),
+        one(
+            &format!("{base}.sni.type"),
+            "value 'Prefix' is not supported (expected Exact)"
+        )
+    );
+    assert_eq!(
+        problems(&at("spiffeID: {type: Exact, value: web}")),
+        one(
+            &format!("{base}.spiffeID.value"),
+            "must start with spiffe://"
+        )
+    );
+    assert_eq!(
+        problems(&at("spiffeID: {type: Exact}")),
+        one(&format!("{base}.spiffeID.value"), "must be defined")
+    );
+}
+
+#[test]
+fn from_is_deprecated_and_an_implicit_gateway_scope_is_flagged() {
+    let from = "from:\n  - targetRef: {kind: Mesh}\n    default:\n      local:\n        tcp: {disabled: true}";
+    assert_eq!(
+        warnings(&mrl(&format!(
+            "targetRef: {{kind: Mesh, proxyTypes: [Sidecar]}}\n{from}"
+        ))),
+        one(
+            "spec.from",
+            "'from' field is deprecated, use 'rules' instead"
+        )
+    );
+    let w = warnings(&mrl(from));
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[1].0, "spec.targetRef");
+    assert!(
+        w[1].1
+            .starts_with("the scope also includes gateways, where 'from' does not apply"),
+        "{}",
+        w[1].1
+    );
+}
+
+#[test]
+fn header_names_values_and_counts_are_checked() {
+    let at = |set: &str| {
+        mrl(&format!(
+            "rules:\n  - default:\n      local:\n        http:\n          onRateLimit:\n            headers:\n              set: {set}"
+        ))
+    };
+    let path = format!("{LOCAL}.http.onRateLimit.headers.set");
+    let name_rule = "must be 1 to 256 characters matching ^[a-z0-9!#$%&'*+\\-.^_`|~]+$ (lowercase)";
+    for bad in ["X-Limited", "", "a b", "ä"] {
+        assert_eq!(
+            problems(&at(&format!("[{{name: \"{bad}\", value: v}}]"))),
+            one(&format!("{path}[0].name"), name_rule),
+            "{bad:?}"
+        );
+    }
+    let long = "a".repeat(257);
+    assert_eq!(
+        problems(&at(&format!("[{{name: {long}, value: v}}]"))),
+        one(&format!("{path}[0].name"), name_rule)
+    );
+    assert!(
+        parse_documents(
+            "t",
+            &at(&format!("[{{name: {}, value: v}}]", "a".repeat(256)))
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        problems(&at("[{name: x-a, value: \"a\\r\\nb: c\"}]")),
+        one(
+            &format!("{path}[0].value"),
+            "must not contain control characters such as newlines"
+        )
+    );
+    let many: Vec<String> = (0..17)
+        .map(|i| format!("{{name: h{i}, value: v}}"))
+        .collect();
+    assert_eq!(
+        problems(&at(&format!("[{}]", many.join(", ")))),
+        one(&path, "must have at most 16 items")
+    );
+    assert!(parse_documents("t", &at(&format!("[{}]", many[..16].join(", ")))).is_ok());
+}
+
+#[test]
+fn top_level_target_kinds_and_their_fields() {
+    let at = |top: &str| {
+        mrl(&format!(
+            "targetRef: {top}\nrules:\n  - default:\n      local:\n        http: {{disabled: true}}"
+        ))
+    };
+    assert_eq!(
+        problems(&at("{kind: MeshExternalService, name: x}")),
+        one(
+            "spec.targetRef.kind",
+            "value 'MeshExternalService' is not supported"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: MeshSubsett}")),
+        one(
+            "spec.targetRef.kind",
+            "value 'MeshSubsett' is not supported (did you mean 'MeshSubset'?)"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: Mesh, name: x}")),
+        one("spec.targetRef.name", "must not be set with kind Mesh")
+    );
+    assert_eq!(
+        problems(&at("{kind: MeshService}")),
+        one("spec.targetRef.name", "must be set with kind MeshService")
+    );
+    assert_eq!(
+        problems(&at("{kind: MeshService, name: web, proxyTypes: [Sidecar]}")),
+        one(
+            "spec.targetRef.proxyTypes",
+            "must not be set with kind MeshService"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: Dataplane, name: a, labels: {app: b}}")),
+        one(
+            "spec.targetRef.labels",
+            "must not be set together with name"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: Dataplane, sectionName: http}")),
+        one(
+            "spec.targetRef.sectionName",
+            "can only be used with name or labels"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: Mesh, proxyTypes: [Sidecars]}")),
+        one(
+            "spec.targetRef.proxyTypes[0]",
+            "value 'Sidecars' is not supported (expected Sidecar or Gateway)"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: Mesh, proxyTypes: []}")),
+        one(
+            "spec.targetRef.proxyTypes",
+            "must have at least one element"
+        )
+    );
+    assert_eq!(
+        problems(&at("{kind: MeshSubset, tags: {app: \"\"}}")),
+        one("spec.targetRef.tags[\"app\"]", "must not be empty")
+    );
+}
+
+#[test]
+fn unknown_fields_suggest_the_nearest_name() {
+    let cases = [
+        (
+            "spek: {}",
+            "spek",
+            "unknown field 'spek' (did you mean 'spec'?)",
+        ),
+        (
+            "spec:\n  rule: []",
+            "spec.rule",
+            "unknown field 'rule' (did you mean 'rules'?)",
+        ),
+        (
+            "spec:\n  rules:\n    - defaults: {}",
+            "spec.rules[0].defaults",
+            "unknown field 'defaults' (did you mean 'default'?)",
+        ),
+        (
+            "spec:\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {num: 1, intervall: 1s}",
+            "spec.rules[0].default.local.http.requestRate.intervall",
+            "unknown field 'intervall' (did you mean 'interval'?)",
+        ),
+        (
+            "spec:\n  rules:\n    - default:\n        local:\n          tcp: {connectionrate: {num: 1, interval: 1s}, burst: 3}",
+            "spec.rules[0].default.local.tcp.connectionrate",
+            "unknown field 'connectionrate' (did you mean 'connectionRate'?)",
+        ),
+    ];
+    for (body, path, message) in cases {
+        let yaml = format!("type: MeshRateLimit\nname: p\n{body}");
+        let found = problems(&yaml);
+        assert!(
+            found.contains(&(path.to_string(), message.to_string())),
+            "{body}: {found:#?}"
+        );
+    }
+    assert!(
+        problems("type: MeshRateLimit\nname: p\nspec: {}\nzzzzzz: 1").contains(&(
+            "zzzzzz".into(),
+            "unknown field 'zzzzzz' (expected one of: type, mesh, name, labels, spec)".into()
+        ))
+    );
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    let at = |rate: &str| {
+        mrl(&format!(
+            "rules:\n  - default:\n      local:\n        http:\n          requestRate: {rate}"
+        ))
+    };
+    let path = format!("{LOCAL}.http.requestRate");
+    assert_eq!(
+        problems(&at("{num: \"5\", interval: 1s}")),
+        one(
+            &format!("{path}.num"),
+            "expected an integer, found a string (\"5\")"
+        )
+    );
+    assert_eq!(
+        problems(&at("{num: 5, interval: 10}")),
+        one(
+            &format!("{path}.interval"),
+            "expected a duration such as \"10s\" or \"500ms\", found an integer (10)"
+        )
+    );
+    assert_eq!(
+        problems(&at("[5, 1s]")),
+        one(&path, "expected a mapping, found a list")
+    );
+    assert_eq!(
+        problems(&mrl(
+            "rules:\n  - default:\n      local:\n        http: {disabled: \"yes\"}"
+        )),
+        one(
+            &format!("{LOCAL}.http.disabled"),
+            "expected true or false, found a string (\"yes\")"
+        )
+    );
+    assert_eq!(
+        problems(&mrl(
+            "targetRef: {kind: MeshSubset, tags: {version: 2}}\nrules: []"
+        )),
+        one(
+            "spec.targetRef.tags[\"version\"]",
+            "expected a string, found an integer (2) (quote it to make it a string)"
+        )
+    );
+    assert_eq!(
+        problems(&mrl("rules: {}")),
+        one("spec.rules", "expected a list, found a mapping")
+    );
+    assert_eq!(
+        problems("- a\n- b"),
+        one("", "expected a mapping (a resource), found a list")
+    );
+}
+
+#[test]
+fn documents_need_a_known_kind_and_a_name() {
+    assert_eq!(
+        problems("name: x"),
+        one(
+            "",
+            "not a resource: expected 'type' (Kuma universal form) or 'apiVersion' and 'kind' (Kubernetes form)"
+        )
+    );
+    assert_eq!(
+        problems("type: MeshRatelimit\nname: x"),
+        one(
+            "type",
+            "value 'MeshRatelimit' is not supported (did you mean 'MeshRateLimit'?)"
+        )
+    );
+    assert_eq!(
+        problems("type: RateLimit\nname: x"),
+        one(
+            "type",
+            "value 'RateLimit' is not supported: a kernel RateLimit is written with apiVersion: kmesh.net/v1alpha1 and kind: RateLimit"
+        )
+    );
+    assert_eq!(problems("type: Mesh"), one("name", "must be defined"));
+    assert_eq!(
+        problems("type: Mesh\nname: Prod"),
+        one(
+            "name",
+            "invalid characters: use lowercase letters, digits, '-', '_' and '.'"
+        )
+    );
+    assert_eq!(
+        problems("apiVersion: kuma.io/v1beta1\nkind: MeshRateLimit\nmetadata: {name: x}\nspec: {}"),
+        one(
+            "apiVersion",
+            "value 'kuma.io/v1beta1' is not supported for kind MeshRateLimit (expected kuma.io/v1alpha1)"
+        )
+    );
+    assert_eq!(
+        problems("apiVersion: kuma.io/v1alpha1\nkind: MeshRateLimit\nspec: {}"),
+        one("metadata.name", "must be defined")
+    );
+    assert_eq!(
+        problems("type: MeshRateLimit\nname: x"),
+        one("spec", "must be defined")
+    );
+}
+
+#[test]
+fn kubernetes_form_takes_the_mesh_from_its_label() {
+    let parsed = parse_documents(
+        "t",
+        "apiVersion: kuma.io/v1alpha1\nkind: MeshRateLimit\nmetadata:\n  name: p\n  namespace: kuma-demo\n  labels:\n    kuma.io/mesh: demo\nspec:\n  rules:\n    - default:\n        local:\n          http: {disabled: true}",
+    )
+    .expect("valid");
+    let r = &parsed.resources[0];
+    assert_eq!((r.name(), r.mesh()), ("p", "demo"));
+}
+
+#[test]
+fn rate_limit_values_must_be_positive_and_intervals_at_least_1ms() {
+    let at = |rule: &str| {
+        format!(
+            "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata: {{name: r}}\nspec:\n  service: s\n  rules:\n    - {rule}"
+        )
+    };
+    let p = "spec.rules[0]";
+    assert_eq!(
+        problems(&at(
+            "{maxTokens: 0, tokensPerFill: 1, fillInterval: 1000000}"
+        )),
+        one(&format!("{p}.maxTokens"), "must be greater than 0")
+    );
+    assert_eq!(
+        problems(&at(
+            "{maxTokens: 1, tokensPerFill: 0, fillInterval: 1000000}"
+        )),
+        one(&format!("{p}.tokensPerFill"), "must be greater than 0")
+    );
+    for bad in ["0", "999999"] {
+        assert_eq!(
+            problems(&at(&format!(
+                "{{maxTokens: 1, tokensPerFill: 1, fillInterval: {bad}}}"
+            ))),
+            one(
+                &format!("{p}.fillInterval"),
+                "must be at least 1000000 (1ms, in nanoseconds)"
+            )
+        );
+    }
+    assert_eq!(
+        problems(&at("{maxTokens: 1, tokensPerFill: 1, fillInterval: -5}")),
+        one(
+            &format!("{p}.fillInterval"),
+            "must not be negative, found -5"
+        )
+    );
+    assert_eq!(
+        problems(&at("{maxTokens: 1, tokensPerFill: 1}")),
+        one(&format!("{p}.fillInterval"), "must be defined")
+    );
+    assert!(
+        parse_documents(
+            "t",
+            &at("{maxTokens: 1, tokensPerFill: 1, fillInterval: 1000000}")
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        problems(&at("{maxTokens: 1, tokensPerFill: 1, fillInterval: 1s}")),
+        one(
+            &format!("{p}.fillInterval"),
+            "expected an integer, found a string (\"1s\")"
+        )
+    );
+}
+
+#[test]
+fn rate_limit_forms_are_exclusive_and_complete() {
+    let doc = |spec: &str| {
+        format!(
+            "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata: {{name: r}}\nspec: {spec}"
+        )
+    };
+    let rule = "{maxTokens: 1, tokensPerFill: 1, fillInterval: 1000000}";
+    assert_eq!(
+        problems(&doc(&format!(
+            "{{service: a, rules: [{rule}], services: [{{name: b, rules: [{rule}]}}]}}"
+        ))),
+        one(
+            "spec.services",
+            "must not be defined together with 'service' and 'rules' (use one form)"
+        )
+    );
+    assert_eq!(
+        problems(&doc("{}")),
+        one("spec", "must have at least one defined: service, services")
+    );
+    assert_eq!(
+        problems(&doc("{service: a}")),
+        one("spec.rules", "must be defined")
+    );
+    assert_eq!(
+        problems(&doc("{service: a, rules: []}")),
+        one("spec.rules", "must have at least one element")
+    );
+    assert_eq!(
+        problems(&doc(&format!("{{service: a, rules: [{rule}, {rule}]}}"))),
+        one(
+            "spec.rules[1]",
+            "only one rule per service is supported (the kernel keeps one token bucket per destination)"
+        )
+    );
+    assert_eq!(
+        problems(&doc(&format!(
+            "{{services: [{{name: a, rules: [{rule}]}}, {{name: a, rules: [{rule}]}}]}}"
+        ))),
+        one(
+            "spec.services[1].name",
+            "service 'a' is already listed at spec.services[0]"
+        )
+    );
+    assert_eq!(
+        problems(&doc("{services: []}")),
+        one("spec.services", "must have at least one element")
+    );
+}
+
+#[test]
+fn dataplanes_need_an_address_and_unique_inbound_ports() {
+    let dp = |networking: &str| format!("type: Dataplane\nname: d\nnetworking: {networking}");
+    let inbound = "{port: 8080, tags: {kuma.io/service: web}}";
+    assert_eq!(
+        problems(&dp(&format!("{{inbound: [{inbound}]}}"))),
+        one("networking.address", "must be defined")
+    );
+    assert_eq!(
+        problems(&dp(&format!(
+            "{{address: \"10.0.0.300\", inbound: [{inbound}]}}"
+        ))),
+        one(
+            "networking.address",
+            "'10.0.0.300' is not a valid IP address or domain name"
+        )
+    );
+    assert_eq!(
+        problems(&dp(&format!(
+            "{{address: 10.0.0.1, inbound: [{inbound}, {inbound}]}}"
+        ))),
+        one(
+            "networking.inbound[1].port",
+            "port 8080 is already used by networking.inbound[0]"
+        )
+    );
+    assert_eq!(
+        problems(&dp(
+            "{address: 10.0.0.1, inbound: [{port: 0, tags: {kuma.io/service: web}}]}"
+        )),
+        one(
+            "networking.inbound[0].port",
+            "must be in inclusive range [1, 65535]"
+        )
+    );
+    assert_eq!(
+        problems(&dp(
+            "{address: 10.0.0.1, inbound: [{port: 80, servicePort: 65536, tags: {kuma.io/service: web}}]}"
+        )),
+        one(
+            "networking.inbound[0].servicePort",
+            "must be in inclusive range [1, 65535]"
+        )
+    );
+    assert_eq!(
+        problems(&dp(
+            "{address: 10.0.0.1, inbound: [{port: 80, tags: {app: web}}]}"
+        )),
+        one(
+            "networking.inbound[0].tags",
+            "mandatory tag \"kuma.io/service\" is missing"
+        )
+    );
+    assert_eq!(
+        problems(&dp("{address: 10.0.0.1}")),
+        one(
+            "networking",
+            "has to contain at least one inbound interface or gateway"
+        )
+    );
+    assert!(
+        parse_documents(
+            "t",
+            &dp(&format!("{{address: backend.local, inbound: [{inbound}]}}"))
+        )
+        .is_ok()
+    );
+    assert!(
+        parse_documents(
+            "t",
+            &dp(&format!("{{address: \"::1\", inbound: [{inbound}]}}"))
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn names_are_unique_per_kind_and_mesh() {
+    let mesh_policy = |name: &str, mesh: &str| {
+        format!(
+            "type: MeshRateLimit\nname: {name}\nmesh: {mesh}\nspec:\n  rules:\n    - default:\n        local:\n          http: {{disabled: true}}\n"
+        )
+    };
+    let yaml = [
+        "type: Mesh\nname: demo\n".to_string(),
+        mesh_policy("p", "default"),
+        mesh_policy("p", "demo"),
+        "type: Dataplane\nname: p\nnetworking: {address: 10.0.0.1, inbound: [{port: 1, tags: {kuma.io/service: a}}]}\n".into(),
+        mesh_policy("p", "default"),
+    ]
+    .join("---\n");
+    assert_eq!(
+        set_problems(&yaml),
+        [
+            "t.yaml: document 5 (MeshRateLimit p): name: duplicate MeshRateLimit 'p' in mesh 'default' (first defined in t.yaml, document 2): names must be unique per kind and mesh"
+        ]
+    );
+}
+
+#[test]
+fn meshes_must_exist() {
+    let yaml = "type: Dataplane\nname: d\nmesh: prod\nnetworking: {address: 10.0.0.1, inbound: [{port: 1, tags: {kuma.io/service: a}}]}\n";
+    assert_eq!(
+        set_problems(yaml),
+        [
+            "t.yaml: document 1 (Dataplane d): mesh: mesh 'prod' is not defined (add a Mesh named 'prod')"
+        ]
+    );
+    assert!(
+        ResourceSet::from_parsed(
+            parse_documents("t", &format!("type: Mesh\nname: prod\n---\n{yaml}")).expect("valid")
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_service_has_at_most_one_kernel_limit() {
+    let rl = |name: &str| {
+        format!(
+            "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata: {{name: {name}}}\nspec:\n  service: web\n  rules: [{{maxTokens: 1, tokensPerFill: 1, fillInterval: 1000000}}]\n"
+        )
+    };
+    assert_eq!(
+        set_problems(&format!("{}---\n{}", rl("a"), rl("b"))),
+        [
+            "t.yaml: document 2 (RateLimit b): spec.service: service 'web' already has a kernel rate limit in RateLimit 'a' (the kernel keeps one bucket per destination)"
+        ]
+    );
+}
+
+#[test]
+fn every_problem_of_a_document_is_reported_at_once() {
+    let yaml = mrl(
+        "targetRef: {kind: MeshServic, name: web}\nrules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 0, interval: 1ms}\n          onRateLimit: {status: 200}\n        tcp: {}",
+    );
+    let found = problems(&yaml);
+    let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.targetRef.kind",
+            "spec.rules[0].default.local.http.requestRate.num",
+            "spec.rules[0].default.local.http.requestRate.interval",
+            "spec.rules[0].default.local.http.onRateLimit.status",
+            "spec.rules[0].default.local.tcp",
+        ]
+    );
+}
