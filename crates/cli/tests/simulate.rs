@@ -1,0 +1,228 @@
+//! `meshlimit simulate` through the real binary: output format, both refill modes, the rate
+//! shorthand, standard input, and exit status 2 with the offending line for bad input.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn meshlimit(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+        .arg("simulate")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start meshlimit");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("meshlimit runs")
+}
+
+/// A trace file in a fresh temporary directory (removed at the end of the test process).
+struct Trace {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Trace {
+    fn new(name: &str, contents: &str) -> Trace {
+        let dir =
+            std::env::temp_dir().join(format!("meshlimit-simulate-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("trace.txt");
+        std::fs::write(&path, contents).expect("write trace");
+        Trace { dir, path }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Bursts of 15 at 0 s, 10 at 5.03 s, 7.54 s and 10.55 s: the times of the Envoy 1.40
+/// measurement of `10 per 10s`.
+fn envoy_bursts() -> String {
+    let mut trace = String::new();
+    for (offset, count) in [("0", 15), ("5030", 10), ("7540", 10), ("10550", 10)] {
+        for _ in 0..count {
+            trace.push_str(offset);
+            trace.push('\n');
+        }
+    }
+    trace
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).expect("utf-8 errors")
+}
+
+/// Admissions per distinct offset, in trace order.
+fn admitted_per_offset(text: &str) -> Vec<(String, usize)> {
+    let mut per: Vec<(String, usize)> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with("admitted")) {
+        let (offset, verdict) = line.split_once(' ').expect("'<offset> <verdict>'");
+        assert!(verdict == "allow" || verdict == "deny", "{line}");
+        match per.last_mut() {
+            Some((o, n)) if o == offset => *n += usize::from(verdict == "allow"),
+            _ => per.push((offset.to_string(), usize::from(verdict == "allow"))),
+        }
+    }
+    per
+}
+
+#[test]
+fn smooth_refill_admits_what_envoy_admits() {
+    let trace = Trace::new("smooth", &envoy_bursts());
+    let out = meshlimit(
+        &[
+            "--max-tokens",
+            "10",
+            "--tokens-per-fill",
+            "10",
+            "--fill-interval",
+            "10s",
+            "--arrivals",
+            trace.path(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 46);
+    assert_eq!(
+        admitted_per_offset(&text),
+        [
+            ("0".to_string(), 10),
+            ("5030".to_string(), 5),
+            ("7540".to_string(), 2),
+            ("10550".to_string(), 3)
+        ]
+    );
+    assert!(text.starts_with("0 allow\n"));
+    assert!(text.ends_with("10550 deny\nadmitted 20 of 45\n"), "{text}");
+}
+
+#[test]
+fn interval_refill_and_the_rate_shorthand() {
+    let trace = Trace::new("interval", &envoy_bursts());
+    // Whole intervals: nothing comes back until 10 s, then all 10.
+    let out = meshlimit(
+        &[
+            "--rate",
+            "10/10s",
+            "--refill",
+            "interval",
+            "--arrivals",
+            trace.path(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        admitted_per_offset(&text),
+        [
+            ("0".to_string(), 10),
+            ("5030".to_string(), 0),
+            ("7540".to_string(), 0),
+            ("10550".to_string(), 10)
+        ]
+    );
+    assert!(text.ends_with("admitted 20 of 45\n"));
+}
+
+#[test]
+fn reads_standard_input_and_admits_at_the_exact_accrual_instant() {
+    // 3 per second, one at most: after the first, the next token accrues at 333.333333⅓ ms.
+    let out = meshlimit(
+        &["--rate", "1/333333333ns", "--arrivals", "-"],
+        Some("0\n333.333332\n333.333333\n# a comment\n\n666.666666\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "0 allow\n333.333332 deny\n333.333333 allow\n666.666666 allow\nadmitted 3 of 4\n"
+    );
+    let out = meshlimit(
+        &[
+            "--max-tokens",
+            "1",
+            "--tokens-per-fill",
+            "3",
+            "--fill-interval",
+            "1s",
+            "--arrivals",
+            "-",
+        ],
+        Some("0\n333.333333\n333.333334\n"),
+    );
+    assert_eq!(
+        stdout(&out),
+        "0 allow\n333.333333 deny\n333.333334 allow\nadmitted 2 of 3\n"
+    );
+}
+
+#[test]
+fn malformed_or_decreasing_lines_exit_2_naming_the_line() {
+    let trace = Trace::new("malformed", "0\n10\nsoon\n20\n");
+    let out = meshlimit(&["--rate", "5/10s", "--arrivals", trace.path()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no partial output");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:3:", trace.path())), "{err}");
+    assert!(err.contains("\"soon\""), "{err}");
+
+    let out = meshlimit(&["--rate", "5/10s", "--arrivals", "-"], Some("5\n4.999\n"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("<stdin>:2:"), "{err}");
+    assert!(err.contains("before the previous arrival"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--arrivals", "-"], "no bucket given"),
+        (&["--rate", "5", "--arrivals", "-"], "NUM/DUR"),
+        (&["--rate", "5/10", "--arrivals", "-"], "missing unit"),
+        (
+            &["--rate", "0/10s", "--arrivals", "-"],
+            "max_tokens must be at least 1",
+        ),
+        (
+            &["--max-tokens", "5", "--arrivals", "-"],
+            "--tokens-per-fill",
+        ),
+        (
+            &["--rate", "5/1s", "--max-tokens", "5", "--arrivals", "-"],
+            "cannot be used with",
+        ),
+        (
+            &["--rate", "5/1s", "--refill", "burst", "--arrivals", "-"],
+            "unknown refill mode",
+        ),
+        (
+            &["--rate", "5/1s", "--arrivals", "/nonexistent/trace"],
+            "cannot open",
+        ),
+    ];
+    for (args, reason) in cases {
+        let out = meshlimit(args, Some("0\n"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
+    }
+}
