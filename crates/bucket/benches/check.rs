@@ -1,1 +1,227 @@
-fn main() {}
+//! meshlimit's bucket engine against `governor` (the peer) on the same quota, in one run:
+//! the clock reads, a single-threaded check on one bucket, two threads on one bucket, and a
+//! keyed check spread over 1M keys.
+//!
+//! Run: `cargo bench -p meshlimit-bucket --bench check -- --warm-up-time 1 --measurement-time 3`
+//!
+//! The quota is 10^9 tokens per second with a burst of 10^9, so every check is admitted and
+//! writes its bucket (the costly path); `*_rejecting` variants use 1 per hour, drained first.
+//! Each library reads its own default clock in the headline rows (`meshlimit`: coarse
+//! monotonic; `governor`: quanta's TSC clock); the `*_same_clock` rows give both the same one.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use governor::clock::{Clock as _, FakeRelativeClock};
+use governor::{Quota, RateLimiter};
+use meshlimit_bucket::{
+    Bucket, Clock, FakeClock, KeyedBuckets, MonotonicClock, PreciseMonotonicClock, Refill, Settings,
+};
+
+const RATE: u32 = 1_000_000_000;
+const KEYS: u64 = 1_000_000;
+
+fn admitting_settings() -> Settings {
+    Settings::new(
+        u64::from(RATE),
+        u64::from(RATE),
+        Duration::from_secs(1),
+        Refill::Smooth,
+    )
+    .expect("valid settings")
+}
+
+fn admitting_quota() -> Quota {
+    Quota::per_second(NonZeroU32::new(RATE).expect("non-zero"))
+}
+
+fn rejecting_settings() -> Settings {
+    Settings::new(1, 1, Duration::from_secs(3600), Refill::Smooth).expect("valid settings")
+}
+
+fn rejecting_quota() -> Quota {
+    Quota::per_hour(NonZeroU32::new(1).expect("non-zero"))
+}
+
+fn clocks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("clock");
+    g.bench_function("meshlimit_monotonic_coarse", |b| {
+        b.iter(|| black_box(MonotonicClock.now_ns()))
+    });
+    g.bench_function("meshlimit_monotonic_precise", |b| {
+        b.iter(|| black_box(PreciseMonotonicClock.now_ns()))
+    });
+    g.bench_function("std_instant_now", |b| {
+        #[allow(clippy::disallowed_methods)] // measuring the clock the engine avoids
+        b.iter(|| black_box(Instant::now()))
+    });
+    let quanta = governor::clock::DefaultClock::default();
+    g.bench_function("governor_default_quanta", |b| {
+        b.iter(|| black_box(quanta.now()))
+    });
+    g.finish();
+}
+
+fn single_thread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("single_thread");
+    let clock = MonotonicClock;
+
+    let bucket = Bucket::new(admitting_settings(), clock.now_ns());
+    g.bench_function("meshlimit", |b| {
+        b.iter(|| black_box(bucket.check(clock.now_ns())))
+    });
+    let limiter = RateLimiter::direct(admitting_quota());
+    g.bench_function("governor", |b| b.iter(|| black_box(limiter.check())));
+
+    let precise = PreciseMonotonicClock;
+    let bucket = Bucket::new(admitting_settings(), precise.now_ns());
+    g.bench_function("meshlimit_same_clock_precise", |b| {
+        b.iter(|| black_box(bucket.check(precise.now_ns())))
+    });
+    let limiter =
+        RateLimiter::direct_with_clock(admitting_quota(), governor::clock::MonotonicClock);
+    g.bench_function("governor_same_clock_precise", |b| {
+        b.iter(|| black_box(limiter.check()))
+    });
+
+    // Time from an atomic both libraries read the same way: the arithmetic alone.
+    let fake = FakeClock::new(1);
+    let bucket = Bucket::new(admitting_settings(), 0);
+    g.bench_function("meshlimit_same_clock_fake", |b| {
+        b.iter(|| black_box(bucket.check(fake.now_ns())))
+    });
+    let fake_g = FakeRelativeClock::default();
+    let limiter = RateLimiter::direct_with_clock(admitting_quota(), fake_g.clone());
+    g.bench_function("governor_same_clock_fake", |b| {
+        b.iter(|| black_box(limiter.check()))
+    });
+
+    let bucket = Bucket::new(rejecting_settings(), clock.now_ns());
+    let _ = bucket.check(clock.now_ns());
+    g.bench_function("meshlimit_rejecting", |b| {
+        b.iter(|| black_box(bucket.check(clock.now_ns())))
+    });
+    let limiter = RateLimiter::direct(rejecting_quota());
+    let _ = limiter.check();
+    g.bench_function("governor_rejecting", |b| {
+        b.iter(|| black_box(limiter.check()))
+    });
+    g.finish();
+}
+
+/// Each of `threads` threads does `iters` checks at once; the time reported per check is the
+/// wall time divided by `iters`, i.e. what one check costs each thread under contention.
+fn contended(threads: usize, iters: u64, check: &(dyn Fn() + Sync)) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                barrier.wait();
+                for _ in 0..iters {
+                    check();
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        #[allow(clippy::disallowed_methods)] // the benchmark's own stopwatch
+        let start = Instant::now();
+        barrier.wait();
+        start.elapsed()
+    })
+}
+
+fn two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("two_threads_one_bucket");
+    let clock = MonotonicClock;
+    let bucket = Bucket::new(admitting_settings(), clock.now_ns());
+    g.bench_function("meshlimit", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, &|| {
+                black_box(bucket.check(clock.now_ns()));
+            })
+        })
+    });
+    let limiter = RateLimiter::direct(admitting_quota());
+    g.bench_function("governor", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, &|| {
+                let _ = black_box(limiter.check());
+            })
+        })
+    });
+    let bucket = Bucket::new(rejecting_settings(), clock.now_ns());
+    let _ = bucket.check(clock.now_ns());
+    g.bench_function("meshlimit_rejecting", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, &|| {
+                black_box(bucket.check(clock.now_ns()));
+            })
+        })
+    });
+    let limiter = RateLimiter::direct(rejecting_quota());
+    let _ = limiter.check();
+    g.bench_function("governor_rejecting", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, &|| {
+                let _ = black_box(limiter.check());
+            })
+        })
+    });
+    g.finish();
+}
+
+/// A fixed pseudo-random walk over the key space (xorshift), so both libraries see the same
+/// keys in the same order and the caches cannot predict them.
+fn key_walk(n: usize) -> Vec<u64> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % KEYS
+        })
+        .collect()
+}
+
+fn keyed(c: &mut Criterion) {
+    let mut g = c.benchmark_group("keyed_1m_keys");
+    let walk = key_walk(1 << 20);
+    let clock = MonotonicClock;
+
+    let table = KeyedBuckets::new(admitting_settings(), 2 * KEYS as usize);
+    for key in 0..KEYS {
+        table.check(&key, clock.now_ns());
+    }
+    assert_eq!(table.len() as u64, KEYS);
+    g.bench_with_input(BenchmarkId::new("meshlimit", KEYS), &walk, |b, walk| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & (walk.len() - 1);
+            black_box(table.check(&walk[i], clock.now_ns()))
+        })
+    });
+    assert_eq!(table.evicted(), 0);
+    drop(table);
+
+    let limiter = RateLimiter::keyed(admitting_quota());
+    for key in 0..KEYS {
+        let _ = limiter.check_key(&key);
+    }
+    g.bench_with_input(BenchmarkId::new("governor", KEYS), &walk, |b, walk| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & (walk.len() - 1);
+            black_box(limiter.check_key(&walk[i]))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, clocks, single_thread, two_threads, keyed);
+criterion_main!(benches);

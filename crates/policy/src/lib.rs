@@ -5,7 +5,8 @@
 //! Start with [`parse_documents`] (YAML text to validated [`Resource`]s, or [`Problem`]s
 //! naming file, document, field path and reason), then [`ResourceSet`] (a consistent set of
 //! resources) and its [`ResourceSet::effective`], which matches and merges `MeshRateLimit`
-//! policies for one `Dataplane` into [`DataplaneLimits`]. The merge rules are in `matching`.
+//! policies for one `Dataplane` into [`DataplaneLimits`]. The selection, ordering and merge
+//! rules are in [`matching`]; the resource types in [`model`].
 
 pub mod duration;
 pub mod effective;

@@ -122,11 +122,11 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
                     }
                 }
                 Followed::Disconnected { error, retry_in } => {
-                    eprintln!(
+                    say(&format!(
                         "control plane unreachable ({error}); enforcing the last limits \
                          (store version {}); retrying in {retry_in:?}",
                         enforcing.version.map_or_else(|| "none".to_string(), |v| v.to_string())
-                    );
+                    ));
                 }
             },
             _ = ticker.tick() => send_report(&client, &admin, &args, &enforcing),

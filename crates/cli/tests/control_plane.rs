@@ -1,0 +1,916 @@
+//! The control plane, its CLI verbs and `meshlimit dataplane` as real processes: applies reach a
+//! separate data plane and are enforced on a real backend (the latency is measured and
+//! printed), the store survives `kill -9` in the middle of a stream of applies, a data plane
+//! keeps enforcing while the control plane is down and catches up after, invalid applies change
+//! nothing, `get -o yaml` round-trips through `apply`, and a control plane bound outside
+//! loopback (inside a network namespace made for the test) refuses requests without its token.
+//!
+//! Servers bind port 0; the control plane prints the address it got. Dataplane inbounds need
+//! fixed port numbers in YAML, so the test picks free ones by binding port 0 and releasing them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use meshlimit_control_plane::client::Client;
+use meshlimit_control_plane::wire::{SourceFile, StatusResponse};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
+/// How long a test waits for something that normally takes milliseconds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A process whose stdout lines arrive on a channel; killed (SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut command: Command) -> Proc {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the meshlimit binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line matching `want` (lines already seen count too).
+    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| want(l)) {
+            return line.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("no expected line ({e}); saw {:?}", self.seen),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A control plane on `127.0.0.1:0` (or `api`), with its store at `store`.
+struct ControlPlane {
+    proc: Proc,
+    url: String,
+}
+
+impl ControlPlane {
+    fn start(store: &Path, api: &str) -> ControlPlane {
+        let mut command = Command::new(BIN);
+        command
+            .args(["control-plane", "--api", api, "--store"])
+            .arg(store);
+        ControlPlane::from_command(command)
+    }
+
+    fn from_command(command: Command) -> ControlPlane {
+        let mut proc = Proc::spawn(command);
+        let line = proc.wait_line(|l| l.contains("API listening on "));
+        let url = line
+            .split("API listening on ")
+            .nth(1)
+            .expect("the line names the URL")
+            .trim()
+            .to_string();
+        ControlPlane { proc, url }
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the URL has a port")
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url, None).expect("a valid URL")
+    }
+}
+
+/// `meshlimit --cp URL <args>` to completion.
+fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--cp")
+        .arg(url)
+        .args(args)
+        .env_remove("MESHLIMIT_TOKEN")
+        .output()
+        .expect("the meshlimit binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A backend answering every request with 200, on its own threads.
+fn backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let port = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let Ok(clone) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(clone);
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The status of one request on a fresh connection; 0 when the connection fails.
+fn status_of(port: u16) -> u16 {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return 0;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends requests until one gets `want`, up to `PATIENCE`.
+fn until_status(port: u16, want: u16) {
+    let deadline = std::time::SystemTime::now() + PATIENCE;
+    loop {
+        if status_of(port) == want {
+            return;
+        }
+        assert!(
+            std::time::SystemTime::now() < deadline,
+            "no {want} from port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn dataplane_yaml(name: &str, port: u16, service_port: u16) -> String {
+    format!(
+        "type: Dataplane
+mesh: default
+name: {name}
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: {port}
+      servicePort: {service_port}
+      tags:
+        kuma.io/service: web
+        kuma.io/protocol: http
+"
+    )
+}
+
+fn policy_yaml(name: &str, num: u32, interval: &str) -> String {
+    format!(
+        "type: MeshRateLimit
+mesh: default
+name: {name}
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  rules:
+    - default:
+        local:
+          http:
+            requestRate:
+              num: {num}
+              interval: {interval}
+"
+    )
+}
+
+fn file(name: &str, content: String) -> SourceFile {
+    SourceFile {
+        name: name.to_string(),
+        content,
+    }
+}
+
+/// A data plane process following `url`, once it enforces a store version.
+fn dataplane(url: &str, name: &str) -> Proc {
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "--cp",
+            url,
+            "dataplane",
+            "--name",
+            name,
+            "--report-interval",
+            "0.2",
+        ])
+        .env_remove("MESHLIMIT_TOKEN");
+    let mut proc = Proc::spawn(command);
+    proc.wait_line(|l| l.starts_with("enforcing store version"));
+    proc
+}
+
+/// One whole setup: a control plane, a backend, a Dataplane resource for it and a data plane
+/// process enforcing it.
+struct Mesh {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    cp: ControlPlane,
+    inbound: u16,
+    dp: Proc,
+}
+
+fn mesh_with_dataplane() -> Mesh {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("store.redb");
+    let cp = ControlPlane::start(&store, "127.0.0.1:0");
+    let inbound = free_port();
+    let service = backend();
+    runtime()
+        .block_on(cp.client().apply(
+            vec![file("dp.yaml", dataplane_yaml("web-1", inbound, service))],
+            false,
+        ))
+        .expect("the Dataplane is applied");
+    let dp = dataplane(&cp.url, "web-1");
+    until_status(inbound, 200);
+    Mesh {
+        _dir: dir,
+        store,
+        cp,
+        inbound,
+        dp,
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // measures wall-clock latency across real processes
+fn applies_are_enforced_by_a_separate_dataplane_process_promptly() {
+    let mesh = mesh_with_dataplane();
+    let client = mesh.cp.client();
+    let rt = runtime();
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        // Alternate between a limit of one request per minute (the second request gets 429)
+        // and a generous one (every request passes), so each apply changes what is enforced.
+        let (num, interval, want) = if round % 2 == 0 {
+            (1, "1m", 429)
+        } else {
+            (100_000, "1s", 200)
+        };
+        let start = std::time::Instant::now();
+        rt.block_on(client.apply(
+            vec![file("p.yaml", policy_yaml("web", num, interval))],
+            false,
+        ))
+        .expect("the policy is applied");
+        until_status(mesh.inbound, want);
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let max = latencies[latencies.len() - 1];
+    eprintln!(
+        "apply -> enforced by a separate data plane: min {:?}, median {median:?}, max {max:?} ({} applies)",
+        latencies[0],
+        latencies.len()
+    );
+    // The limits are pushed, not picked up on a reconnect or a heartbeat (5 s apart).
+    assert!(max < Duration::from_secs(2), "{latencies:?}");
+}
+
+#[test]
+fn the_store_keeps_every_acknowledged_apply_across_kill_9() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("store.redb");
+    let mut cp = ControlPlane::start(&store, "127.0.0.1:0");
+    let client = cp.client();
+    let (acked_tx, acked_rx) = mpsc::channel::<String>();
+    let writer = std::thread::spawn(move || {
+        let rt = runtime();
+        for i in 0.. {
+            let name = format!("p-{i}");
+            let applied = rt.block_on(
+                client.apply(vec![file("p.yaml", policy_yaml(&name, i + 1, "1s"))], false),
+            );
+            match applied {
+                Ok(_) => {
+                    if acked_tx.send(name).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return, // the control plane is gone
+            }
+        }
+    });
+    let mut acknowledged = Vec::new();
+    while acknowledged.len() < 30 {
+        acknowledged.push(
+            acked_rx
+                .recv_timeout(PATIENCE)
+                .expect("applies are acknowledged"),
+        );
+    }
+    // Kill it while the writer keeps applying.
+    cp.proc.kill();
+    writer.join().expect("the writer stops");
+    acknowledged.extend(acked_rx.try_iter());
+
+    let cp = ControlPlane::start(&store, "127.0.0.1:0");
+    let listed = runtime()
+        .block_on(
+            cp.client()
+                .list(meshlimit_policy::Kind::MeshRateLimit, Some("default")),
+        )
+        .expect("the store opens again");
+    let names: Vec<&str> = listed.iter().filter_map(|v| v["name"].as_str()).collect();
+    for name in &acknowledged {
+        assert!(
+            names.contains(&name.as_str()),
+            "{name} was acknowledged but lost"
+        );
+    }
+    // At most the one apply in flight at the kill is there without an acknowledgement.
+    assert!(names.len() <= acknowledged.len() + 1, "{names:?}");
+}
+
+#[test]
+fn a_dataplane_keeps_enforcing_while_the_control_plane_is_down_and_catches_up() {
+    let mut mesh = mesh_with_dataplane();
+    let rt = runtime();
+    rt.block_on(
+        mesh.cp
+            .client()
+            .apply(vec![file("p.yaml", policy_yaml("web", 1, "1m"))], false),
+    )
+    .expect("applied");
+    until_status(mesh.inbound, 429);
+    let port = mesh.cp.port();
+
+    mesh.cp.proc.kill();
+    // Still enforced with the control plane gone, once the data plane has noticed.
+    mesh.dp
+        .wait_line(|l| l.starts_with("control plane unreachable"));
+    for _ in 0..5 {
+        assert_eq!(status_of(mesh.inbound), 429);
+    }
+    assert!(mesh.dp.child.try_wait().expect("status").is_none());
+
+    // Back on the same address and store; a new apply reaches the data plane after it reconnects.
+    let cp = ControlPlane::start(&mesh.store, &format!("127.0.0.1:{port}"));
+    rt.block_on(cp.client().apply(
+        vec![file("p.yaml", policy_yaml("web", 100_000, "1s"))],
+        false,
+    ))
+    .expect("applied after the restart");
+    mesh.dp
+        .wait_line(|l| l.starts_with("enforcing store version 3"));
+    until_status(mesh.inbound, 200);
+    let status: StatusResponse = rt.block_on(cp.client().status()).expect("status");
+    let dp = status
+        .dataplanes
+        .iter()
+        .find(|d| d.name == "web-1")
+        .expect("the data plane is known");
+    assert!(dp.connected);
+}
+
+#[test]
+fn invalid_applies_change_nothing_and_report_every_problem() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, policy_yaml("web", 10, "1s")).expect("write");
+    let applied = cli(&cp.url, &["apply", "-f", good.to_str().expect("utf-8")]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert_eq!(stdout(&applied), "meshratelimit/web created\n");
+    let before = stdout(&cli(&cp.url, &["get", "mrl", "-o", "yaml"]));
+
+    // A valid change and an invalid document in one apply: neither is stored.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}---\n{}",
+            policy_yaml("web", 20, "1s"),
+            policy_yaml("other", 0, "10ms")
+        ),
+    )
+    .expect("write");
+    let refused = cli(&cp.url, &["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    let bad_name = bad.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{bad_name}: document 2 (MeshRateLimit other): spec.rules[0].default.local.http.requestRate.num:"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("requestRate.interval"), "{err}");
+    // The same lines `meshlimit validate` prints.
+    let validate = Command::new(BIN)
+        .args(["validate", "-f", bad.to_str().expect("utf-8")])
+        .output()
+        .expect("validate runs");
+    for line in stderr(&validate)
+        .lines()
+        .filter(|l| l.contains("document 2"))
+    {
+        assert!(err.contains(line), "{line:?} missing from {err}");
+    }
+    assert_eq!(stdout(&cli(&cp.url, &["get", "mrl", "-o", "yaml"])), before);
+
+    // Conflicting with what is stored (a mesh that does not exist) is refused too.
+    let orphan = dir.path().join("orphan.yaml");
+    std::fs::write(
+        &orphan,
+        policy_yaml("web", 30, "1s").replace("mesh: default", "mesh: nowhere"),
+    )
+    .expect("write");
+    let refused = cli(&cp.url, &["apply", "-f", orphan.to_str().expect("utf-8")]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert_eq!(
+        stdout(&cli(&cp.url, &["get", "mrl", "-A", "-o", "yaml"])),
+        before
+    );
+}
+
+#[test]
+fn get_yaml_is_accepted_back_unchanged_and_tables_are_aligned() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
+    let kubernetes = dir.path().join("kubernetes.yaml");
+    std::fs::write(
+        &kubernetes,
+        "apiVersion: kuma.io/v1alpha1
+kind: MeshRateLimit
+metadata:
+  name: kubernetes-form
+  namespace: kuma-system
+  labels:
+    kuma.io/mesh: default
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  rules:
+    - default:
+        local:
+          tcp:
+            connectionRate:
+              num: 5
+              interval: 1s
+",
+    )
+    .expect("write");
+    let applied = cli(
+        &cp.url,
+        &["apply", "-f", examples, kubernetes.to_str().expect("utf-8")],
+    );
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let listed = stdout(&cli(
+        &cp.url,
+        &["get", "mrl", "kubernetes-form", "-o", "yaml"],
+    ));
+    assert!(
+        listed.starts_with("apiVersion: kuma.io/v1alpha1\nkind: MeshRateLimit\n"),
+        "{listed}"
+    );
+
+    for kind in ["mrl", "rl", "dp"] {
+        let yaml = cli(&cp.url, &["get", kind, "-o", "yaml"]);
+        assert!(yaml.status.success(), "{}", stderr(&yaml));
+        let path = dir.path().join(format!("{kind}.yaml"));
+        std::fs::write(&path, stdout(&yaml)).expect("write");
+        let again = cli(&cp.url, &["apply", "-f", path.to_str().expect("utf-8")]);
+        assert!(again.status.success(), "{}", stderr(&again));
+        let out = stdout(&again);
+        assert!(
+            !out.is_empty() && out.lines().all(|l| l.ends_with(" unchanged")),
+            "{out}"
+        );
+    }
+
+    let table = stdout(&cli(&cp.url, &["get", "meshratelimits"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    let http_column = lines[0].find("HTTP").expect("an HTTP column");
+    for line in &lines[1..] {
+        assert_eq!(
+            line.char_indices().nth(http_column).map(|(_, c)| c != ' '),
+            Some(true),
+            "{table}"
+        );
+    }
+    let one = stdout(&cli(&cp.url, &["get", "dp", "backend-1", "-o", "json"]));
+    assert!(one.starts_with('{'), "{one}");
+    let json: serde_json::Value = serde_json::from_str(&one).expect("json");
+    assert_eq!(json["name"], "backend-1");
+
+    let deleted = cli(&cp.url, &["delete", "dp", "backend-1"]);
+    assert_eq!(stdout(&deleted), "dataplane/backend-1 deleted\n");
+    let missing = cli(&cp.url, &["delete", "dp", "backend-1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("404"), "{}", stderr(&missing));
+}
+
+#[test]
+fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
+    let mesh = mesh_with_dataplane();
+    let url = mesh.cp.url.clone();
+    let rt = runtime();
+    rt.block_on(mesh.cp.client().apply(
+        vec![
+            file("p.yaml", policy_yaml("web", 1, "1m")),
+            file(
+                "none.yaml",
+                policy_yaml("nothing", 5, "1s").replace("name: web\n", "name: nosuch\n"),
+            ),
+        ],
+        false,
+    ))
+    .expect("applied");
+    until_status(mesh.inbound, 429);
+    for _ in 0..20 {
+        status_of(mesh.inbound);
+    }
+    // Wait until the data plane's reports show the rejections over at least two reports.
+    let deadline = std::time::SystemTime::now() + PATIENCE;
+    loop {
+        let status = rt.block_on(mesh.cp.client().status()).expect("status");
+        let limited = status
+            .dataplanes
+            .iter()
+            .flat_map(|d| &d.inbounds)
+            .any(|i| i.stats.limited >= 20 && i.stats.limited_per_second > 0.0);
+        if limited {
+            break;
+        }
+        assert!(std::time::SystemTime::now() < deadline, "{status:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let described = stdout(&cli(&url, &["describe", "mrl", "web"]));
+    assert!(
+        described.contains("Selects 1 inbound(s) on 1 dataplane(s)"),
+        "{described}"
+    );
+    assert!(described.contains("1/1m0s"), "{described}");
+
+    let stats = stdout(&cli(&url, &["get", "ratelimit-stats"]));
+    assert!(stats.starts_with("MESH"), "{stats}");
+    let row = stats
+        .lines()
+        .find(|l| l.contains("web-1"))
+        .expect("a row for the data plane");
+    assert!(row.contains(&mesh.inbound.to_string()), "{row}");
+
+    let top = stdout(&cli(&url, &["top", "--once"]));
+    assert!(top.contains("default/web-1"), "{top}");
+    assert!(top.chars().any(|c| ('▁'..='█').contains(&c)), "{top}");
+
+    let diagnosed = cli(&url, &["diagnose", "rate-limit"]);
+    assert_eq!(diagnosed.status.code(), Some(1));
+    let report = stdout(&diagnosed);
+    assert!(
+        report.contains("[problem] MeshRateLimit default/nothing selects no dataplane inbound"),
+        "{report}"
+    );
+    assert!(report.contains("rejected over the last minute"), "{report}");
+    assert!(
+        report.contains("[ok]      data plane default/web-1 is connected"),
+        "{report}"
+    );
+    assert!(report.contains("fix: "), "{report}");
+}
+
+#[test]
+fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "control-plane",
+            "--api",
+            "127.0.0.1:0",
+            "--max-body-bytes",
+            "4096",
+            "--store",
+        ])
+        .arg(dir.path().join("store.redb"));
+    let cp = ControlPlane::from_command(command);
+    let client = cp.client();
+    let rt = runtime();
+    let call = |method: &str, path: &str, media: Option<&str>, body: String| {
+        rt.block_on(client.call(
+            method.parse().expect("a method"),
+            path,
+            media,
+            "application/json",
+            body.into(),
+        ))
+    };
+    // PUT creates (201) from YAML, then updates (200) from JSON.
+    let created = call(
+        "PUT",
+        "/meshes/default/meshratelimits/a",
+        Some("application/yaml"),
+        policy_yaml("a", 1, "1s"),
+    )
+    .expect("created");
+    assert_eq!(created.0.as_u16(), 201);
+    let json = serde_json::json!({
+        "type": "MeshRateLimit", "mesh": "default", "name": "a",
+        "spec": {"targetRef": {"kind": "Mesh"}, "rules": [{"default": {"local": {"tcp": {"connectionRate": {"num": 3, "interval": "1s"}}}}}]}
+    });
+    let updated = call(
+        "PUT",
+        "/meshes/default/meshratelimits/a",
+        Some("application/json"),
+        json.to_string(),
+    )
+    .expect("updated");
+    assert_eq!(updated.0.as_u16(), 200);
+    for name in ["b", "c"] {
+        call(
+            "PUT",
+            &format!("/meshes/default/meshratelimits/{name}"),
+            Some("application/yaml"),
+            policy_yaml(name, 1, "1s"),
+        )
+        .expect("created");
+    }
+    // Pagination as Kuma does it.
+    let (_, page) = call(
+        "GET",
+        "/meshes/default/meshratelimits?size=2",
+        None,
+        String::new(),
+    )
+    .expect("a page");
+    let page: serde_json::Value = serde_json::from_slice(&page).expect("json");
+    assert_eq!(page["total"], 3);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        page["next"],
+        "/meshes/default/meshratelimits?offset=2&size=2"
+    );
+    // The name in the body disagrees with the URL: 409.
+    let conflict = call(
+        "PUT",
+        "/meshes/default/meshratelimits/x",
+        Some("application/yaml"),
+        policy_yaml("y", 1, "1s"),
+    )
+    .expect_err("refused");
+    assert_eq!(conflict.status(), Some(409));
+    // A stale version: 409.
+    let stale = rt.block_on(async {
+        let request = hyper_request("PUT", &cp.url, "/meshes/default/meshratelimits/a", "\"1\"");
+        request.await
+    });
+    assert_eq!(stale, 409);
+    // Unknown: 404; invalid: 400 with the field path; too large: 413.
+    let missing = call(
+        "GET",
+        "/meshes/default/meshratelimits/zzz",
+        None,
+        String::new(),
+    )
+    .expect_err("missing");
+    assert_eq!(missing.status(), Some(404));
+    let invalid = call(
+        "PUT",
+        "/meshes/default/meshratelimits/a",
+        Some("application/yaml"),
+        policy_yaml("a", 0, "1s"),
+    )
+    .expect_err("invalid");
+    assert_eq!(invalid.status(), Some(400));
+    let meshlimit_control_plane::client::ClientError::Api { body, .. } = invalid else {
+        panic!("an API error")
+    };
+    assert_eq!(
+        body.invalid_parameters[0].field,
+        "spec.rules[0].default.local.http.requestRate.num"
+    );
+    let large = call(
+        "POST",
+        "/apply",
+        Some("application/yaml"),
+        "#".repeat(10_000),
+    )
+    .expect_err("too large");
+    assert_eq!(large.status(), Some(413));
+}
+
+/// A `PUT` with `If-Match: <version>` (the client does not send one), returning the status.
+async fn hyper_request(method: &str, base: &str, path: &str, if_match: &str) -> u16 {
+    let addr = base.trim_start_matches("http://").to_string();
+    let body = policy_yaml("a", 9, "1s");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/yaml\r\n\
+         If-Match: {if_match}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(&addr).expect("connect");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    })
+    .await
+    .expect("the request thread")
+}
+
+/// A network namespace made for one test, holding one non-loopback address; deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(address: &str) -> Netns {
+        let name = format!("mlcp-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().expect("ip runs");
+            assert!(status.success(), "ip {args:?} failed");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let netns = Netns { name };
+        let n = netns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        // A non-loopback address that exists only inside the namespace.
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            "lo",
+        ]);
+        netns
+    }
+
+    /// `meshlimit <args>` inside the namespace.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name, BIN])
+            .args(args)
+            .env_remove("MESHLIMIT_TOKEN");
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_control_plane_outside_loopback_requires_its_token() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("store.redb");
+    let store = store.to_str().expect("utf-8");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let netns = Netns::create("192.0.2.1");
+
+    // Without a token file it refuses to start.
+    let refused = netns
+        .command(&["control-plane", "--api", "192.0.2.1:0", "--store", store])
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--token-file"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let cp = ControlPlane::from_command(netns.command(&[
+        "control-plane",
+        "--api",
+        "192.0.2.1:0",
+        "--store",
+        store,
+        "--token-file",
+        token_file.to_str().expect("utf-8"),
+    ]));
+    assert!(cp.url.starts_with("http://192.0.2.1:"), "{}", cp.url);
+
+    let anonymous = netns
+        .command(&["--cp", &cp.url, "get", "mrl"])
+        .output()
+        .expect("runs");
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(stderr(&anonymous).contains("401"), "{}", stderr(&anonymous));
+    let wrong = netns
+        .command(&["--cp", &cp.url, "--token", "guess", "get", "mrl"])
+        .output()
+        .expect("runs");
+    assert!(stderr(&wrong).contains("401"), "{}", stderr(&wrong));
+
+    let with_flag = netns
+        .command(&["--cp", &cp.url, "--token", "s3cret-token", "get", "mrl"])
+        .output()
+        .expect("runs");
+    assert!(with_flag.status.success(), "{}", stderr(&with_flag));
+    let mut with_env = netns.command(&["--cp", &cp.url, "get", "mrl"]);
+    with_env.env("MESHLIMIT_TOKEN", "s3cret-token");
+    let with_env = with_env.output().expect("runs");
+    assert!(with_env.status.success(), "{}", stderr(&with_env));
+}
