@@ -143,7 +143,8 @@ pub struct ControlPlane {
 
 /// A write before it is committed.
 enum Write {
-    Upsert(Vec<(Resource, Origin)>),
+    /// Create or update these resources, and delete those of these keys that are stored.
+    Upsert(Vec<(Resource, Origin)>, Vec<Key>),
     Delete(Key),
 }
 
@@ -227,6 +228,26 @@ impl ControlPlane {
     /// Creates or updates already-parsed resources, all or nothing (the all-in-one seeds its
     /// store this way, from `meshlimit_policy::load_paths`).
     pub fn apply_parsed(&self, parsed: Parsed, dry_run: bool) -> Result<WriteResult, CpError> {
+        self.upsert_parsed(parsed, Vec::new(), dry_run)
+    }
+
+    /// Like [`ControlPlane::apply_parsed`], and in the same write deletes the resources of
+    /// `remove` that are stored (keys that are not stored are skipped): the all-in-one follows
+    /// its resource directory this way, so that an edit lands whole or not at all.
+    pub fn apply_parsed_and_remove(
+        &self,
+        parsed: Parsed,
+        remove: &[Key],
+    ) -> Result<WriteResult, CpError> {
+        self.upsert_parsed(parsed, remove.to_vec(), false)
+    }
+
+    fn upsert_parsed(
+        &self,
+        parsed: Parsed,
+        remove: Vec<Key>,
+        dry_run: bool,
+    ) -> Result<WriteResult, CpError> {
         let origins = parsed.origins;
         let resources: Vec<(Resource, Origin)> = parsed
             .resources
@@ -261,7 +282,7 @@ impl ControlPlane {
             return Err(CpError::Invalid(problems));
         }
         let warnings = parsed.warnings.iter().map(ToString::to_string).collect();
-        let mut result = self.write(Write::Upsert(resources), None, dry_run)?;
+        let mut result = self.write(Write::Upsert(resources, remove), None, dry_run)?;
         result.warnings = warnings;
         Ok(result)
     }
@@ -303,7 +324,11 @@ impl ControlPlane {
             file: label,
             document: 1,
         };
-        self.write(Write::Upsert(vec![(resource, origin)]), if_version, false)
+        self.write(
+            Write::Upsert(vec![(resource, origin)], Vec::new()),
+            if_version,
+            false,
+        )
     }
 
     pub fn delete(
@@ -336,8 +361,9 @@ impl ControlPlane {
         let mut entries = current.entries.clone();
         let mut changes = Vec::new();
         let mut results = Vec::new();
+        let delete_only = matches!(write, Write::Delete(_));
         match write {
-            Write::Upsert(resources) => {
+            Write::Upsert(resources, remove) => {
                 for (resource, origin) in resources {
                     let key = model::key_of(&resource);
                     let existing = entries.get(&key);
@@ -365,6 +391,23 @@ impl ControlPlane {
                         );
                     }
                 }
+                for key in remove {
+                    if entries.remove(&key).is_some() {
+                        results.push(applied(&key, Action::Deleted));
+                        changes.push(Change::Delete { key });
+                    }
+                }
+                for change in &changes {
+                    if let Change::Delete { key } = change
+                        && key.kind == model::kind_name(Kind::Mesh)
+                        && entries.keys().any(|k| k.mesh == key.name)
+                    {
+                        return Err(CpError::Conflict(format!(
+                            "mesh {:?} would be deleted while resources remain in it",
+                            key.name
+                        )));
+                    }
+                }
             }
             Write::Delete(key) => {
                 let Some(existing) = entries.get(&key) else {
@@ -389,9 +432,8 @@ impl ControlPlane {
                 changes.push(Change::Delete { key });
             }
         }
-        let deleting = changes.iter().any(|c| matches!(c, Change::Delete { .. }));
         let mut next = Snapshot::build(current.version, entries).map_err(|problems| {
-            if deleting {
+            if delete_only {
                 CpError::Conflict(format!(
                     "the remaining resources would be inconsistent: {}",
                     problems_summary(&problems)
@@ -638,6 +680,58 @@ spec:
             .unwrap();
         assert_eq!(updated.results[0].action, Action::Configured);
         assert_eq!(updated.version, 2);
+    }
+
+    #[test]
+    fn apply_and_remove_is_one_write_validated_as_a_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::open(&dir.path().join("s.redb")).unwrap();
+        cp.apply(
+            &[file("dp.yaml", DP), file("a.yaml", policy("a", 1))],
+            false,
+        )
+        .unwrap();
+        let parsed = |text: &str| meshlimit_policy::parse_documents("b.yaml", text).unwrap();
+        let a = model::key(Kind::MeshRateLimit, "default", "a");
+        let missing = model::key(Kind::MeshRateLimit, "default", "never-stored");
+
+        // A document in a mesh that does not exist: nothing is removed either.
+        let elsewhere = policy("b", 1).replace("mesh: default", "mesh: nowhere");
+        let err = cp
+            .apply_parsed_and_remove(parsed(&elsewhere), std::slice::from_ref(&a))
+            .unwrap_err();
+        assert!(matches!(err, CpError::Invalid(_)), "{err}");
+        assert!(
+            cp.snapshot()
+                .get(Kind::MeshRateLimit, "default", "a")
+                .is_some()
+        );
+        assert_eq!(cp.snapshot().version, 1);
+
+        // Valid: `b` is created and `a` deleted in one version; unknown keys are skipped.
+        let done = cp
+            .apply_parsed_and_remove(parsed(&policy("b", 2)), &[a, missing])
+            .unwrap();
+        assert_eq!(done.version, 2);
+        let actions: Vec<(String, Action)> = done
+            .results
+            .iter()
+            .map(|r| (r.name.clone(), r.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("b".to_string(), Action::Created),
+                ("a".to_string(), Action::Deleted)
+            ]
+        );
+        let snapshot = cp.snapshot();
+        assert!(snapshot.get(Kind::MeshRateLimit, "default", "a").is_none());
+        let http = snapshot.effective("default", "web-1").unwrap().inbounds[0]
+            .http
+            .clone()
+            .unwrap();
+        assert_eq!(http.request_rate.num, 2);
     }
 
     #[test]
