@@ -1,17 +1,19 @@
 //! A consistent set of resources and what it means for each Dataplane.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use crate::effective::{DataplaneLimits, InboundLimits, KernelLimit};
 use crate::matching::{self, Source};
 use crate::model::{
-    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource,
+    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource, TokenBucketRule,
 };
 use crate::parse::{Origin, Parsed};
 use crate::problem::Problem;
 
 /// Validated resources that are consistent with each other: names are unique per kind and
-/// mesh, every mesh referred to exists, and no service has two kernel rate limits.
+/// mesh, every mesh referred to exists, no service has two kernel rate limits, and no
+/// destination (address and port) gets two different kernel limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceSet {
     resources: Vec<Resource>,
@@ -321,5 +323,122 @@ fn consistency(resources: &[Resource], origins: Option<&[Origin]>) -> Vec<Proble
             }
         }
     }
+    problems.extend(
+        shared_destinations(resources, &limited)
+            .into_iter()
+            .map(|(i, p)| locate(i, p)),
+    );
     problems
+}
+
+/// A kernel limit as it reaches one destination, for [`shared_destinations`].
+struct DestinationLimit<'a> {
+    rate_limit: &'a str,
+    mesh: &'a str,
+    service: &'a str,
+    dataplane: &'a str,
+    rule: TokenBucketRule,
+}
+
+/// The kernel keeps one token bucket per destination address and port, whatever the mesh or
+/// service: two kernel limits that resolve to the same destination with different settings
+/// cannot both be enforced. Reports each such destination once, on the later `RateLimit`
+/// (at the index given). `limited` holds the one `RateLimit` kept for each (mesh, service);
+/// services already reported as limited twice are skipped.
+fn shared_destinations<'a>(
+    resources: &'a [Resource],
+    limited: &BTreeMap<(&str, &str), &str>,
+) -> Vec<(usize, Problem)> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<(String, u16), DestinationLimit<'a>> = BTreeMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        let Resource::RateLimit(rl) = r else { continue };
+        for (si, s) in rl.services.iter().enumerate() {
+            if limited.get(&(rl.mesh.as_str(), s.name.as_str())) != Some(&rl.name.as_str()) {
+                continue;
+            }
+            let path = if rl.listed {
+                format!("spec.services[{si}].name")
+            } else {
+                "spec.service".to_string()
+            };
+            for dp in resources.iter().filter_map(|r| match r {
+                Resource::Dataplane(d) if d.mesh == rl.mesh => Some(d),
+                _ => None,
+            }) {
+                for inbound in dp
+                    .networking
+                    .inbound
+                    .iter()
+                    .filter(|i| i.service() == s.name)
+                {
+                    let address = inbound.address.as_deref().unwrap_or(&dp.networking.address);
+                    let key = (canonical_address(address), inbound.port);
+                    for rule in &s.rules {
+                        let here = DestinationLimit {
+                            rate_limit: &rl.name,
+                            mesh: &rl.mesh,
+                            service: &s.name,
+                            dataplane: &dp.name,
+                            rule: *rule,
+                        };
+                        match seen.get(&key) {
+                            None => {
+                                seen.insert(key.clone(), here);
+                            }
+                            Some(first) if first.rule == here.rule => {}
+                            Some(first) => {
+                                problems.push((i, destination_conflict(&path, &key, first, &here)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn destination_conflict(
+    path: &str,
+    (address, port): &(String, u16),
+    first: &DestinationLimit<'_>,
+    here: &DestinationLimit<'_>,
+) -> Problem {
+    let destination = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    let settings = |r: &TokenBucketRule| {
+        format!(
+            "maxTokens {}, tokensPerFill {}, fillInterval {}",
+            r.max_tokens, r.tokens_per_fill, r.fill_interval
+        )
+    };
+    Problem::new(
+        path,
+        format!(
+            "service '{}' reaches {destination} (Dataplane '{}'), which RateLimit '{}' already \
+             limits for service '{}' in mesh '{}' with other settings ({} here, {} there): the \
+             kernel keeps one token bucket per destination, so give both the same settings or \
+             give the Dataplanes different addresses or ports",
+            here.service,
+            here.dataplane,
+            first.rate_limit,
+            first.service,
+            first.mesh,
+            settings(&here.rule),
+            settings(&first.rule),
+        ),
+    )
+}
+
+/// The form of an address the kernel keys on: IPv4-mapped IPv6 is IPv4, and `::0:1` is `::1`.
+/// A name that is not an IP address stays as written.
+fn canonical_address(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => address.to_string(),
+    }
 }

@@ -867,3 +867,41 @@ fn every_problem_of_a_document_is_reported_at_once() {
         ]
     );
 }
+
+#[test]
+fn a_destination_has_at_most_one_kernel_bucket() {
+    // Each RateLimit lists a service of its own first, so the conflict is at services[1].
+    let rl = |name: &str, service: &str, max: u64| {
+        format!(
+            "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata: {{name: {name}}}\nspec:\n  services:\n    - name: only-{name}\n      rules: [{{maxTokens: 1, tokensPerFill: 1, fillInterval: 1000000}}]\n    - name: {service}\n      rules: [{{maxTokens: {max}, tokensPerFill: 1, fillInterval: 1000000}}]\n"
+        )
+    };
+    let dp = |name: &str, address: &str, service: &str| {
+        format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n    - port: 80\n      tags: {{kuma.io/service: {service}}}\n"
+        )
+    };
+    // Two services on one address and port (written as IPv4 and as v4-mapped IPv6), limited
+    // differently: the kernel could enforce only one of them.
+    let yaml = [
+        dp("web-1", "10.0.0.1", "web"),
+        dp("api-1", "::ffff:10.0.0.1", "api"),
+        rl("a", "web", 5),
+        rl("b", "api", 7),
+    ]
+    .join("---\n");
+    assert_eq!(
+        set_problems(&yaml),
+        [
+            "t.yaml: document 4 (RateLimit b): spec.services[1].name: service 'api' reaches 10.0.0.1:80 (Dataplane 'api-1'), which RateLimit 'a' already limits for service 'web' in mesh 'default' with other settings (maxTokens 7, tokensPerFill 1, fillInterval 1000000 here, maxTokens 5, tokensPerFill 1, fillInterval 1000000 there): the kernel keeps one token bucket per destination, so give both the same settings or give the Dataplanes different addresses or ports"
+        ]
+    );
+    // The same settings share the one bucket; distinct destinations do not meet.
+    let same = yaml.replace("maxTokens: 7", "maxTokens: 5");
+    let distinct = yaml.replace("::ffff:10.0.0.1", "10.0.0.2");
+    for ok in [same, distinct] {
+        let set = ResourceSet::from_parsed(parse_documents("t.yaml", &ok).expect("valid"))
+            .expect("consistent");
+        assert_eq!(set.kernel_limits().len(), 2);
+    }
+}
