@@ -1,14 +1,15 @@
 //! The admin endpoint: `/metrics` (Prometheus text, from any number of sources), `/ready`
-//! and `/config` (the effective limits as JSON).
+//! and `/config` (the effective limits as JSON). It serves itself ([`Admin::serve`]) or becomes
+//! routes of a larger axum server ([`Admin::router`], merged into the control plane's API by
+//! the all-in-one).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -40,6 +41,8 @@ pub struct Admin {
     metrics: Vec<Arc<dyn MetricsSource>>,
     readiness: Vec<Arc<dyn ReadinessSource>>,
     config: Option<Arc<dyn ConfigSource>>,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl Admin {
@@ -73,6 +76,27 @@ impl Admin {
         self
     }
 
+    /// Requires `Authorization: Bearer <token>` on every request (401 otherwise), for an
+    /// endpoint reachable from other hosts.
+    pub fn with_token(mut self, token: Option<String>) -> Admin {
+        self.token = token;
+        self
+    }
+
+    /// `/metrics`, `/ready` and `/config` as axum routes, to merge into another router (which
+    /// keeps its own fallback for every other path).
+    pub fn router(self) -> axum::Router {
+        let admin = Arc::new(self);
+        let handler = move |request: axum::extract::Request| {
+            let admin = Arc::clone(&admin);
+            async move { admin.respond(request.method(), request.uri().path(), request.headers()) }
+        };
+        axum::Router::new()
+            .route("/metrics", axum::routing::any(handler.clone()))
+            .route("/ready", axum::routing::any(handler.clone()))
+            .route("/config", axum::routing::any(handler))
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
         let admin = Arc::new(self);
@@ -96,7 +120,13 @@ impl Admin {
             connections.spawn(async move {
                 let service = service_fn(move |request| {
                     let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.route(&request)) }
+                    async move {
+                        Ok::<_, Infallible>(admin.respond(
+                            request.method(),
+                            request.uri().path(),
+                            request.headers(),
+                        ))
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -118,11 +148,29 @@ impl Admin {
         connections.wait().await;
     }
 
-    fn route(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
+    fn respond(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        if let Some(token) = &self.token {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+                let mut response = text(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token is required\n".into(),
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return response;
+            }
+        }
+        if method != Method::GET && method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         }
-        match request.uri().path() {
+        match path {
             "/metrics" => {
                 let mut out = String::new();
                 for source in &self.metrics {
@@ -169,6 +217,11 @@ impl Admin {
             ),
         }
     }
+}
+
+/// Compares without an early exit, so the time taken does not reveal a matching prefix.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -21,6 +21,6 @@ mod tcp;
 
 pub use admin::{Admin, ConfigSource, MetricsSource, ReadinessSource};
 pub use inbound::InboundKey;
-pub use metrics::escape_label;
+pub use metrics::{InboundStats, ProxyStats, escape_label};
 pub use options::ProxyOptions;
 pub use proxy::{ListenerStatus, Proxy, Status};

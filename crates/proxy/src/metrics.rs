@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::admin::MetricsSource;
-use crate::inbound::Inbound;
+use crate::inbound::{Inbound, InboundKey};
 use crate::proxy::Shared;
 
 pub(crate) struct ProxyMetrics(pub Arc<Shared>);
@@ -84,6 +84,50 @@ impl MetricsSource for ProxyMetrics {
                 );
             }
         }
+    }
+}
+
+/// The counters and bucket levels of one inbound, as numbers (what `/metrics` shows as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundStats {
+    pub key: InboundKey,
+    pub http_allowed: u64,
+    pub http_limited: u64,
+    pub tcp_allowed: u64,
+    pub tcp_limited: u64,
+    /// Whole tokens left in the request bucket (`None`: no HTTP limit).
+    pub http_tokens: Option<u64>,
+    /// Whole tokens left in the connection bucket (`None`: no TCP limit).
+    pub tcp_tokens: Option<u64>,
+}
+
+/// A handle on a running proxy's counters that outlives borrows of the [`crate::Proxy`]
+/// (for a task reporting them elsewhere). Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyStats(pub(crate) Arc<Shared>);
+
+impl ProxyStats {
+    /// Every inbound being served now.
+    pub fn inbounds(&self) -> Vec<InboundStats> {
+        let now_ns = self.0.clock.now_ns();
+        self.0
+            .inbounds
+            .load()
+            .iter()
+            .map(|inbound| {
+                let plan = inbound.plan.load();
+                let counters = &inbound.counters;
+                InboundStats {
+                    key: inbound.key.clone(),
+                    http_allowed: counters.http_allowed.get(),
+                    http_limited: counters.http_limited.get(),
+                    tcp_allowed: counters.tcp_allowed.get(),
+                    tcp_limited: counters.tcp_limited.get(),
+                    http_tokens: plan.http.as_ref().map(|http| http.bucket.peek(now_ns)),
+                    tcp_tokens: plan.tcp.as_ref().map(|tcp| tcp.peek(now_ns)),
+                }
+            })
+            .collect()
     }
 }
 

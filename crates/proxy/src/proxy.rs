@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::HttpContext;
 use crate::inbound::{Inbound, InboundKey, accept_loop};
+use crate::metrics::ProxyStats;
 use crate::options::ProxyOptions;
 use crate::plan::compile;
 
@@ -103,6 +104,11 @@ impl Proxy {
     /// The configuration last applied.
     pub fn config(&self) -> Arc<Vec<DataplaneLimits>> {
         self.shared.config.load_full()
+    }
+
+    /// The counters and bucket levels of every inbound, through a handle that can be kept.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats(Arc::clone(&self.shared))
     }
 
     /// Graceful shutdown: stop accepting, let in-flight HTTP requests and open TCP relays

@@ -114,3 +114,75 @@ async fn not_ready_while_an_inbound_cannot_listen() {
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("cannot listen"), "{}", ready.body);
 }
+
+/// The admin routes merged into another axum router (as the all-in-one does with the control
+/// plane's API): the other router keeps its paths and fallback, and a token guards the admin
+/// routes when set. The stats handle reports the same counts as `/metrics`.
+#[tokio::test]
+async fn admin_routes_merge_into_another_router_behind_a_token() {
+    let app = upstream().await;
+    let config = vec![dataplane(
+        "backend",
+        app.addr.port(),
+        Protocol::Http,
+        Some(http_limit(2, Duration::from_secs(10), 429)),
+        None,
+    )];
+    let h = Harness::start(config, ProxyOptions::default()).await;
+    let other = axum::Router::new()
+        .route("/status", axum::routing::get(|| async { "elsewhere" }))
+        .fallback(|| async { (http::StatusCode::IM_A_TEAPOT, "fallback") });
+    let merged = other.merge(
+        Admin::for_proxy(&h.proxy)
+            .with_token(Some("s3cret".into()))
+            .router(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, merged).await });
+
+    let mut client = H1::connect(h.addr("backend")).await;
+    for _ in 0..3 {
+        client.get("/").await;
+    }
+    let stats = h.proxy.stats().inbounds();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (
+            stats[0].http_allowed,
+            stats[0].http_limited,
+            stats[0].http_tokens,
+            stats[0].tcp_tokens
+        ),
+        (2, 1, Some(0), None)
+    );
+
+    assert_eq!(admin_get(addr, "/metrics").await.status, 401);
+    let with_token = |path: &str| {
+        http::Request::get(path)
+            .header("host", "admin")
+            .header("authorization", "Bearer s3cret")
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    let metrics = H1::connect(addr).await.send(with_token("/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains(r#"inbound="0",decision="limited"} 1"#),
+        "{}",
+        metrics.body
+    );
+    let ready = H1::connect(addr).await.send(with_token("/ready")).await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.body.as_str()),
+        (200, "ready\n")
+    );
+    let status = admin_get(addr, "/status").await;
+    assert_eq!(
+        (status.status.as_u16(), status.body.as_str()),
+        (200, "elsewhere")
+    );
+    assert_eq!(admin_get(addr, "/nothing").await.status, 418);
+}
