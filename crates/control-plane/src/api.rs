@@ -1,16 +1,18 @@
 //! The REST API, in Kuma's style (`/meshes/{mesh}/{collection}/{name}`), plus the bulk apply,
-//! the limit streams data planes follow, and the status they report. `api/openapi.yaml`
-//! documents every route; [`error_response`] is the one place errors become HTTP statuses.
+//! the limit streams data planes follow, and the status they report. `openapi.yaml` (next to
+//! this crate's manifest) documents every route; [`error_response`] is the one place errors
+//! become HTTP statuses.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use meshlimit_policy::{Kind, Problem, Resource};
 use serde::{Deserialize, Serialize};
@@ -50,38 +52,91 @@ pub(crate) struct AppState {
     pub(crate) config: ApiConfig,
 }
 
+/// Every endpoint, once: `(path, method, handler)`. [`router`] serves exactly these and
+/// [`routes`] lists them (a test holds `openapi.yaml` to the same list).
+fn endpoints() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
+    vec![
+        endpoint("/", Method::GET, index),
+        endpoint("/meshes", Method::GET, list_meshes),
+        endpoint("/meshes/{mesh}", Method::GET, get_mesh),
+        endpoint("/meshes/{mesh}", Method::PUT, put_mesh),
+        endpoint("/meshes/{mesh}", Method::DELETE, delete_mesh),
+        endpoint("/meshes/{mesh}/{collection}", Method::GET, list_in_mesh),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}",
+            Method::GET,
+            get_resource,
+        ),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}",
+            Method::PUT,
+            put_resource,
+        ),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}",
+            Method::DELETE,
+            delete_resource,
+        ),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}/_resources/dataplanes",
+            Method::GET,
+            selection,
+        ),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}/limits",
+            Method::GET,
+            dataplane_limits,
+        ),
+        endpoint(
+            "/meshes/{mesh}/{collection}/{name}/status",
+            Method::POST,
+            dataplane_status,
+        ),
+        endpoint("/apply", Method::POST, apply),
+        endpoint("/status", Method::GET, status),
+        endpoint("/kernel-limits", Method::GET, kernel_limits),
+        endpoint("/kernel-agents/{name}/status", Method::POST, agent_status),
+        endpoint("/{collection}", Method::GET, list_all),
+    ]
+}
+
+fn endpoint<H, T>(
+    path: &'static str,
+    method: Method,
+    handler: H,
+) -> (&'static str, Method, MethodRouter<AppState>)
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| panic!("{method} {path}: not a method axum can route"));
+    (path, method, on(filter, handler))
+}
+
+/// Every `(method, path)` the API serves, paths in axum's `{param}` syntax (OpenAPI's too).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    endpoints()
+        .into_iter()
+        .map(|(path, method, _)| (method, path))
+        .collect()
+}
+
 /// The whole API as an axum router.
 pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
     let state = AppState { cp, config };
-    Router::new()
-        .route("/", get(index))
-        .route("/meshes", get(list_meshes))
-        .route(
-            "/meshes/{mesh}",
-            get(get_mesh).put(put_mesh).delete(delete_mesh),
-        )
-        .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
-        .route(
-            "/meshes/{mesh}/{collection}/{name}",
-            get(get_resource).put(put_resource).delete(delete_resource),
-        )
-        .route(
-            "/meshes/{mesh}/{collection}/{name}/_resources/dataplanes",
-            get(selection),
-        )
-        .route(
-            "/meshes/{mesh}/{collection}/{name}/limits",
-            get(dataplane_limits),
-        )
-        .route(
-            "/meshes/{mesh}/{collection}/{name}/status",
-            post(dataplane_status),
-        )
-        .route("/apply", post(apply))
-        .route("/status", get(status))
-        .route("/kernel-limits", get(kernel_limits))
-        .route("/kernel-agents/{name}/status", post(agent_status))
-        .route("/{collection}", get(list_all))
+    let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
+    for (path, _, handler) in endpoints() {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((path, handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

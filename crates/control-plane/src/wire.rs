@@ -1,5 +1,5 @@
 //! The JSON bodies of the REST API, shared by the server and the client so the two cannot drift.
-//! `api/openapi.yaml` documents the same shapes.
+//! `openapi.yaml` documents the same shapes.
 
 use meshlimit_policy::effective::{DataplaneLimits, KernelLimit};
 use serde::{Deserialize, Serialize};
