@@ -1,6 +1,8 @@
 //! `meshlimit agent` as a process, as root: it attaches to a cgroup made for the test, a
 //! client in that cgroup and in a network namespace of its own connects, and the test edits the
-//! resource directory while the agent runs.
+//! resource directory while the agent runs, or applies to a `meshlimit control-plane` process
+//! the agent follows (the latency from an acknowledged apply to the limit in the kernel is
+//! measured and printed).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,7 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+use meshlimit_control_plane::client::Client;
+use meshlimit_control_plane::wire::SourceFile;
+
 const PORT: u16 = 7001;
+const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
 const DATAPLANE: &str = "type: Dataplane
 mesh: default
@@ -102,7 +108,8 @@ impl Fixture {
     }
 
     fn agent(&self) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+        let mut command = Command::new(BIN);
+        command
             .args([
                 "agent",
                 "--admin",
@@ -113,28 +120,29 @@ impl Fixture {
             ])
             .arg(&self.resources)
             .arg("--cgroup")
+            .arg(&self.cgroup);
+        Agent::spawn(command)
+    }
+
+    /// An agent following the control plane at `url`, as `test-agent`.
+    fn agent_following(&self, url: &str) -> Agent {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "--cp",
+                url,
+                "agent",
+                "--name",
+                "test-agent",
+                "--admin",
+                "127.0.0.1:0",
+                "--report-interval",
+                "0.2",
+                "--cgroup",
+            ])
             .arg(&self.cgroup)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Agent {
-            child,
-            lines,
-            admin: None,
-        };
-        let line = agent.wait_for("admin on http://");
-        let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
-        agent.admin = Some(addr);
-        agent
+            .env_remove("MESHLIMIT_TOKEN");
+        Agent::spawn(command)
     }
 }
 
@@ -155,6 +163,28 @@ struct Agent {
 }
 
 impl Agent {
+    fn spawn(mut command: Command) -> Agent {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Agent {
+            child,
+            lines,
+            admin: None,
+        };
+        let line = agent.wait_for("admin on http://");
+        let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
+        agent.admin = Some(addr);
+        agent
+    }
+
     /// The next stderr line containing `text` (every line the agent writes is an event).
     fn wait_for(&mut self, text: &str) -> String {
         let mut seen = Vec::new();
@@ -276,7 +306,7 @@ fn the_agent_enforces_reports_follows_edits_and_detaches() {
 #[test]
 fn the_agent_refuses_to_start_without_privileges() {
     let fixture = Fixture::new("nobody");
-    let out = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+    let out = Command::new(BIN)
         .args(["agent", "--admin", "127.0.0.1:0", "--resources"])
         .arg(&fixture.resources)
         .arg("--cgroup")
@@ -301,7 +331,7 @@ fn the_agent_refuses_invalid_resources_at_start() {
         RATE_LIMIT.replace("fillInterval: 3600000000000", "fillInterval: 0"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+    let out = Command::new(BIN)
         .args(["agent", "--admin", "127.0.0.1:0", "--resources"])
         .arg(&fixture.resources)
         .arg("--cgroup")
@@ -315,4 +345,240 @@ fn the_agent_refuses_invalid_resources_at_start() {
         "{stderr}"
     );
     assert!(Path::new(&fixture.cgroup).exists());
+}
+
+/// A `meshlimit control-plane` process on `api` with its store at `store`; killed (SIGKILL)
+/// when dropped.
+struct ControlPlane {
+    child: Child,
+    url: String,
+}
+
+impl ControlPlane {
+    fn start(store: &Path, api: &str) -> ControlPlane {
+        let child = Command::new(BIN)
+            .args(["control-plane", "--api", api, "--store"])
+            .arg(store)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Killed and reaped on drop, also when it never gets to listen.
+        let mut cp = ControlPlane {
+            child,
+            url: String::new(),
+        };
+        let stdout = BufReader::new(cp.child.stdout.take().unwrap());
+        let (tx, lines) = channel();
+        // Keep reading after the address so the control plane never writes to a closed pipe.
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) {
+            if let Some(url) = line.split("API listening on ").nth(1) {
+                cp.url = url.trim().to_owned();
+                return cp;
+            }
+            seen.push(line);
+        }
+        panic!("the control plane never listened; it said {seen:#?}");
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url, None).unwrap()
+    }
+
+    fn apply(&self, name: &str, content: &str) {
+        runtime()
+            .block_on(self.client().apply(
+                vec![SourceFile {
+                    name: name.to_owned(),
+                    content: content.to_owned(),
+                }],
+                false,
+            ))
+            .unwrap();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `meshlimit --cp URL <args>` to completion: `(exit code, stdout)`.
+fn cli(url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("--cp")
+        .arg(url)
+        .args(args)
+        .env_remove("MESHLIMIT_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// How many destinations the agent's kernel limiter holds, per its admin `/stats`.
+fn destinations(agent: &Agent) -> usize {
+    let stats: serde_json::Value = serde_json::from_str(&agent.get("/stats")).unwrap();
+    stats.as_array().map_or(0, Vec::len)
+}
+
+/// Polls until the agent holds `want` destinations; returns how long that took.
+#[allow(clippy::disallowed_methods)] // measures wall-clock latency across real processes
+fn until_destinations(agent: &Agent, want: usize, since: std::time::Instant) -> Duration {
+    loop {
+        if destinations(agent) == want {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the agent never held {want} destination(s)"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // measures wall-clock latency across real processes
+fn the_agent_follows_the_control_plane_and_keeps_its_limits_while_it_is_down() {
+    let fixture = Fixture::new("cp");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let mut cp = ControlPlane::start(&store, "127.0.0.1:0");
+    cp.apply("dataplane.yaml", DATAPLANE);
+    let mut agent = fixture.agent_following(&cp.url);
+    agent.wait_for("limits on 0 destination(s)");
+    assert_eq!(fixture.connect(3), "CCC");
+
+    // Apply and delete the RateLimit a few times: each change reaches the kernel of the
+    // separate agent process promptly.
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        cp.apply("ratelimit.yaml", RATE_LIMIT);
+        latencies.push(until_destinations(&agent, 1, start));
+        let (code, out) = cli(&cp.url, &["delete", "rl", "web-connections"]);
+        assert_eq!(code, Some(0), "{out}");
+        until_destinations(&agent, 0, std::time::Instant::now());
+    }
+    latencies.sort();
+    eprintln!(
+        "apply -> limit in the kernel of a separate agent process: min {:?}, median {:?}, max {:?} ({} applies)",
+        latencies[0],
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    // Pushed, not picked up on a reconnect or a heartbeat (5 s apart).
+    assert!(latencies[latencies.len() - 1] < Duration::from_secs(2));
+
+    // Enforced: maxTokens connections pass, the next gets EPERM.
+    cp.apply("ratelimit.yaml", RATE_LIMIT);
+    agent.wait_for("limits on 1 destination(s)");
+    assert_eq!(fixture.connect(3), "CCE");
+
+    // The agent's reports reach the control plane: stats and diagnose see it.
+    let rt = runtime();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rt.block_on(cp.client().status()).unwrap();
+        let reported = status.agents.iter().any(|a| {
+            a.name == "test-agent"
+                && a.connected
+                && a.attached
+                && a.acknowledged_version == Some(status.version)
+                && a.destinations
+                    .iter()
+                    .any(|d| d.port == PORT && d.stats.allowed == 2 && d.stats.limited == 1)
+        });
+        if reported {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, stats) = cli(&cp.url, &["get", "ratelimit-stats"]);
+    assert_eq!(code, Some(0), "{stats}");
+    let row = stats
+        .lines()
+        .find(|l| l.starts_with("test-agent"))
+        .unwrap_or_else(|| panic!("no row for the agent in\n{stats}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..7],
+        [
+            "test-agent",
+            "web",
+            &format!("127.0.0.1:{PORT}"),
+            "3",
+            "2",
+            "1",
+            "0"
+        ],
+        "{stats}"
+    );
+    let (_, diagnosed) = cli(&cp.url, &["diagnose", "rate-limit"]);
+    assert!(
+        diagnosed.contains("[ok]      kernel agent(s) attached: test-agent"),
+        "{diagnosed}"
+    );
+
+    // The control plane goes away: the agent keeps enforcing its last limits.
+    let port = cp.url.rsplit(':').next().unwrap().to_owned();
+    cp.kill();
+    agent.wait_for("control plane unreachable");
+    assert_eq!(fixture.connect(1), "E");
+    assert!(agent.child.try_wait().unwrap().is_none());
+
+    // Back on the same address and store: the agent reconnects and catches up.
+    let cp = ControlPlane::start(&store, &format!("127.0.0.1:{port}"));
+    let (code, out) = cli(&cp.url, &["delete", "rl", "web-connections"]);
+    assert_eq!(code, Some(0), "{out}");
+    agent.wait_for("limits on 0 destination(s)");
+    assert_eq!(fixture.connect(3), "CCC");
+
+    let status = agent.terminate();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_agent_takes_its_limits_from_exactly_one_source() {
+    let both = Command::new(BIN)
+        .args(["--cp", "http://127.0.0.1:1", "agent", "--resources", "."])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("mutually exclusive"), "{stderr}");
+
+    let neither = Command::new(BIN)
+        .arg("agent")
+        .env_remove("MESHLIMIT_CP")
+        .output()
+        .unwrap();
+    assert_eq!(neither.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(
+        stderr.contains("--resources DIR") && stderr.contains("--cp URL"),
+        "{stderr}"
+    );
 }

@@ -407,9 +407,16 @@ fn the_store_keeps_every_acknowledged_apply_across_kill_9() {
         .expect("the store opens again");
     let names: Vec<&str> = listed.iter().filter_map(|v| v["name"].as_str()).collect();
     for name in &acknowledged {
-        assert!(
-            names.contains(&name.as_str()),
-            "{name} was acknowledged but lost"
+        let stored = listed
+            .iter()
+            .find(|v| v["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} was acknowledged but lost"));
+        // Each is stored whole: p-<i> limits to i + 1 requests a second.
+        let i: u64 = name["p-".len()..].parse().expect("a number");
+        assert_eq!(
+            stored["spec"]["rules"][0]["default"]["local"]["http"]["requestRate"]["num"],
+            i + 1,
+            "{stored}"
         );
     }
     // At most the one apply in flight at the kill is there without an acknowledgement.
@@ -502,6 +509,11 @@ fn invalid_applies_change_nothing_and_report_every_problem() {
         assert!(err.contains(line), "{line:?} missing from {err}");
     }
     assert_eq!(stdout(&cli(&cp.url, &["get", "mrl", "-o", "yaml"])), before);
+    let version = runtime()
+        .block_on(cp.client().status())
+        .expect("status")
+        .version;
+    assert_eq!(version, 1, "only the good apply moved the store");
 
     // Conflicting with what is stored (a mesh that does not exist) is refused too.
     let orphan = dir.path().join("orphan.yaml");
@@ -516,6 +528,8 @@ fn invalid_applies_change_nothing_and_report_every_problem() {
         stdout(&cli(&cp.url, &["get", "mrl", "-A", "-o", "yaml"])),
         before
     );
+    let status = runtime().block_on(cp.client().status()).expect("status");
+    assert_eq!(status.version, version);
 }
 
 #[test]
@@ -652,6 +666,39 @@ fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
     let top = stdout(&cli(&url, &["top", "--once"]));
     assert!(top.contains("default/web-1"), "{top}");
     assert!(top.chars().any(|c| ('▁'..='█').contains(&c)), "{top}");
+    // Without a terminal (stdout is a pipe here, stdin is closed) `top` prints plain frames
+    // one after another and exits after --iterations.
+    let frames = Command::new(BIN)
+        .args([
+            "--cp",
+            &url,
+            "top",
+            "--iterations",
+            "2",
+            "--interval",
+            "0.2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("top runs");
+    assert!(frames.status.success(), "{}", stderr(&frames));
+    let frames = stdout(&frames);
+    assert_eq!(frames.matches("meshlimit top - ").count(), 2, "{frames}");
+    assert!(
+        !frames.contains('\x1b'),
+        "no screen control in a pipe: {frames:?}"
+    );
+    for frame in frames.split("meshlimit top - ").skip(1) {
+        let row = frame
+            .lines()
+            .find(|l| l.starts_with("default/web-1"))
+            .unwrap_or_else(|| panic!("no row for web-1 in {frame}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        // DATAPLANE INBOUND SERVICE PROTOCOL RATE LIMITED LIMITED% ...
+        assert_eq!(cells[1], mesh.inbound.to_string(), "{row}");
+        assert_eq!(cells[3], "http", "{row}");
+        assert_ne!(cells[6], "-", "traffic was measured: {row}");
+    }
 
     let diagnosed = cli(&url, &["diagnose", "rate-limit"]);
     assert_eq!(diagnosed.status.code(), Some(1));
@@ -913,4 +960,187 @@ fn a_control_plane_outside_loopback_requires_its_token() {
     with_env.env("MESHLIMIT_TOKEN", "s3cret-token");
     let with_env = with_env.output().expect("runs");
     assert!(with_env.status.success(), "{}", stderr(&with_env));
+}
+
+#[test]
+fn a_control_plane_on_the_unspecified_address_requires_its_token() {
+    // 0.0.0.0 is not loopback: the rule applies to what the API is bound to, even when a
+    // client reaches it through 127.0.0.1.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("store.redb");
+    let refused = Command::new(BIN)
+        .args(["control-plane", "--api", "0.0.0.0:0", "--store"])
+        .arg(&store)
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--token-file"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "open-sesame\n").expect("write");
+    let mut command = Command::new(BIN);
+    command
+        .args(["control-plane", "--api", "0.0.0.0:0", "--token-file"])
+        .arg(&token_file)
+        .arg("--store")
+        .arg(&store);
+    let cp = ControlPlane::from_command(command);
+    let local = format!("http://127.0.0.1:{}", cp.port());
+    let rt = runtime();
+
+    let anonymous = rt
+        .block_on(Client::new(&local, None).expect("a URL").status())
+        .expect_err("refused");
+    assert_eq!(anonymous.status(), Some(401), "{anonymous}");
+    let wrong = rt
+        .block_on(
+            Client::new(&local, Some("open-sesame-not".into()))
+                .expect("a URL")
+                .status(),
+        )
+        .expect_err("refused");
+    assert_eq!(wrong.status(), Some(401), "{wrong}");
+    let refused = cli(&local, &["apply", "-f", "/dev/null"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+
+    let status = rt
+        .block_on(
+            Client::new(&local, Some("open-sesame".into()))
+                .expect("a URL")
+                .status(),
+        )
+        .expect("the token opens it");
+    assert_eq!(status.version, 0, "nothing was stored by refused requests");
+    let with_token = Command::new(BIN)
+        .args(["--cp", &local, "--token", "open-sesame", "get", "mrl"])
+        .output()
+        .expect("runs");
+    assert!(with_token.status.success(), "{}", stderr(&with_token));
+}
+
+const RATE_LIMIT: &str = "apiVersion: kmesh.net/v1alpha1
+kind: RateLimit
+metadata:
+  name: web-connections
+spec:
+  service: web
+  rules:
+    - maxTokens: 2
+      tokensPerFill: 1
+      fillInterval: 1000000000
+";
+
+#[test]
+fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following() {
+    let mesh = mesh_with_dataplane();
+    let url = mesh.cp.url.clone();
+    let client = mesh.cp.client();
+    let rt = runtime();
+    let mesh_wide = policy_yaml("mesh-wide", 100, "1s")
+        .replace("    kind: MeshService\n    name: web\n", "    kind: Mesh\n");
+    rt.block_on(client.apply(
+        vec![
+            file(
+                "web-2.yaml",
+                dataplane_yaml("web-2", free_port(), free_port()),
+            ),
+            file(
+                "web-3.yaml",
+                dataplane_yaml("web-3", free_port(), free_port()),
+            ),
+            file("mesh-wide.yaml", mesh_wide),
+            file("web.yaml", policy_yaml("web", 5, "1s")),
+            file("rl.yaml", RATE_LIMIT.to_string()),
+        ],
+        false,
+    ))
+    .expect("applied");
+
+    // web-2 holds its limits stream open but reports enforcing an old store version: the way
+    // a data plane that cannot apply what it receives looks from the control plane.
+    let _stream = rt
+        .block_on(
+            client.watch::<serde_json::Value>("/meshes/default/dataplanes/web-2/limits?watch=true"),
+        )
+        .expect("a stream");
+    rt.block_on(client.report_dataplane(
+        "default",
+        "web-2",
+        &meshlimit_control_plane::wire::DataplaneReport {
+            version: Some(1),
+            inbounds: Vec::new(),
+        },
+    ))
+    .expect("reported");
+    // web-1 is a real data plane: wait until it reports the current version.
+    let deadline = std::time::SystemTime::now() + PATIENCE;
+    let version = loop {
+        let status = rt.block_on(client.status()).expect("status");
+        let current = status.dataplanes.iter().any(|d| {
+            d.name == "web-1" && d.connected && d.acknowledged_version == Some(status.version)
+        });
+        if current {
+            break status.version;
+        }
+        assert!(std::time::SystemTime::now() < deadline, "{status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let diagnosed = cli(&url, &["diagnose", "rate-limit"]);
+    assert_eq!(diagnosed.status.code(), Some(1), "{}", stderr(&diagnosed));
+    let report = stdout(&diagnosed);
+    for (want, why) in [
+        (
+            "the http limit of MeshRateLimit mesh-wide (100/1s) is shadowed".to_string(),
+            "a limit shadowed by a more specific policy",
+        ),
+        (
+            "(more specific: web)".to_string(),
+            "names the policy that wins",
+        ),
+        (
+            "kernel limit(s) but no kernel agent is connected with its programs attached"
+                .to_string(),
+            "kernel limits without an agent",
+        ),
+        (
+            "[problem] data plane default/web-3 is not connected (never connected)".to_string(),
+            "a data plane that never connected",
+        ),
+        (
+            format!(
+                "[problem] data plane default/web-2 is connected but enforces store version 1, \
+                 the store is at {version}"
+            ),
+            "a data plane behind the store",
+        ),
+        (
+            format!(
+                "[ok]      data plane default/web-1 is connected and enforces the current store \
+                 version {version}"
+            ),
+            "a healthy data plane",
+        ),
+    ] {
+        assert!(
+            report.contains(&want),
+            "{why}: {want:?} missing from\n{report}"
+        );
+    }
+    assert!(report.matches("fix: ").count() >= 5, "{report}");
+    assert!(report.ends_with(" problem(s) found.\n"), "{report}");
+
+    // Narrowed to one data plane, the others' checks are left out.
+    let focused = stdout(&cli(
+        &url,
+        &["diagnose", "rate-limit", "--dataplane", "web-1"],
+    ));
+    assert!(focused.contains("default/web-1 is connected"), "{focused}");
+    assert!(!focused.contains("web-3"), "{focused}");
+    assert!(!focused.contains("web-2"), "{focused}");
 }

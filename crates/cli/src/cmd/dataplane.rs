@@ -162,7 +162,7 @@ fn send_report(client: &Client, admin: &Client, args: &Args, enforcing: &Enforci
 
 /// The global `--cp` and `--token` (with their environment variables), read from the command
 /// line that clap has already validated: this subcommand's entry point is not handed them.
-fn global_options(args: impl Iterator<Item = String>) -> Context {
+pub(super) fn global_options(args: impl Iterator<Item = String>) -> Context {
     let mut ctx = Context {
         cp: std::env::var("MESHLIMIT_CP")
             .ok()
@@ -193,6 +193,12 @@ fn global_options(args: impl Iterator<Item = String>) -> Context {
         i += 1;
     }
     ctx
+}
+
+/// Whether `--cp` itself is on the command line (not only its default or `MESHLIMIT_CP`).
+pub(super) fn cp_on_command_line(args: impl Iterator<Item = String>) -> bool {
+    args.take_while(|arg| arg != "--")
+        .any(|arg| arg == "--cp" || arg.starts_with("--cp="))
 }
 
 fn say(line: &str) {
@@ -227,5 +233,11 @@ mod tests {
         let ctx = global_options(args.iter().map(|s| s.to_string()));
         assert_eq!(ctx.cp, "http://127.0.0.1:1");
         assert_eq!(ctx.token.as_deref(), Some("t"));
+        assert!(cp_on_command_line(args.iter().map(|s| s.to_string())));
+        assert!(!cp_on_command_line(
+            ["agent", "--resources", "d", "--", "--cp"]
+                .iter()
+                .map(|s| s.to_string())
+        ));
     }
 }

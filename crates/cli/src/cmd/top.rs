@@ -1,8 +1,10 @@
-//! `meshlimit top [--once] [--interval S]`: a live terminal view of the offered rate and the
-//! rejections per inbound (and kernel destination), with a sparkline of the last minute.
-//! Plain ANSI: the screen is cleared and redrawn each interval; `--once` prints one frame.
+//! `meshlimit top [--once | --iterations N] [--interval S]`: a live terminal view of the offered
+//! rate and the rejections per inbound (and kernel destination), with a sparkline of the last
+//! minute. On a terminal the screen is cleared and redrawn each interval; when stdout is not a
+//! terminal (a pipe, CI) frames are printed one after another without screen control.
+//! `--once` prints one frame, `--iterations N` prints N and exits.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,8 +16,11 @@ use super::get::output::{Table, client, explain, per_second};
 #[derive(clap::Args)]
 pub struct Args {
     /// Print one frame and exit (no screen control).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iterations")]
     pub once: bool,
+    /// Print this many frames, one interval apart, and exit.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub iterations: Option<u64>,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
@@ -33,18 +38,32 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let frames = if args.once { Some(1) } else { args.iterations };
+    if frames == Some(0) {
+        anyhow::bail!("--iterations must be at least 1");
+    }
+    let redraw = !args.once && std::io::stdout().is_terminal();
+    let mut drawn = 0u64;
     loop {
         let status = runtime.block_on(client.status()).map_err(explain)?;
         let frame = frame(&status, client.base(), args.mesh.as_deref());
-        if args.once {
-            print!("{frame}");
-            return Ok(ExitCode::SUCCESS);
-        }
         let mut out = std::io::stdout().lock();
-        write!(out, "\x1b[H\x1b[2J{frame}")?;
+        if redraw {
+            write!(out, "\x1b[H\x1b[2J{frame}")?;
+        } else {
+            if drawn > 0 {
+                writeln!(out)?;
+            }
+            write!(out, "{frame}")?;
+        }
         out.flush()?;
         drop(out);
-        runtime.block_on(tokio::time::sleep(interval));
+        drawn += 1;
+        if frames.is_some_and(|n| drawn >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The timer is made inside the runtime: tokio's time driver lives there.
+        runtime.block_on(async { tokio::time::sleep(interval).await });
     }
 }
 

@@ -1,22 +1,26 @@
-//! The kernel agent: attaches a [`KernelLimiter`] to a cgroup, enforces the `RateLimit`
-//! resources of a directory, follows edits to it live, and serves `/metrics` and `/stats`.
-//! `meshlimit agent` is a thin wrapper around [`run`].
+//! The kernel agent: attaches a [`KernelLimiter`](crate::KernelLimiter) to a cgroup, enforces
+//! kernel limits, and serves `/metrics` and `/stats`. [`Agent`] is the attached limiter with
+//! limits handed in by the caller (`meshlimit agent --cp URL` feeds it a control plane's
+//! stream); [`run`] feeds it the `RateLimit` resources of a directory and follows edits live.
 
 mod admin;
+mod handle;
 mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshlimit_policy::{KernelLimit, ResourceSet, load_paths};
 
 use crate::error::KernelError;
-use crate::limiter::{KernelLimiter, LimiterOptions};
+use crate::limiter::LimiterOptions;
 
 pub use admin::AdminServer;
+pub use handle::Agent;
+use handle::destinations;
 
 /// What the agent runs with.
 #[derive(Debug, Clone)]
@@ -100,17 +104,11 @@ pub fn run(
         path: config.resources.clone(),
         problems,
     })?;
-    let mut limiter = KernelLimiter::attach_with(&config.cgroup, config.limiter)?;
-    limiter.set_limits(&limits)?;
-    let limiter = Arc::new(Mutex::new(limiter));
-    let admin =
-        AdminServer::start(config.admin, limiter.clone()).map_err(|reason| AgentError::Admin {
-            addr: config.admin,
-            reason,
-        })?;
+    let agent = Agent::start(&config.cgroup, config.admin, config.limiter)?;
+    agent.apply(&limits)?;
     report(AgentEvent::Attached {
         cgroup: config.cgroup.clone(),
-        admin: admin.addr(),
+        admin: agent.admin_addr(),
     });
     report(AgentEvent::Applied {
         destinations: destinations(&limits),
@@ -122,22 +120,14 @@ pub fn run(
         if !watcher.settled_change() {
             continue;
         }
-        let applied = load(config).and_then(|limits| {
-            let mut limiter = limiter
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            limiter
-                .set_limits(&limits)
-                .map_err(|err| vec![err.to_string()])?;
-            Ok(destinations(&limits))
-        });
+        let applied = load(config)
+            .and_then(|limits| agent.apply(&limits).map_err(|err| vec![err.to_string()]));
         report(match applied {
             Ok(destinations) => AgentEvent::Applied { destinations },
             Err(problems) => AgentEvent::Ignored { problems },
         });
     }
-    admin.stop();
-    drop(limiter);
+    agent.stop();
     report(AgentEvent::Detached);
     Ok(())
 }
@@ -160,14 +150,4 @@ fn load(config: &AgentConfig) -> Result<Vec<KernelLimit>, Vec<String>> {
     let parsed = load_paths(std::slice::from_ref(&config.resources)).map_err(to_strings)?;
     let set = ResourceSet::from_parsed(parsed).map_err(to_strings)?;
     Ok(set.kernel_limits())
-}
-
-fn destinations(limits: &[KernelLimit]) -> usize {
-    let mut keys: Vec<(&str, u16)> = limits
-        .iter()
-        .map(|l| (l.address.as_str(), l.port))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.len()
 }
