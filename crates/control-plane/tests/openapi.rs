@@ -261,3 +261,45 @@ async fn the_router_answers_exactly_the_documented_methods() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_documented_400_is_what_an_invalid_apply_gets() {
+    let doc = document();
+    let example = &doc["components"]["responses"]["BadRequest"]["content"]["application/problem+json"]
+        ["example"];
+    let (client, _dir) = serve(None).await;
+    let body = "type: MeshRateLimit
+mesh: default
+name: web
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  rules:
+    - default:
+        local:
+          http:
+            requestRate:
+              num: 0
+              interval: 1s
+";
+    let refused = client
+        .call(
+            "POST".parse().expect("a method"),
+            "/apply?file=policy.yaml",
+            Some("application/yaml"),
+            "application/json",
+            body.into(),
+        )
+        .await
+        .expect_err("refused");
+    let ClientError::Api { status, body } = refused else {
+        panic!("an API error: {refused}")
+    };
+    let answered: Value = serde_yaml_ng::to_value(&body).expect("serializable");
+    assert_eq!(status, 400);
+    assert_eq!(
+        &answered, example,
+        "openapi.yaml's example differs from the answer"
+    );
+}
