@@ -2,8 +2,10 @@
 //! separate data plane and are enforced on a real backend (the latency is measured and
 //! printed), the store survives `kill -9` in the middle of a stream of applies, a data plane
 //! keeps enforcing while the control plane is down and catches up after, invalid applies change
-//! nothing, `get -o yaml` round-trips through `apply`, and a control plane bound outside
-//! loopback (inside a network namespace made for the test) refuses requests without its token.
+//! nothing, `get -o yaml` round-trips through `apply`, a control plane bound outside loopback
+//! (inside a network namespace made for the test, or on 0.0.0.0) refuses requests without its
+//! token, `diagnose rate-limit` finds each problem it checks for, and `top` prints plain frames
+//! when it has no terminal.
 //!
 //! Servers bind port 0; the control plane prints the address it got. Dataplane inbounds need
 //! fixed port numbers in YAML, so the test picks free ones by binding port 0 and releasing them.
