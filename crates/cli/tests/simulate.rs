@@ -1,5 +1,6 @@
 //! `meshlimit simulate` through the real binary: output format, both refill modes, the rate
-//! shorthand, standard input, and exit status 2 with the offending line for bad input.
+//! shorthand, standard input, exit status 2 with the offending line for bad input, and the
+//! `--policy` mode (the effective HTTP limit of one inbound, from the example and seed files).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -226,5 +227,302 @@ fn bad_flags_exit_2_with_a_reason() {
         let out = meshlimit(args, Some("0\n"));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A file of the repository (examples and policy fixtures).
+fn repo_file(relative: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative);
+    assert!(path.exists(), "{}", path.display());
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+const SEED_HTTP: &str = "crates/policy/tests/fixtures/seeds/mrl-http-2.9.yaml";
+const SEED_TCP: &str = "crates/policy/tests/fixtures/seeds/mrl-tcp-2.9.yaml";
+const DATAPLANES: &str = "examples/policies/dataplanes.yaml";
+
+#[test]
+fn policy_mode_simulates_the_seed_http_limit_like_its_rate() {
+    let trace = Trace::new("policy-seed", &envoy_bursts());
+    let out = meshlimit(
+        &[
+            "--policy",
+            &repo_file(SEED_HTTP),
+            &repo_file(DATAPLANES),
+            "--dataplane",
+            "backend-1",
+            "--inbound",
+            "18080",
+            "--arrivals",
+            trace.path(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let (first, rest) = text.split_once('\n').expect("a first line");
+    assert_eq!(
+        first,
+        "# Dataplane backend-1 (mesh default), inbound 18080 (service backend): HTTP limit 5 \
+         requests per 10s, smooth refill, rejected with 423; MeshRateLimits on this inbound: \
+         backend-rate-limit"
+    );
+    // 5 per 10 s, smooth: 5 at once, then 2.515 tokens by 5.03 s, 1.77 by 7.54 s (0.515 kept
+    // plus 1.255), 2.275 by 10.55 s.
+    assert_eq!(
+        admitted_per_offset(rest),
+        [
+            ("0".to_string(), 5),
+            ("5030".to_string(), 2),
+            ("7540".to_string(), 1),
+            ("10550".to_string(), 2)
+        ]
+    );
+    assert!(rest.ends_with("admitted 10 of 45\n"), "{rest}");
+    // The seed uses the deprecated `from`: the warning goes to stderr, as validate prints it.
+    assert!(
+        stderr(&out).contains("'from' field is deprecated"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The same bucket given by flags decides every arrival the same way.
+    let by_flags = meshlimit(&["--rate", "5/10s", "--arrivals", trace.path()], None);
+    assert_eq!(stdout(&by_flags), rest);
+}
+
+#[test]
+fn policy_mode_merges_policies_and_reads_them_from_standard_input() {
+    let trace = Trace::new("policy-merge", "0\n0\n0\n0\n1000\n");
+    let policies = std::fs::read_to_string(repo_file("examples/policies/mesh-rate-limits.yaml"))
+        .expect("read example policies");
+    let base = [
+        "--policy",
+        "-",
+        &repo_file(DATAPLANES),
+        "--dataplane",
+        "backend-2",
+        "--inbound",
+        "18080",
+        "--arrivals",
+        trace.path(),
+    ];
+    // backend v2 gets the tighter 2 per 10 s, and the status of the less specific policy.
+    let out = meshlimit(&base, Some(&policies));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().next(),
+        Some(
+            "# Dataplane backend-2 (mesh default), inbound 18080 (service backend): HTTP limit 2 \
+             requests per 10s, smooth refill, rejected with 423; MeshRateLimits on this inbound: \
+             mesh-connections, backend-rate-limit, backend-v2 (clients matching rules[].matches \
+             get other limits: see --spiffe-id, --sni)"
+        )
+    );
+    assert!(
+        text.ends_with("0 allow\n0 allow\n0 deny\n0 deny\n1000 deny\nadmitted 2 of 5\n"),
+        "{text}"
+    );
+
+    // The trusted client of the `matches` rule gets 50 per 10 s.
+    let mut trusted = base.to_vec();
+    trusted.extend(["--spiffe-id", "spiffe://default/frontend"]);
+    let out = meshlimit(&trusted, Some(&policies));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            "# Dataplane backend-2 (mesh default), inbound 18080 (service backend) for a client \
+             with spiffeID spiffe://default/frontend: HTTP limit 50 requests per 10s,"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("admitted 5 of 5\n"), "{text}");
+}
+
+#[test]
+fn policy_mode_exits_2_when_there_is_no_http_limit_to_simulate() {
+    let examples = repo_file("examples/policies");
+    let dataplanes = repo_file(DATAPLANES);
+    let seed_tcp = repo_file(SEED_TCP);
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &[
+                "--policy",
+                &examples,
+                "--dataplane",
+                "backend-9",
+                "--inbound",
+                "18080",
+            ],
+            &[
+                "no Dataplane 'backend-9' in mesh 'default'",
+                "backend-1 (mesh default), backend-2 (mesh default), redis-1 (mesh default)",
+            ],
+        ),
+        (
+            &[
+                "--policy",
+                &examples,
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "18080",
+                "--mesh",
+                "prod",
+            ],
+            &["no Dataplane 'backend-1' in mesh 'prod'"],
+        ),
+        (
+            &[
+                "--policy",
+                &examples,
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "8080",
+            ],
+            &[
+                "Dataplane 'backend-1' has no inbound on port 8080 (its inbounds: 18080 (service backend))",
+            ],
+        ),
+        (
+            &[
+                "--policy",
+                &examples,
+                "--dataplane",
+                "redis-1",
+                "--inbound",
+                "16379",
+            ],
+            &[
+                "inbound 16379 of Dataplane 'redis-1' (service redis, tcp) has no HTTP request limit: \
+                 it has a TCP connection limit of 100 connections per 1s instead (from mesh-connections); \
+                 simulate replays HTTP requests only",
+            ],
+        ),
+        (
+            &[
+                "--policy",
+                &seed_tcp,
+                &dataplanes,
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "18080",
+            ],
+            &[
+                "(service backend, http) has no HTTP request limit: it has a TCP connection limit of 5 connections per 10s instead",
+            ],
+        ),
+        (
+            &[
+                "--policy",
+                &dataplanes,
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "18080",
+            ],
+            &["has no HTTP request limit: no MeshRateLimit selects it"],
+        ),
+    ];
+    for (args, reasons) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--arrivals", "-"]);
+        let out = meshlimit(&args, Some("0\n"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(&out));
+        for reason in *reasons {
+            assert!(stderr(&out).contains(reason), "{args:?}: {}", stderr(&out));
+        }
+    }
+}
+
+#[test]
+fn policy_mode_rejects_invalid_files_and_mixed_flags() {
+    let broken = repo_file("crates/policy/tests/fixtures/broken/unknown-field.yaml");
+    let dataplanes = repo_file(DATAPLANES);
+    let policy = [
+        "--policy",
+        &dataplanes,
+        "--dataplane",
+        "backend-1",
+        "--inbound",
+        "18080",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut args = policy.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec![
+                "--policy",
+                &broken,
+                "--dataplane",
+                "x",
+                "--inbound",
+                "1",
+                "--arrivals",
+                "-",
+            ],
+            format!(
+                "the policy files are not valid:\n  {broken}: document 1 (MeshRateLimit typo): \
+                 spec.rules[0].default.local.http.requestrate"
+            ),
+        ),
+        (
+            with(&["--rate", "5/10s", "--arrivals", "-"]),
+            "cannot be used with".to_string(),
+        ),
+        (
+            with(&["--refill", "interval", "--arrivals", "-"]),
+            "cannot be used with".to_string(),
+        ),
+        (
+            vec![
+                "--policy",
+                &dataplanes,
+                "--dataplane",
+                "backend-1",
+                "--arrivals",
+                "-",
+            ],
+            "--inbound <PORT>".to_string(),
+        ),
+        (
+            vec![
+                "--dataplane",
+                "backend-1",
+                "--rate",
+                "5/10s",
+                "--arrivals",
+                "-",
+            ],
+            "--policy <PATH>".to_string(),
+        ),
+        (
+            vec![
+                "--policy",
+                "-",
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "18080",
+                "--arrivals",
+                "-",
+            ],
+            "both read standard input".to_string(),
+        ),
+    ];
+    for (args, reason) in cases {
+        let out = meshlimit(&args, Some("0\n"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(&reason), "{args:?}: {}", stderr(&out));
     }
 }

@@ -2,8 +2,9 @@
 //! be seen before it goes live. The bucket is the real engine (`meshlimit_bucket::Bucket`),
 //! driven by the trace's offsets instead of a clock.
 //!
-//! The bucket settings come from [`bucket_settings`], the one place that turns flags into
-//! [`Settings`]; other sources of settings plug in there.
+//! The bucket comes either from flags ([`bucket_settings`]) or, with `--policy`, from the
+//! effective HTTP limit of one inbound after matching and merging the policy files
+//! ([`policy::limit`]).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -13,19 +14,24 @@ use std::time::Duration;
 use meshlimit_bucket::{Bucket, Refill, Settings};
 use meshlimit_policy::duration::parse_go;
 
+mod policy;
 mod trace;
 
+use policy::{PolicyError, PolicyFlags};
 use trace::{Arrival, TraceError};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Example: meshlimit simulate --rate 5/10s --arrivals trace.txt\n\
+    after_help = "Examples:\n  meshlimit simulate --rate 5/10s --arrivals trace.txt\n  \
+    meshlimit simulate --policy policies/ --dataplane backend-1 --inbound 18080 --arrivals trace.txt\n\
     The trace holds one arrival per line: an offset in milliseconds from the start \
     (decimals allowed, non-decreasing). Blank lines and lines starting with # are skipped."
 )]
 pub struct Args {
     #[command(flatten)]
     pub bucket: BucketFlags,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
     /// File of arrivals, one offset in milliseconds per line; `-` reads standard input.
     #[arg(long, value_name = "FILE|-")]
     pub arrivals: String,
@@ -58,6 +64,7 @@ pub struct BucketFlags {
     )]
     pub rate: Option<(u64, Duration)>,
     /// How tokens come back: smooth (continuous, like Envoy) or interval (whole intervals).
+    /// With --policy, the refill is smooth, as Envoy enforces a MeshRateLimit.
     #[arg(long, value_name = "MODE", default_value = "smooth", value_parser = parse_refill)]
     pub refill: Refill,
 }
@@ -67,6 +74,8 @@ pub struct BucketFlags {
 enum UsageError {
     NoBucket,
     Settings(meshlimit_bucket::SettingsError),
+    Policy(PolicyError),
+    BothFromStdin,
     Trace(TraceError),
 }
 
@@ -75,9 +84,13 @@ impl fmt::Display for UsageError {
         match self {
             UsageError::NoBucket => f.write_str(
                 "no bucket given: pass --rate NUM/DUR, or --max-tokens N --tokens-per-fill N \
-                 --fill-interval DUR",
+                 --fill-interval DUR, or --policy PATH... --dataplane NAME --inbound PORT",
             ),
             UsageError::Settings(err) => write!(f, "invalid bucket: {err}"),
+            UsageError::Policy(err) => err.fmt(f),
+            UsageError::BothFromStdin => f.write_str(
+                "--policy - and --arrivals - both read standard input: put one of them in a file",
+            ),
             UsageError::Trace(err) => err.fmt(f),
         }
     }
@@ -96,9 +109,20 @@ impl From<TraceError> for UsageError {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let settings = match bucket_settings(&args.bucket) {
-        Ok(settings) => settings,
-        Err(err) => return Ok(usage_error(&err)),
+    let (settings, header) = if args.policy.policy.is_empty() {
+        match bucket_settings(&args.bucket) {
+            Ok(settings) => (settings, None),
+            Err(err) => return Ok(usage_error(&err)),
+        }
+    } else {
+        let stdin = |p: &std::path::PathBuf| p.as_os_str() == "-";
+        if args.arrivals == "-" && args.policy.policy.iter().any(stdin) {
+            return Ok(usage_error(&UsageError::BothFromStdin));
+        }
+        match policy::limit(&args.policy)? {
+            Ok(limit) => (limit.settings, Some(limit.description)),
+            Err(err) => return Ok(usage_error(&UsageError::Policy(err))),
+        }
     };
     let arrivals = match trace::read(&args.arrivals) {
         Ok(arrivals) => arrivals,
@@ -106,7 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    match simulate(settings, &arrivals, &mut out).and_then(|()| out.flush()) {
+    let written = header
+        .map_or(Ok(()), |line| writeln!(out, "{line}"))
+        .and_then(|()| simulate(settings, &arrivals, &mut out))
+        .and_then(|()| out.flush());
+    match written {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A reader that stopped early (`| head`) is not a failure.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
