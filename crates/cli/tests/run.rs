@@ -1,10 +1,12 @@
-//! `meshlimit run` as a real process on a temporary resource directory: it enforces the
-//! seed's policy on a real backend, serves its admin endpoint, applies edits live, ignores an
-//! invalid edit, and stops cleanly on SIGTERM.
+//! `meshlimit run` as a real process on a temporary resource directory and a store of its own:
+//! it enforces the seed's policy on a real backend, serves the control plane's API and the
+//! admin routes on one listener, follows edits of the directory and writes through the API
+//! live, ignores an invalid edit, stops cleanly on SIGTERM and, as root, runs the kernel
+//! limiter on a cgroup made for the test.
 //!
 //! Ports: the Dataplane inbounds need fixed numbers in YAML, so the test picks free ones by
-//! binding port 0 and releasing it; the admin endpoint binds port 0 and the test reads the
-//! address from the log.
+//! binding port 0 and releasing it; the listener binds port 0 and the test reads its URL from
+//! `--address-file`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -135,13 +137,27 @@ spec:
 struct Meshlimit {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    address_file: PathBuf,
 }
 
 impl Meshlimit {
+    /// `meshlimit run --resources DIR` with its store in `DIR/../<dir name>.store`, the
+    /// kernel limiter off.
     fn start(dir: &Path) -> Meshlimit {
+        Meshlimit::start_with(dir, &["--no-kernel"])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Meshlimit {
+        let state = state_dir(dir);
+        let address_file = state.join(format!("address-{}", std::process::id()));
+        let _ = std::fs::remove_file(&address_file);
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
             .args(["run", "--resources"])
             .arg(dir)
+            .arg("--store")
+            .arg(state.join("store.redb"))
+            .arg("--address-file")
+            .arg(&address_file)
             .args([
                 "--admin",
                 "127.0.0.1:0",
@@ -149,7 +165,10 @@ impl Meshlimit {
                 "1",
                 "--watch-interval",
                 "100ms",
+                "--report-interval",
+                "100ms",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -163,7 +182,11 @@ impl Meshlimit {
                 sink.lock().unwrap().push(line);
             }
         });
-        Meshlimit { child, log }
+        Meshlimit {
+            child,
+            log,
+            address_file,
+        }
     }
 
     fn logged(&self, needle: &str) -> Option<String> {
@@ -175,21 +198,36 @@ impl Meshlimit {
             .cloned()
     }
 
+    /// The listener's address, from `--address-file`.
     fn admin(&self) -> SocketAddr {
-        let mut line = None;
-        eventually("the admin endpoint to be announced", || {
-            line = self.logged("admin listening");
-            line.is_some()
+        let mut url = String::new();
+        eventually("the address file to be written", || {
+            url = std::fs::read_to_string(&self.address_file).unwrap_or_default();
+            !url.is_empty()
         });
-        let line = line.unwrap();
-        let address = line
-            .split("address=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        address.parse().unwrap()
+        url.trim().strip_prefix("http://").unwrap().parse().unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.admin())
+    }
+
+    /// SIGTERM, then waits for a successful exit.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut exit = None;
+        eventually("meshlimit to exit", || {
+            exit = self.child.try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "{}", self.log_text());
     }
 
     fn log_text(&self) -> String {
@@ -204,6 +242,7 @@ impl Drop for Meshlimit {
     }
 }
 
+/// A fresh resource directory, with a sibling directory for its store and address file.
 fn temp_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -211,7 +250,35 @@ fn temp_dir() -> PathBuf {
         .subsec_nanos();
     let dir = std::env::temp_dir().join(format!("meshlimit-run-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(state_dir(&dir)).unwrap();
     dir
+}
+
+fn state_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap().to_owned();
+    name.push(".state");
+    dir.with_file_name(name)
+}
+
+fn remove_dirs(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(state_dir(dir));
+}
+
+/// `meshlimit --cp URL <args>`: stdout on success, the whole output in the panic otherwise.
+fn cli(url: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+        .args(["--cp", url])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "meshlimit {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]
@@ -274,7 +341,7 @@ fn run_enforces_reloads_and_stops_cleanly() {
     )
     .unwrap();
     eventually("the invalid edit to be reported", || {
-        meshlimit.logged("do not validate").is_some()
+        meshlimit.logged("does not validate").is_some()
     });
     assert_eq!(get(inbound, "/").unwrap().status, 429);
     assert!(
@@ -299,23 +366,18 @@ fn run_enforces_reloads_and_stops_cleanly() {
         assert_eq!(get(other, "/").unwrap().status, 200);
     }
 
-    // SIGTERM: a clean exit.
-    let pid = meshlimit.child.id().to_string();
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+        meshlimit
+            .logged("kernel limits off (--no-kernel)")
+            .is_some(),
+        "{}",
+        meshlimit.log_text()
     );
-    let mut exit = None;
-    eventually("meshlimit to exit", || {
-        exit = meshlimit.child.try_wait().unwrap();
-        exit.is_some()
-    });
-    assert!(exit.unwrap().success(), "{}", meshlimit.log_text());
+
+    // SIGTERM: a clean exit.
+    meshlimit.stop();
     assert!(TcpStream::connect(inbound).is_err(), "stopped listening");
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_dirs(&dir);
 }
 
 #[test]
@@ -327,13 +389,269 @@ fn run_refuses_an_invalid_directory_with_the_file_and_reason() {
     )
     .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
-        .args(["run", "--resources"])
+        .args(["run", "--no-kernel", "--resources"])
         .arg(&dir)
+        .arg("--store")
+        .arg(state_dir(&dir).join("store.redb"))
         .args(["--admin", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_dirs(&dir);
+}
+
+/// The seed's policy under another name, selecting nothing `run` serves: written through the
+/// API only.
+fn api_only_policy() -> String {
+    policy_yaml(429)
+        .replace("name: backend-rate-limit", "name: api-only")
+        .replace("app: backend", "app: nobody")
+}
+
+/// What `get ratelimit-stats -o json` says of one inbound of one Dataplane.
+fn inbound_stats(url: &str, dataplane: &str) -> Option<serde_json::Value> {
+    let status: serde_json::Value =
+        serde_json::from_str(&cli(url, &["get", "ratelimit-stats", "-o", "json"])).unwrap();
+    status["dataplanes"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == dataplane)?["inbounds"]
+        .get(0)
+        .cloned()
+}
+
+#[test]
+fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
+    let dir = temp_dir();
+    let service_port = backend();
+    let port = free_port();
+    std::fs::write(
+        dir.join("backend.yaml"),
+        dataplane_yaml("backend", port, service_port),
+    )
+    .unwrap();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml(423)).unwrap();
+
+    // A cgroup that does not exist: the kernel limiter cannot attach, `run` says so and carries on.
+    let mut meshlimit = Meshlimit::start_with(&dir, &["--cgroup", "/nonexistent/meshlimit"]);
+    let url = meshlimit.url();
+    let admin = meshlimit.admin();
+    eventually("/ready", || {
+        get(admin, "/ready").is_ok_and(|r| r.status == 200)
+    });
+    let line = meshlimit.logged("kernel limits not enforced: ").unwrap();
+    assert!(line.contains("or pass --no-kernel"), "{line}");
+    let inbound: SocketAddr = ([127, 0, 0, 1], port).into();
+    let statuses: Vec<u16> = (0..6).map(|_| get(inbound, "/").unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 423]);
+
+    // `meshlimit apply` against the run process: same rate (the empty bucket stays empty), new
+    // status, enforced at once.
+    let state = state_dir(&dir);
+    std::fs::write(state.join("policy-429.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(state.join("api-only.yaml"), api_only_policy()).unwrap();
+    let applied = cli(
+        &url,
+        &[
+            "apply",
+            "-f",
+            state.join("policy-429.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(applied.contains("configured"), "{applied}");
+    eventually("the applied status to be enforced", || {
+        get(inbound, "/").unwrap().status == 429
+    });
+    cli(
+        &url,
+        &["apply", "-f", state.join("api-only.yaml").to_str().unwrap()],
+    );
+
+    // The counters reach the control plane's stats, as a remote data plane's would.
+    eventually("the stats to show the limited requests", || {
+        inbound_stats(&url, "backend")
+            .is_some_and(|s| s["allowed"] == 5 && s["limited"].as_u64() >= Some(2))
+    });
+    let table = cli(&url, &["get", "ratelimit-stats"]);
+    assert!(
+        table.contains("backend") && table.contains(&port.to_string()),
+        "{table}"
+    );
+
+    // Removing the policy's file deletes the policy from the store: the limit lifts. The
+    // resource written through the API stays.
+    std::fs::remove_file(dir.join("policy.yaml")).unwrap();
+    eventually("the limit to lift", || {
+        get(inbound, "/").unwrap().status == 200
+    });
+    let listed = cli(&url, &["get", "meshratelimits"]);
+    assert!(
+        !listed.contains("backend-rate-limit") && listed.contains("api-only"),
+        "{listed}"
+    );
+
+    // Back in the directory, then removed while `run` is stopped: deleted at the next start.
+    std::fs::write(dir.join("policy.yaml"), policy_yaml(423)).unwrap();
+    eventually("the policy to be stored again", || {
+        cli(&url, &["get", "meshratelimits"]).contains("backend-rate-limit")
+    });
+    meshlimit.stop();
+    std::fs::remove_file(dir.join("policy.yaml")).unwrap();
+    let mut meshlimit = Meshlimit::start(&dir);
+    let url = meshlimit.url();
+    let listed = cli(&url, &["get", "meshratelimits"]);
+    assert!(
+        !listed.contains("backend-rate-limit") && listed.contains("api-only"),
+        "{listed}"
+    );
+    meshlimit.stop();
+    remove_dirs(&dir);
+}
+
+/// A network namespace and a cgroup v2 directory for the kernel test; removed on drop.
+struct Sandbox {
+    netns: String,
+    cgroup: PathBuf,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let netns = format!("mlrun-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &netns],
+            vec!["-n", &netns, "link", "set", "lo", "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        let cgroup = meshlimit_kernel::cgroup2_root().unwrap().join(&netns);
+        std::fs::create_dir(&cgroup).unwrap();
+        Sandbox { netns, cgroup }
+    }
+
+    /// Connects `n` times to 127.0.0.1:`port` from a shell inside the cgroup and the
+    /// namespace, where nothing listens: "C" for a connect the limiter let through (refused by
+    /// the peer), "E" for one it stopped (EPERM).
+    fn connect(&self, port: u16, n: usize) -> String {
+        let script = format!(
+            "echo $BASHPID > {procs}
+             for i in $(seq {n}); do
+               if err=$( {{ exec 3<>/dev/tcp/127.0.0.1/{port}; }} 2>&1 ); then echo X; continue; fi
+               case $err in *'not permitted'*) echo E;; *'refused'*) echo C;; *) echo \"X $err\";; esac
+             done",
+            procs = self.cgroup.join("cgroup.procs").display()
+        );
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["bash", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+#[test]
+fn run_attaches_the_kernel_limiter_and_reports_its_counters() {
+    let dir = temp_dir();
+    let port = free_port();
+    let mut dataplane = dataplane_yaml("web-1", port, free_port());
+    dataplane = dataplane.replace("kuma.io/service: web-1", "kuma.io/service: web");
+    std::fs::write(dir.join("web.yaml"), dataplane).unwrap();
+    std::fs::write(
+        dir.join("ratelimit.yaml"),
+        "apiVersion: kmesh.net/v1alpha1
+kind: RateLimit
+metadata:
+  name: web-connections
+spec:
+  service: web
+  rules:
+    - maxTokens: 2
+      tokensPerFill: 1
+      fillInterval: 3600000000000
+",
+    )
+    .unwrap();
+    let sandbox = Sandbox::new();
+    let cgroup = sandbox.cgroup.to_str().unwrap().to_owned();
+    let mut meshlimit = Meshlimit::start_with(&dir, &["--cgroup", &cgroup]);
+    let url = meshlimit.url();
+    assert!(
+        meshlimit
+            .logged(&format!("kernel limiter attached to cgroup {cgroup}"))
+            .is_some(),
+        "{}",
+        meshlimit.log_text()
+    );
+
+    // The limits are in the kernel before the listener is announced.
+    assert_eq!(sandbox.connect(port, 4), "CCEE");
+    let metrics = get(meshlimit.admin(), "/metrics").unwrap().body;
+    for decision in ["allowed", "limited"] {
+        let line = format!(
+            r#"meshlimit_kernel_connections_total{{service="web",address="127.0.0.1",port="{port}",decision="{decision}"}} 2"#
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains(&format!(
+            r#"meshlimit_kernel_tokens{{service="web",address="127.0.0.1",port="{port}"}} 0"#
+        )),
+        "{metrics}"
+    );
+    eventually("the stats to show the kernel destination", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&cli(&url, &["get", "ratelimit-stats", "-o", "json"])).unwrap();
+        status["agents"].as_array().is_some_and(|agents| {
+            agents.iter().any(|a| {
+                a["attached"] == true
+                    && a["destinations"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|d| d["limited"] == 2 && d["port"] == port))
+            })
+        })
+    });
+
+    // Lifting the limit through the API reaches the kernel at once.
+    cli(&url, &["delete", "ratelimit", "web-connections"]);
+    eventually("the kernel limit to lift", || {
+        sandbox.connect(port, 1) == "C"
+    });
+    // And applying it again puts it back (a new bucket, full).
+    cli(
+        &url,
+        &["apply", "-f", dir.join("ratelimit.yaml").to_str().unwrap()],
+    );
+    eventually("the kernel limit to be back", || {
+        sandbox.connect(port, 1) == "E"
+    });
+
+    meshlimit.stop();
+    eventually("the detach to be reported", || {
+        meshlimit.logged("kernel limiter detached").is_some()
+    });
+    assert_eq!(
+        sandbox.connect(port, 1),
+        "C",
+        "detached: nothing is limited"
+    );
+    remove_dirs(&dir);
 }

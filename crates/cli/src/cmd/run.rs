@@ -1,30 +1,91 @@
-//! `meshlimit run`: the all-in-one. Loads a directory of resources, runs a proxy for every
-//! Dataplane in it (one process), serves the admin endpoint, and applies edits to the
-//! directory live. An edit that does not validate is reported and ignored: the last good
-//! configuration stays in force.
+//! `meshlimit run`: the all-in-one. One process holds the control plane (its store, by default
+//! in the user's data directory) and the local data planes: a proxy for every Dataplane in the
+//! store and, when the machine allows it, the kernel limiter for every `RateLimit`.
+//!
+//! One listener (`--admin`, default `127.0.0.1:5681`, the control plane's own default, so
+//! `meshlimit apply/get/delete/...` reach it without `--cp`) serves the control plane's REST API
+//! and the admin routes `/metrics` (proxy and kernel counters), `/ready` and `/config`. On a
+//! non-loopback address it needs `--token-file`, and every request a bearer token.
+//!
+//! Every committed store version is enforced at once: the proxies get the effective limits of
+//! every Dataplane (buckets whose settings did not change keep their tokens) and the kernel its
+//! destinations. So `meshlimit apply -f` against a running `meshlimit run` changes enforcement
+//! live.
+//!
+//! `--resources DIR` seeds the store at start (one all-or-nothing write: an invalid directory
+//! stops `run` with every problem) and is followed afterwards: once an edit has settled, the
+//! directory's resources are written to the store, and those an earlier load of DIR had put
+//! there and that are no longer in it are deleted, in the same write. An edit that does not
+//! validate is reported and ignored (the store is unchanged). Resources written through the API
+//! and never part of DIR are left alone.
+//!
+//! Without `--no-kernel`, the kernel limiter is attached to `--cgroup` (default: the cgroup v2
+//! root); when that is not possible, one line says why and `run` carries on without it. It is
+//! detached on SIGTERM or Ctrl-C.
+
+mod directory;
+mod kernel;
+mod report;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use meshlimit_bucket::MonotonicClock;
+use meshlimit_control_plane::{
+    ApiConfig, ControlPlane, CpError, DEFAULT_API_ADDR, Snapshot, default_store_path, needs_token,
+};
+use meshlimit_kernel::LimiterOptions;
 use meshlimit_policy::effective::DataplaneLimits;
-use meshlimit_policy::{Problem, ResourceSet, load_paths};
 use meshlimit_proxy::{Admin, Proxy, ProxyOptions};
 use tokio::sync::watch;
 
+use directory::Directory;
+use kernel::Kernel;
+
 #[derive(clap::Args)]
+#[command(
+    long_about = "The all-in-one: the control plane (store, REST API) and the local data planes \
+(a proxy for every Dataplane, the kernel limiter for every RateLimit) in one process. Every \
+change to the store (meshlimit apply, delete, or an edit of --resources DIR) is enforced at once.
+
+--resources DIR seeds the store at start and is followed: an edit writes the directory's \
+resources to the store and deletes those an earlier load of DIR had put there and that are gone \
+from it, in one write. An edit that does not validate is reported and ignored. Resources applied \
+through the API and not from DIR are left alone."
+)]
 pub struct Args {
-    /// Directory (or file) of resources: Dataplanes, MeshRateLimits, Meshes (*.yaml, *.yml).
+    /// Directory (or file) of resources (*.yaml, *.yml) that seeds the store and is followed.
     #[arg(long, value_name = "DIR")]
-    resources: PathBuf,
-    /// Admin endpoint: /metrics (Prometheus), /ready, /config (effective limits as JSON).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5681")]
+    resources: Option<PathBuf>,
+    /// The store file [default: $XDG_DATA_HOME/meshlimit/store.redb, else
+    /// ~/.local/share/meshlimit/store.redb].
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The one listener: the control plane's REST API plus /metrics (Prometheus), /ready and
+    /// /config (effective limits as JSON).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_API_ADDR)]
     admin: SocketAddr,
+    /// File holding the API token; required when --admin is not a loopback address.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Write the listener's URL to this file once listening (useful with port 0).
+    #[arg(long, value_name = "FILE")]
+    address_file: Option<PathBuf>,
+    /// Do not attach the kernel limiter (RateLimit resources are then not enforced here).
+    #[arg(long)]
+    no_kernel: bool,
+    /// cgroup v2 directory the kernel limiter attaches to [default: the cgroup v2 root].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Kernel buckets kept at most (client network namespace × destination).
+    #[arg(long, value_name = "N", default_value_t = LimiterOptions::default().bucket_capacity)]
+    kernel_buckets: u32,
     /// Threads serving traffic; 1 runs the whole proxy on one thread. Default: one per core.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
@@ -40,9 +101,12 @@ pub struct Args {
     /// How long shutdown (SIGTERM, Ctrl-C) waits for in-flight requests, e.g. `10s`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// How often the directory is checked for edits, e.g. `250ms`.
+    /// How often the resource directory is checked for edits, e.g. `250ms`.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
     watch_interval: Duration,
+    /// How often the counters are reported to the control plane's stats, e.g. `1s`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    report_interval: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -51,13 +115,60 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_logging();
-    let before_load = fingerprint(&args.resources);
-    let initial = load(&args.resources).map_err(|problems| {
-        anyhow::anyhow!(
-            "{} does not validate:\n{problems}",
-            args.resources.display()
-        )
-    })?;
+    let token = match &args.token_file {
+        Some(path) => Some(read_token(path)?),
+        None if needs_token(&args.admin) => anyhow::bail!(
+            "refusing to serve on {} without --token-file: only loopback addresses may be used \
+             without a token",
+            args.admin
+        ),
+        None => None,
+    };
+    if args.report_interval.is_zero() {
+        anyhow::bail!("--report-interval must be positive");
+    }
+    let store = args.store.clone().unwrap_or_else(default_store_path);
+    let cp = open_store(&store)?;
+
+    let mut seeded = None;
+    if let Some(dir) = &args.resources {
+        let before_load = directory::fingerprint(dir);
+        let mut directory = Directory::new(dir, &store);
+        let result = directory.load(&cp).map_err(|problems| {
+            anyhow::anyhow!("{} does not validate:\n{problems}", dir.display())
+        })?;
+        tracing::info!(
+            "{} loaded into the store: {}",
+            dir.display(),
+            directory::summary(&result)
+        );
+        seeded = Some((directory, before_load));
+    }
+
+    let kernel = if args.no_kernel {
+        eprintln!("kernel limits off (--no-kernel): RateLimit resources are not enforced here");
+        None
+    } else {
+        let options = LimiterOptions {
+            bucket_capacity: args.kernel_buckets,
+        };
+        match Kernel::attach(args.cgroup.clone(), options) {
+            Ok(kernel) => {
+                if let Some(cgroup) = kernel.cgroup() {
+                    eprintln!("kernel limiter attached to cgroup {}", cgroup.display());
+                }
+                Some(kernel)
+            }
+            Err(reason) => {
+                eprintln!(
+                    "kernel limits not enforced: {reason}; run as root on a kernel with cgroup \
+                     v2 and BPF, or pass --no-kernel"
+                );
+                None
+            }
+        }
+    };
+
     let mut runtime = match args.worker_threads {
         Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -72,14 +183,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(args, initial, before_load))?;
+    let served = runtime.block_on(serve(&args, cp, token, seeded, kernel.clone(), &store));
+    if let Some(kernel) = kernel
+        && kernel.detach()
+    {
+        eprintln!("kernel limiter detached");
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn open_store(store: &Path) -> anyhow::Result<ControlPlane> {
+    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the store directory {}", parent.display()))?;
+    }
+    ControlPlane::open(store).map_err(|e| match e {
+        CpError::Invalid(problems) => anyhow::anyhow!(
+            "the store {} holds resources that no longer validate:\n{}",
+            store.display(),
+            directory::lines(&problems)
+        ),
+        other => {
+            anyhow::Error::new(other).context(format!("opening the store {}", store.display()))
+        }
+    })
+}
+
+/// The proxies' configuration of one store version: every Dataplane's effective limits.
+fn dataplane_limits(snapshot: &Snapshot) -> Vec<DataplaneLimits> {
+    snapshot.effective.values().cloned().collect()
+}
+
 async fn serve(
-    args: Args,
-    initial: Vec<DataplaneLimits>,
-    loaded: Fingerprint,
+    args: &Args,
+    cp: ControlPlane,
+    token: Option<String>,
+    seeded: Option<(Directory, directory::Fingerprint)>,
+    kernel: Option<Kernel>,
+    store: &Path,
 ) -> anyhow::Result<()> {
     let options = ProxyOptions {
         max_request_header_bytes: args.max_request_header_bytes,
@@ -88,118 +230,123 @@ async fn serve(
         drain_timeout: args.drain_timeout,
         ..ProxyOptions::default()
     };
-    tracing::info!(
-        dataplanes = initial.len(),
-        resources = %args.resources.display(),
-        "configuration loaded"
-    );
-    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+    let listener = tokio::net::TcpListener::bind(args.admin)
         .await
-        .with_context(|| format!("admin endpoint: cannot listen on {}", args.admin))?;
-    let (limits, receiver) = watch::channel(initial);
+        .with_context(|| format!("cannot listen on {}", args.admin))?;
+    let bound = listener.local_addr()?;
+
+    // The proxies and the kernel follow the store from the snapshot they start with.
+    let mut snapshots = cp.subscribe();
+    let first = snapshots.borrow_and_update().clone();
+    if let Some(kernel) = &kernel
+        && let Err(error) = kernel.set_limits(&first.kernel)
+    {
+        tracing::error!("kernel limits of store version {}: {error}", first.version);
+    }
+    let (limits, receiver) = watch::channel(dataplane_limits(&first));
+    let enforcing = limits.subscribe();
     let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), receiver);
-    tracing::info!(address = %admin_listener.local_addr()?, "admin listening");
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(Admin::for_proxy(&proxy).serve(admin_listener, async {
-        let _ = admin_stopped.await;
-    }));
+    let (enforced_tx, enforced) = watch::channel(first.version);
+    tracing::info!(
+        version = first.version,
+        resources = first.entries.len(),
+        dataplanes = first.effective.len(),
+        kernel_destinations = first.kernel.len(),
+        "enforcing the store"
+    );
+    {
+        let kernel = kernel.clone();
+        tokio::spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                let snapshot = snapshots.borrow_and_update().clone();
+                let wanted = dataplane_limits(&snapshot);
+                limits.send_if_modified(|current| {
+                    let changed = *current != wanted;
+                    if changed {
+                        *current = wanted;
+                    }
+                    changed
+                });
+                if let Some(kernel) = &kernel
+                    && let Err(error) = kernel.set_limits(&snapshot.kernel)
+                {
+                    tracing::error!(
+                        "kernel limits of store version {}: {error}; the previous ones stay",
+                        snapshot.version
+                    );
+                }
+                tracing::info!(
+                    version = snapshot.version,
+                    dataplanes = snapshot.effective.len(),
+                    kernel_destinations = snapshot.kernel.len(),
+                    "store changed: enforcing"
+                );
+                enforced_tx.send_replace(snapshot.version);
+            }
+        });
+    }
 
-    let dir = args.resources.clone();
-    let interval = args.watch_interval;
-    std::thread::Builder::new()
-        .name("resource-watch".into())
-        .spawn(move || watch_resources(&dir, loaded, interval, &limits))
-        .context("starting the resource watcher")?;
+    let mut admin = Admin::for_proxy(&proxy).with_token(token.clone());
+    if let Some(kernel) = &kernel {
+        admin = admin.with_metrics(Arc::new(kernel.clone()));
+    }
+    let config = ApiConfig {
+        token,
+        ..ApiConfig::default()
+    };
+    let router = meshlimit_control_plane::router(cp.clone(), config).merge(admin.router());
+    let url = format!("http://{bound}");
+    if let Some(path) = &args.address_file {
+        // Write then rename, so a reader never sees half a URL.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{url}\n"))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(address = %bound, store = %store.display(), "admin listening");
+    let server = tokio::spawn(meshlimit_control_plane::serve(listener, router));
 
-    shutdown_signal().await?;
+    let reporting = {
+        let mut reporter = report::Reporter::new(
+            cp.clone(),
+            proxy.stats(),
+            kernel.clone().map(|k| (report::agent_name(), k)),
+        );
+        let interval = args.report_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let version = *enforced.borrow();
+                let limits = enforcing.borrow().clone();
+                reporter.report(version, &limits);
+            }
+        })
+    };
+
+    let stop_watching = Arc::new(AtomicBool::new(false));
+    if let Some((directory, loaded)) = seeded {
+        let (cp, stop) = (cp.clone(), Arc::clone(&stop_watching));
+        let interval = args.watch_interval;
+        std::thread::Builder::new()
+            .name("resource-watch".into())
+            .spawn(move || directory::follow(directory, loaded, interval, &cp, &stop))
+            .context("starting the resource watcher")?;
+    }
+
+    tokio::select! {
+        signal = shutdown_signal() => signal?,
+        served = server => {
+            served.context("the API server stopped")?.context("serving the API")?;
+        }
+    }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    reporting.abort();
     proxy.shutdown().await;
-    let _ = stop_admin.send(());
-    let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Parses and validates everything under `path` and compiles the effective limits of every
-/// Dataplane; on failure, every problem, one per line.
-fn load(path: &Path) -> Result<Vec<DataplaneLimits>, String> {
-    let parsed = load_paths(&[path]).map_err(|problems| lines(&problems))?;
-    for warning in &parsed.warnings {
-        tracing::warn!("{warning}");
-    }
-    let set = ResourceSet::from_parsed(parsed).map_err(|problems| lines(&problems))?;
-    Ok(set.all_effective())
-}
-
-fn lines(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Polls `dir` and applies a change once the files have stopped changing for one interval
-/// (editors write in several steps). Runs on its own thread until the proxy is gone.
-fn watch_resources(
-    dir: &Path,
-    loaded: Fingerprint,
-    interval: Duration,
-    limits: &watch::Sender<Vec<DataplaneLimits>>,
-) {
-    let mut applied = loaded;
-    loop {
-        std::thread::sleep(interval);
-        if limits.is_closed() {
-            return;
-        }
-        let mut seen = fingerprint(dir);
-        if seen == applied {
-            continue;
-        }
-        // Debounce: wait until two looks in a row agree.
-        loop {
-            std::thread::sleep(interval);
-            let again = fingerprint(dir);
-            if again == seen {
-                break;
-            }
-            seen = again;
-        }
-        applied = seen;
-        match load(dir) {
-            Ok(config) => {
-                tracing::info!(dataplanes = config.len(), "resources changed: applying");
-                limits.send_replace(config);
-            }
-            Err(problems) => tracing::error!(
-                "resources changed but do not validate; the change is ignored and the last good configuration stays:\n{problems}"
-            ),
-        }
-    }
-}
-
-/// Name, size and modification time of the resource file, or of every file directly inside
-/// the resource directory (where `load_paths` looks), sorted.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
-fn fingerprint(path: &Path) -> Fingerprint {
-    let mut files: Fingerprint = match std::fs::read_dir(path) {
-        Ok(entries) => entries
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let metadata = std::fs::metadata(entry.path()).ok()?; // follows symlinks
-                metadata
-                    .is_file()
-                    .then(|| (entry.path(), metadata.len(), metadata.modified().ok()))
-            })
-            .collect(),
-        Err(_) => std::fs::metadata(path)
-            .map(|m| vec![(path.to_path_buf(), m.len(), m.modified().ok())])
-            .unwrap_or_default(),
-    };
-    files.sort();
-    files
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
@@ -210,6 +357,17 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         result = tokio::signal::ctrl_c() => result.context("listening for Ctrl-C")?,
     }
     Ok(())
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
 }
 
 fn init_logging() {
