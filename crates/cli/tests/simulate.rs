@@ -507,6 +507,10 @@ fn policy_mode_rejects_invalid_files_and_mixed_flags() {
             "--policy <PATH>".to_string(),
         ),
         (
+            vec!["--mesh", "prod", "--rate", "5/10s", "--arrivals", "-"],
+            "--policy <PATH>".to_string(),
+        ),
+        (
             vec![
                 "--policy",
                 "-",

@@ -33,7 +33,12 @@ pub struct PolicyFlags {
     #[arg(long, value_name = "PORT", requires = "policy")]
     pub inbound: Option<u16>,
     /// Mesh of the Dataplane.
-    #[arg(long, value_name = "MESH", default_value = "default")]
+    #[arg(
+        long,
+        value_name = "MESH",
+        default_value = "default",
+        requires = "policy"
+    )]
     pub mesh: String,
     /// Simulate a client with this SPIFFE ID (for rules with `matches`).
     #[arg(long, value_name = "ID", requires = "policy")]
