@@ -1,10 +1,14 @@
-//! `meshlimit envoy bootstrap`, run as the real binary, its output checked by a real Envoy.
+//! Envoy with meshlimit, as real processes: `meshlimit envoy bootstrap` checked by a real Envoy,
+//! and `meshlimit control-plane --xds` feeding that Envoy what `meshlimit apply` stores (limits
+//! enforced, changes followed, rejected configurations shown at `GET /xds` and by `diagnose`).
 
-use std::io::Read;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
@@ -169,4 +173,616 @@ fn envoy_accepts_the_bootstrap_and_dials_the_xds_server_over_http2() {
         &preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         "gRPC needs HTTP/2"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// `meshlimit control-plane --xds`: a real control plane, `meshlimit apply`, and a real Envoy
+// started with the bootstrap of `meshlimit envoy bootstrap`.
+// ---------------------------------------------------------------------------------------------
+
+/// How long a condition may take before a test gives up (Envoy starts in about a second).
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Polls `check` every few milliseconds until it yields a value, failing after `limit`.
+fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = SystemTime::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            SystemTime::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A port for an Envoy listener, below the kernel's ephemeral range: ports picked by binding
+/// port 0 come from that range, where parallel tests' outgoing connections take ports all the
+/// time. Spread by process id, each checked free by binding it once.
+fn listener_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOWEST: u64 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
+    // Offset from the xDS crate's tests, which use the same scheme.
+    let start = (u64::from(std::process::id()) * 211 + span / 2) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(7, Ordering::SeqCst)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and {}", LOWEST + span)
+}
+
+/// An HTTP/1.1 answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-case names, in order, repeated names kept.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// `GET path` on a fresh connection. The body is read by its length, not to the end of the
+/// stream: after a local reply Envoy waits for the client to close first.
+fn http_get(address: SocketAddr, path: &str) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the headers"));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = raw.split_off(head_end + 4);
+    while length.is_none_or(|length| body.len() < length) {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+fn get_inbound(port: u16) -> Answer {
+    http_get(SocketAddr::from(([127, 0, 0, 1], port)), "/").expect("a request through Envoy")
+}
+
+/// A backend answering `200 backend` to every request, counting them.
+fn backend() -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let port = listener.local_addr().expect("bound").port();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nbackend",
+                );
+            });
+        }
+    });
+    (port, served)
+}
+
+/// `meshlimit control-plane --api 127.0.0.1:0 --xds 127.0.0.1:0`, killed when dropped.
+struct ControlPlane {
+    _process: Killed,
+    dir: tempfile::TempDir,
+    url: String,
+    api: SocketAddr,
+    xds: SocketAddr,
+}
+
+impl ControlPlane {
+    fn start() -> ControlPlane {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let xds_file = dir.path().join("xds-address");
+        let mut child = Command::new(BIN)
+            .args([
+                "control-plane",
+                "--api",
+                "127.0.0.1:0",
+                "--xds",
+                "127.0.0.1:0",
+            ])
+            .arg("--store")
+            .arg(dir.path().join("store.redb"))
+            .arg("--xds-address-file")
+            .arg(&xds_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the control plane starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let process = Killed(child);
+        // Every stdout line goes to a channel, read to the end so the process never writes
+        // into a closed pipe.
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut xds) = (None, None);
+        while url.is_none() || xds.is_none() {
+            let line = lines
+                .recv_timeout(PATIENCE)
+                .expect("the control plane prints its addresses");
+            if let Some(rest) = line.split("API listening on ").nth(1) {
+                url = Some(rest.trim().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("xDS listening on ") {
+                xds = Some(rest.trim().parse::<SocketAddr>().expect("an address"));
+            }
+        }
+        let url = url.expect("the control plane prints its API URL");
+        let xds = xds.expect("the control plane prints its xDS address");
+        assert_ne!(xds.port(), 0, "the real port is printed");
+        let written = std::fs::read_to_string(&xds_file).expect("the xDS address file");
+        assert_eq!(written.trim(), xds.to_string());
+        let api = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the URL holds an address");
+        ControlPlane {
+            _process: process,
+            dir,
+            url,
+            api,
+            xds,
+        }
+    }
+
+    /// `meshlimit --cp URL <args>` to completion.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--cp")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("MESHLIMIT_TOKEN")
+            .output()
+            .expect("meshlimit runs")
+    }
+
+    /// `meshlimit apply -f` of `yaml`, which must succeed.
+    fn apply(&self, name: &str, yaml: &str) {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).expect("write the resource file");
+        let out = self.cli(&["apply", "-f", path.to_str().expect("a UTF-8 path")]);
+        assert!(
+            out.status.success(),
+            "apply {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `GET /xds`: every Envoy node as the control plane sees it.
+    fn xds_status(&self) -> meshlimit_xds::XdsStatus {
+        let answer = http_get(self.api, "/xds").expect("GET /xds");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        serde_json::from_str(&answer.body).expect("GET /xds is the status JSON")
+    }
+
+    fn node(&self, node: &str) -> Option<meshlimit_xds::NodeStatus> {
+        self.xds_status().nodes.into_iter().find(|n| n.node == node)
+    }
+
+    /// Waits until `node` runs the control plane's current version of everything.
+    fn wait_in_sync(&self, node: &str) -> meshlimit_xds::NodeStatus {
+        poll(&format!("{node} in sync"), PATIENCE, || {
+            self.node(node)
+                .filter(|n| n.streams > 0 && n.in_sync() && n.listeners.current_version != "0")
+        })
+    }
+}
+
+/// An Envoy started with the bootstrap `meshlimit envoy bootstrap` prints, killed when dropped
+/// (its log is printed when the test fails).
+struct Envoy {
+    child: Child,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    fn start(dataplane: &str, xds: SocketAddr) -> Envoy {
+        let yaml = bootstrap(&[
+            "--dataplane",
+            dataplane,
+            "--xds",
+            &xds.to_string(),
+            "--admin-port",
+            "0",
+        ]);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("bootstrap.yaml");
+        std::fs::write(&config, yaml).expect("write the bootstrap");
+        let admin_path = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("a log file");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", "1", "--log-level", "warning"])
+            // No shared memory between the Envoys of parallel tests.
+            .args(["--disable-hot-restart", "--base-id"])
+            .arg(listener_port().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start Envoy");
+        let mut envoy = Envoy {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        envoy.admin = poll("Envoy's admin address", PATIENCE, || {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("Envoy exited ({status}):\n{}", envoy.log());
+            }
+            std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        });
+        envoy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    /// An Envoy counter (0 when Envoy has not created it yet).
+    fn counter(&self, name: &str) -> u64 {
+        let answer = http_get(self.admin, &format!("/stats?filter=^{name}$")).expect("admin");
+        answer
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- Envoy log ---\n{}", self.log());
+        }
+    }
+}
+
+fn dataplane_yaml(name: &str, inbounds: &[(u16, u16)]) -> String {
+    let mut yaml = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n"
+    );
+    for (port, service_port) in inbounds {
+        yaml.push_str(&format!(
+            "    - port: {port}
+      servicePort: {service_port}
+      tags:
+        kuma.io/service: web
+        kuma.io/protocol: http
+"
+        ));
+    }
+    yaml
+}
+
+/// A MeshRateLimit on service `web`: `num` requests per hour (so refill during a test is
+/// negligible and exactly `num` are admitted), rejected with `status` and the headers.
+fn policy_yaml(num: u32, status: u16, set: (&str, &str), add: &[(&str, &str)]) -> String {
+    let add: String = add
+        .iter()
+        .map(|(name, value)| {
+            format!("                  - name: {name}\n                    value: {value}\n")
+        })
+        .collect();
+    format!(
+        "type: MeshRateLimit
+mesh: default
+name: web-limit
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  rules:
+    - default:
+        local:
+          http:
+            requestRate:
+              num: {num}
+              interval: 1h
+            onRateLimit:
+              status: {status}
+              headers:
+                set:
+                  - name: {}
+                    value: {}
+                add:
+{add}",
+        set.0, set.1
+    )
+}
+
+/// Waits until something accepts connections on `port` (an Envoy listener once active).
+fn wait_listening(port: u16) {
+    poll(&format!("a listener on {port}"), PATIENCE, || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+#[test]
+fn envoy_fed_by_the_control_plane_enforces_applied_limits_and_follows_changes() {
+    let cp = ControlPlane::start();
+    let (service, served) = backend();
+    let port = listener_port();
+    cp.apply("dp.yaml", &dataplane_yaml("web-1", &[(port, service)]));
+    cp.apply(
+        "policy.yaml",
+        &policy_yaml(
+            5,
+            503,
+            ("x-limit", "v1"),
+            &[("x-note", "one"), ("x-note", "two")],
+        ),
+    );
+    let envoy = Envoy::start("web-1", cp.xds);
+    let status = cp.wait_in_sync("default.web-1");
+    assert!(status.known, "{status:?}");
+    wait_listening(port);
+
+    // The bucket holds 5: exactly 5 reach the backend, the rest get the policy's answer.
+    let statuses: Vec<u16> = (0..8).map(|_| get_inbound(port).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 503, 503, 503]);
+    let rejected = get_inbound(port);
+    assert_eq!(rejected.status, 503);
+    assert_eq!(rejected.header("x-limit"), ["v1"]);
+    assert_eq!(rejected.header("x-note"), ["one", "two"]);
+    assert_eq!(served.load(Ordering::SeqCst), 5);
+    let stat = |name: &str| envoy.counter(&format!("inbound_{port}.http_local_rate_limit.{name}"));
+    assert_eq!(stat("ok"), 5);
+    assert_eq!(stat("rate_limited"), 4);
+
+    // A changed limit: the control plane pushes it on commit, and Envoy's next connection gets
+    // the new bucket (2, full) and the new answer.
+    cp.apply("policy.yaml", &policy_yaml(2, 429, ("x-limit", "v2"), &[]));
+    #[allow(clippy::disallowed_methods)] // wall-clock latency across real processes
+    let applied = std::time::Instant::now();
+    let first = poll(
+        "Envoy admitting under the new limit",
+        Duration::from_secs(1),
+        || {
+            let answer = get_inbound(port);
+            (answer.status != 503).then_some(answer)
+        },
+    );
+    let latency = applied.elapsed();
+    eprintln!("apply -> Envoy enforcing the new limit: {latency:?}");
+    assert_eq!(first.status, 200, "{first:?}");
+    let second = get_inbound(port);
+    let third = get_inbound(port);
+    assert_eq!((second.status, third.status), (200, 429), "{third:?}");
+    assert_eq!(third.header("x-limit"), ["v2"]);
+    assert!(third.header("x-note").is_empty(), "{third:?}");
+    assert_eq!(served.load(Ordering::SeqCst), 7);
+
+    let status = cp.wait_in_sync("default.web-1");
+    assert_eq!(status.listeners.nacks, 0, "{status:?}");
+    assert_ne!(
+        status.listeners.acked_version, status.clusters.acked_version,
+        "only the listener changed: {status:?}"
+    );
+}
+
+#[test]
+fn a_configuration_envoy_rejects_is_shown_at_xds_and_by_diagnose() {
+    let cp = ControlPlane::start();
+    let (service, _) = backend();
+    let port = listener_port();
+    cp.apply("dp.yaml", &dataplane_yaml("web-1", &[(port, service)]));
+    cp.apply(
+        "policy.yaml",
+        &policy_yaml(100, 429, ("x-limit", "yes"), &[]),
+    );
+    let _envoy = Envoy::start("web-1", cp.xds);
+    let good = cp.wait_in_sync("default.web-1");
+    wait_listening(port);
+
+    let diagnose = |cp: &ControlPlane| {
+        let out = cp.cli(&["diagnose", "rate-limit", "--dataplane", "web-1"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = diagnose(&cp);
+    assert!(
+        report.contains("[ok]      no Envoy node rejected its configuration (1 connected over xDS, 1 running the current version)"),
+        "{report}"
+    );
+
+    // A second inbound on a port another process holds: Envoy cannot bind it and rejects the
+    // listeners (NACK), keeping the ones it runs.
+    let holder = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("bound").port();
+    cp.apply(
+        "dp.yaml",
+        &dataplane_yaml("web-1", &[(port, service), (taken, service)]),
+    );
+    let rejected = poll("a NACK at GET /xds", PATIENCE, || {
+        cp.node("default.web-1")
+            .filter(|n| n.listeners.rejected_current())
+    });
+    let nack = rejected.listeners.last_nack.clone().expect("a NACK");
+    assert!(
+        nack.message.contains(&format!("127.0.0.1:{taken}")),
+        "Envoy's reason names the address: {nack:?}"
+    );
+    assert!(!nack.nonce.is_empty());
+    assert_eq!(rejected.listeners.nacks, 1);
+    assert_eq!(
+        rejected.listeners.acked_version,
+        good.listeners.acked_version
+    );
+    assert!(!rejected.in_sync());
+    assert_eq!(get_inbound(port).status, 200, "Envoy keeps serving");
+
+    let report = diagnose(&cp);
+    let expected = format!(
+        "[problem] Envoy node default.web-1 rejected configuration: listeners version {} (nonce {}): {}",
+        nack.version,
+        nack.nonce,
+        nack.message.trim_end()
+    );
+    assert!(report.contains(&expected), "{expected}\nnot in:\n{report}");
+    assert!(
+        report.contains("fix: Envoy keeps running its last accepted listeners"),
+        "{report}"
+    );
+
+    // Fixed: the inbound moves to a free port; Envoy accepts and the problem is gone.
+    drop(holder);
+    let moved = listener_port();
+    cp.apply(
+        "dp.yaml",
+        &dataplane_yaml("web-1", &[(port, service), (moved, service)]),
+    );
+    let fixed = cp.wait_in_sync("default.web-1");
+    assert_eq!(fixed.listeners.nacks, 1, "the count stays: {fixed:?}");
+    wait_listening(moved);
+    assert_eq!(get_inbound(moved).status, 200);
+    let report = diagnose(&cp);
+    assert!(
+        report.contains("[ok]      no Envoy node rejected its configuration"),
+        "{report}"
+    );
+}
+
+#[test]
+fn xds_stays_on_loopback_unless_allowed_and_its_status_needs_the_api_token() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = meshlimit(&[
+        "control-plane",
+        "--api",
+        "127.0.0.1:0",
+        "--xds",
+        "0.0.0.0:0",
+        "--store",
+        dir.path().join("store.redb").to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve xDS on 0.0.0.0:0") && err.contains("--xds-allow-remote"),
+        "{err}"
+    );
+
+    // With a token, GET /xds is guarded like the rest of the API.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("write the token");
+    let api_file = dir.path().join("api");
+    let _cp = Killed(
+        Command::new(BIN)
+            .args([
+                "control-plane",
+                "--api",
+                "127.0.0.1:0",
+                "--xds",
+                "127.0.0.1:0",
+            ])
+            .arg("--store")
+            .arg(dir.path().join("store.redb"))
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--address-file")
+            .arg(&api_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the control plane starts"),
+    );
+    let api: SocketAddr = poll("the API address file", PATIENCE, || {
+        std::fs::read_to_string(&api_file)
+            .ok()?
+            .trim()
+            .trim_start_matches("http://")
+            .parse()
+            .ok()
+    });
+    let answer = http_get(api, "/xds").expect("GET /xds");
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(answer.header("www-authenticate"), ["Bearer"]);
+
+    let mut stream = TcpStream::connect(api).expect("connect");
+    write!(
+        stream,
+        "GET /xds HTTP/1.1\r\nHost: cp\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("{\"nodes\":[]}"), "{text}");
 }

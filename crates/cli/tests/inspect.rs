@@ -177,3 +177,51 @@ fn invalid_files_fail_like_validate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn envoy_shows_the_listeners_and_clusters_xds_sends() {
+    let out = inspect(&["--dataplane", "backend-2", "--envoy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).expect("utf-8");
+    // What the xDS server generates from the limits `-o json` shows.
+    let limits: meshlimit_policy::DataplaneLimits = serde_json::from_value(json_of(&inspect(&[
+        "--dataplane",
+        "backend-2",
+        "-o",
+        "json",
+    ])))
+    .expect("the JSON is DataplaneLimits");
+    assert_eq!(yaml, meshlimit_xds::render_yaml(&limits));
+    // And in it, the merged limits of json_is_the_contract_shape_with_merged_limits: 100
+    // connections per second in front, then 2 requests per 10s answered with 423 and a header.
+    for expected in [
+        "# Envoy resources for Dataplane backend-2 in mesh default (xDS node id default.backend-2)\n",
+        "  - name: inbound:127.0.0.2:18080\n",
+        "      - name: envoy.filters.network.local_ratelimit\n",
+        "          token_bucket:\n            max_tokens: 100\n            tokens_per_fill: 100\n            fill_interval: 1s\n",
+        "          - name: envoy.filters.http.local_ratelimit\n",
+        "              status:\n                code: Locked\n              token_bucket:\n                max_tokens: 2\n                tokens_per_fill: 2\n                fill_interval: 10s\n",
+        "                  key: x-kuma-rate-limited\n",
+        "  - name: localhost:8080\n",
+    ] {
+        assert!(
+            yaml.contains(expected),
+            "{expected:?} missing from:\n{yaml}"
+        );
+    }
+}
+
+#[test]
+fn envoy_output_is_yaml_only() {
+    let out = inspect(&["--dataplane", "backend-1", "--envoy", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--envoy' cannot be used with '--output"),
+        "{stderr}"
+    );
+}

@@ -23,4 +23,4 @@ pub use bootstrap::{Bootstrap, XdsAddress};
 pub use render::render_yaml;
 pub use resources::node_id;
 pub use server::{XdsError, XdsHandle, XdsServer};
-pub use status::{Nack, NodeStatus, TypeStatus};
+pub use status::{Nack, NodeStatus, TypeStatus, XdsStatus};

@@ -37,6 +37,8 @@ pub(crate) enum Event {
     Nack {
         type_url: String,
         version: String,
+        /// The nonce of the rejected response.
+        nonce: String,
         message: String,
     },
 }
@@ -116,6 +118,7 @@ impl AdsStream {
             Some(error) => outcome.events.push(Event::Nack {
                 type_url,
                 version: subscription.last_version.clone(),
+                nonce: request.response_nonce,
                 message: error.message,
             }),
             None => outcome.events.push(Event::Ack {
@@ -298,6 +301,7 @@ mod tests {
             [Event::Nack {
                 type_url: LISTENER_TYPE.into(),
                 version: "1".into(),
+                nonce,
                 message: "bad listener".into()
             }]
         );

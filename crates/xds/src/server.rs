@@ -178,18 +178,24 @@ impl Shared {
                 Event::Nack {
                     type_url,
                     version,
+                    nonce,
                     message,
                 } => {
                     tracing::warn!(
                         node,
                         type_url,
                         version,
-                        message,
+                        nonce,
+                        error = message,
                         "Envoy rejected a configuration (NACK)"
                     );
                     if let Some(t) = type_status(status, &type_url) {
                         t.nacks += 1;
-                        t.last_nack = Some(Nack { version, message });
+                        t.last_nack = Some(Nack {
+                            version,
+                            nonce,
+                            message,
+                        });
                     }
                 }
             }

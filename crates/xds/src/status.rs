@@ -1,10 +1,10 @@
 //! What each Envoy node has been sent, has accepted and has rejected: the xDS half of
 //! `meshlimit diagnose`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One node (an Envoy, identified by its node id), as the server sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     /// `<mesh>.<dataplane>` (see [`crate::node_id`]).
@@ -19,7 +19,7 @@ pub struct NodeStatus {
 }
 
 /// The state of one resource type (listeners or clusters) for one node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TypeStatus {
     /// The version the server holds for the node now.
@@ -34,11 +34,13 @@ pub struct TypeStatus {
 }
 
 /// A rejected response: Envoy keeps its previous configuration and says why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Nack {
     /// The version Envoy rejected.
     pub version: String,
+    /// The nonce of the rejected response.
+    pub nonce: String,
     /// Envoy's error message.
     pub message: String,
 }
@@ -72,4 +74,11 @@ impl NodeStatus {
     pub fn in_sync(&self) -> bool {
         self.listeners.in_sync() && self.clusters.in_sync()
     }
+}
+
+/// What the server knows of every node: the body of the control plane's `GET /xds`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XdsStatus {
+    /// Every node known from the store or heard from, sorted by node id.
+    pub nodes: Vec<NodeStatus>,
 }

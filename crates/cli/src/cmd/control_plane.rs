@@ -1,10 +1,12 @@
-//! `meshlimit control-plane [--store PATH] [--api ADDR] [--token-file F]`: the store, the REST
-//! API and the limit streams data planes follow.
+//! `meshlimit control-plane [--store PATH] [--api ADDR] [--token-file F] [--xds ADDR]`: the
+//! store, the REST API, the limit streams data planes follow and, with `--xds`, the ADS server
+//! Envoy sidecars follow (see [`xds`]).
 //!
 //! The API listens on loopback (`127.0.0.1:5681`) unless told otherwise; on any other address it
 //! refuses to start without `--token-file`, and then every request must carry
 //! `Authorization: Bearer <token>`. Once listening it prints `API listening on http://ADDR`
-//! (the real port when given port 0) and writes the URL to `--address-file` if asked.
+//! (the real port when given port 0) and writes the URL to `--address-file` if asked; likewise
+//! `xDS listening on ADDR` and `--xds-address-file`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +16,8 @@ use anyhow::Context as _;
 use meshlimit_control_plane::{
     ApiConfig, ControlPlane, DEFAULT_API_ADDR, default_store_path, needs_token,
 };
+
+mod xds;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,9 +37,26 @@ pub struct Args {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Also serve xDS (ADS over gRPC) at this address, e.g. 127.0.0.1:5678: every Envoy whose
+    /// node id is `<mesh>.<dataplane>` (see `meshlimit envoy bootstrap`) gets that Dataplane's
+    /// listeners and clusters, updated on every change. What each Envoy accepted or rejected
+    /// is shown at `GET /xds` on the API and checked by `meshlimit diagnose rate-limit`.
+    /// xDS has no authentication: only loopback addresses unless --xds-allow-remote.
+    #[arg(long, value_name = "ADDR")]
+    pub xds: Option<SocketAddr>,
+    /// Allow --xds on a non-loopback address. Anyone who can reach the port can read every
+    /// Dataplane's limits and addresses: restrict it with a firewall or a private network.
+    #[arg(long, requires = "xds")]
+    pub xds_allow_remote: bool,
+    /// Write the xDS server's HOST:PORT to this file once listening (useful with port 0).
+    #[arg(long, value_name = "FILE", requires = "xds")]
+    pub xds_address_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = &args.xds {
+        xds::check_address(addr, args.xds_allow_remote)?;
+    }
     let token = match &args.token_file {
         Some(path) => Some(read_token(path)?),
         None if needs_token(&args.api) => anyhow::bail!(
@@ -67,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         ..ApiConfig::default()
     };
+    init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -85,15 +107,21 @@ async fn serve(
         .with_context(|| format!("binding the API to {}", args.api))?;
     let bound = listener.local_addr()?;
     let url = format!("http://{bound}");
+    let xds = match args.xds {
+        Some(addr) => Some(xds::Xds::bind(addr).await?),
+        None => None,
+    };
     if let Some(path) = &args.address_file {
-        // Write then rename, so a reader never sees half a URL.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, format!("{url}\n"))
-            .and_then(|()| std::fs::rename(&partial, path))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_address(path, &url)?;
+    }
+    if let (Some(path), Some(xds)) = (&args.xds_address_file, &xds) {
+        write_address(path, &xds.address.to_string())?;
     }
     let snapshot = cp.snapshot();
     println!("meshlimit control plane: API listening on {url}");
+    if let Some(xds) = &xds {
+        println!("xDS listening on {}", xds.address);
+    }
     println!(
         "store {} at version {} ({} resources){}",
         store.display(),
@@ -105,11 +133,23 @@ async fn serve(
             ""
         }
     );
-    let router = meshlimit_control_plane::router(cp, config);
+    let token = config.token.clone();
+    let mut router = meshlimit_control_plane::router(cp.clone(), config);
+    if let Some(xds) = &xds {
+        router = router.merge(xds::router(xds.handle.clone(), token));
+    }
+    let snapshots = cp.subscribe();
+    let serve_xds = async move {
+        match xds {
+            Some(xds) => xds.serve(snapshots).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = meshlimit_control_plane::serve(listener, router) => {
             served.context("serving the API")?;
         }
+        served = serve_xds => served?,
         _ = tokio::signal::ctrl_c() => {}
         () = terminated() => {}
     }
@@ -124,6 +164,26 @@ async fn terminated() {
         }
         Err(_) => std::future::pending().await,
     }
+}
+
+/// Writes `text` then renames, so a reader never sees half an address.
+fn write_address(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{text}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Logs (xDS connections, ACKs, NACKs) on standard error; `RUST_LOG` overrides the level.
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 fn read_token(path: &PathBuf) -> anyhow::Result<String> {

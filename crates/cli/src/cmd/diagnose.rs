@@ -150,6 +150,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     check_traffic(&facts, focus, &mut report);
     check_kernel(&facts, &mut report);
     check_connections(&facts, focus, &client, &mut report);
+    for (what, fix) in super::diagnose_xds::check(&client, focus)? {
+        match fix {
+            None => report.ok(what),
+            Some(fix) => report.problem(what, fix),
+        }
+    }
     for line in &report.lines {
         println!("{line}");
     }

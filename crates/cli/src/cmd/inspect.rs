@@ -1,5 +1,6 @@
-//! `meshlimit inspect -f PATH... --dataplane NAME [--mesh MESH] [-o table|json]`: what one
-//! Dataplane enforces, after matching and merging every policy in the files.
+//! `meshlimit inspect -f PATH... --dataplane NAME [--mesh MESH] [-o table|json] [--envoy]`: what
+//! one Dataplane enforces, after matching and merging every policy in the files; with `--envoy`,
+//! the Envoy listeners and clusters the control plane's xDS server sends its sidecar.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +31,10 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    /// Print the Envoy listeners and clusters generated for the Dataplane (YAML, in the shape
+    /// of a bootstrap's static_resources), as `meshlimit control-plane --xds` serves them.
+    #[arg(long, conflicts_with = "output")]
+    pub envoy: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,6 +51,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(limits) = set.effective(&args.mesh, &args.dataplane) else {
         anyhow::bail!("{}", not_found(&set, &args.mesh, &args.dataplane));
     };
+    if args.envoy {
+        print!("{}", meshlimit_xds::render_yaml(&limits));
+        return Ok(ExitCode::SUCCESS);
+    }
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&limits)?),
         Output::Table => print!("{}", render(&set, &args.mesh, &limits)),

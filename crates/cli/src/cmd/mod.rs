@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod delete;
 pub mod describe;
 pub mod diagnose;
+pub mod diagnose_xds;
 pub mod envoy;
 pub mod get;
 pub mod inspect;
