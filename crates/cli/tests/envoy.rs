@@ -326,7 +326,8 @@ fn backend() -> (u16, Arc<AtomicU64>) {
     (port, served)
 }
 
-/// `meshlimit control-plane --api 127.0.0.1:0 --xds 127.0.0.1:0`, killed when dropped.
+/// `meshlimit control-plane --api 127.0.0.1:0 --xds 127.0.0.1:0`, killed when dropped (its
+/// log is printed when the test fails).
 struct ControlPlane {
     _process: Killed,
     dir: tempfile::TempDir,
@@ -339,6 +340,7 @@ impl ControlPlane {
     fn start() -> ControlPlane {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let xds_file = dir.path().join("xds-address");
+        let log = std::fs::File::create(dir.path().join("control-plane.log")).expect("a log file");
         let mut child = Command::new(BIN)
             .args([
                 "control-plane",
@@ -352,7 +354,7 @@ impl ControlPlane {
             .arg("--xds-address-file")
             .arg(&xds_file)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("the control plane starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -395,6 +397,11 @@ impl ControlPlane {
         }
     }
 
+    /// What the control plane logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default()
+    }
+
     /// `meshlimit --cp URL <args>` to completion.
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -435,6 +442,14 @@ impl ControlPlane {
             self.node(node)
                 .filter(|n| n.streams > 0 && n.in_sync() && n.listeners.current_version != "0")
         })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- control plane log ---\n{}", self.log());
+        }
     }
 }
 
@@ -582,14 +597,18 @@ fn envoy_fed_by_the_control_plane_enforces_applied_limits_and_follows_changes() 
     let cp = ControlPlane::start();
     let (service, served) = backend();
     let port = listener_port();
-    cp.apply("dp.yaml", &dataplane_yaml("web-1", &[(port, service)]));
+    // One apply, one commit: Envoy's first configuration already holds the limit.
     cp.apply(
-        "policy.yaml",
-        &policy_yaml(
-            5,
-            503,
-            ("x-limit", "v1"),
-            &[("x-note", "one"), ("x-note", "two")],
+        "resources.yaml",
+        &format!(
+            "{}---\n{}",
+            dataplane_yaml("web-1", &[(port, service)]),
+            policy_yaml(
+                5,
+                503,
+                ("x-limit", "v1"),
+                &[("x-note", "one"), ("x-note", "two")],
+            ),
         ),
     );
     let envoy = Envoy::start("web-1", cp.xds);
@@ -645,10 +664,13 @@ fn a_configuration_envoy_rejects_is_shown_at_xds_and_by_diagnose() {
     let cp = ControlPlane::start();
     let (service, _) = backend();
     let port = listener_port();
-    cp.apply("dp.yaml", &dataplane_yaml("web-1", &[(port, service)]));
     cp.apply(
-        "policy.yaml",
-        &policy_yaml(100, 429, ("x-limit", "yes"), &[]),
+        "resources.yaml",
+        &format!(
+            "{}---\n{}",
+            dataplane_yaml("web-1", &[(port, service)]),
+            policy_yaml(100, 429, ("x-limit", "yes"), &[])
+        ),
     );
     let _envoy = Envoy::start("web-1", cp.xds);
     let good = cp.wait_in_sync("default.web-1");
@@ -689,6 +711,23 @@ fn a_configuration_envoy_rejects_is_shown_at_xds_and_by_diagnose() {
     );
     assert!(!rejected.in_sync());
     assert_eq!(get_inbound(port).status, 200, "Envoy keeps serving");
+    // The control plane logs the rejection with everything needed to find its cause.
+    let logged = poll("the NACK in the control plane's log", PATIENCE, || {
+        cp.log()
+            .lines()
+            .find(|l| l.contains("Envoy rejected a configuration (NACK)"))
+            .map(str::to_string)
+    });
+    for field in [
+        "WARN".to_string(),
+        "node=\"default.web-1\"".to_string(),
+        "type_url=\"type.googleapis.com/envoy.config.listener.v3.Listener\"".to_string(),
+        format!("version=\"{}\"", nack.version),
+        format!("nonce=\"{}\"", nack.nonce),
+        format!("cannot bind '127.0.0.1:{taken}'"),
+    ] {
+        assert!(logged.contains(&field), "{field} missing from: {logged}");
+    }
 
     let report = diagnose(&cp);
     let expected = format!(
@@ -785,4 +824,40 @@ fn xds_stays_on_loopback_unless_allowed_and_its_status_needs_the_api_token() {
     stream.read_to_string(&mut text).expect("read");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("{\"nodes\":[]}"), "{text}");
+}
+
+#[test]
+fn an_envoy_waiting_for_its_dataplane_gets_it_once_applied() {
+    let cp = ControlPlane::start();
+    let _envoy = Envoy::start("web-9", cp.xds);
+    let waiting = poll("the Envoy's node at GET /xds", PATIENCE, || {
+        cp.node("default.web-9").filter(|n| n.streams > 0)
+    });
+    assert!(!waiting.known, "{waiting:?}");
+    let out = cp.cli(&["diagnose", "rate-limit"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(
+            "[problem] Envoy node default.web-9 is connected but no Dataplane has that node id"
+        ),
+        "{report}"
+    );
+
+    let (service, served) = backend();
+    let port = listener_port();
+    // One commit, so the first version Envoy runs already holds the limit.
+    cp.apply(
+        "resources.yaml",
+        &format!(
+            "{}---\n{}",
+            dataplane_yaml("web-9", &[(port, service)]),
+            policy_yaml(1, 429, ("x-limit", "yes"), &[])
+        ),
+    );
+    let running = cp.wait_in_sync("default.web-9");
+    assert!(running.known, "{running:?}");
+    wait_listening(port);
+    assert_eq!(get_inbound(port).status, 200);
+    assert_eq!(get_inbound(port).status, 429);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
 }

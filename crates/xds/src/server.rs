@@ -162,7 +162,21 @@ impl Shared {
             match event {
                 Event::Connected => {
                     status.streams += 1;
-                    tracing::info!(node, "Envoy connected");
+                    let known = self
+                        .snapshot
+                        .borrow()
+                        .nodes
+                        .get(node)
+                        .is_some_and(|n| n.known);
+                    if known {
+                        tracing::info!(node, "Envoy connected");
+                    } else {
+                        tracing::warn!(
+                            node,
+                            "Envoy connected with a node id that names no Dataplane \
+                             (<mesh>.<dataplane>): it gets no listeners and no clusters"
+                        );
+                    }
                 }
                 Event::Sent { type_url, version } => {
                     if let Some(t) = type_status(status, &type_url) {
@@ -186,7 +200,7 @@ impl Shared {
                         type_url,
                         version,
                         nonce,
-                        error = message,
+                        error = message.trim_end(),
                         "Envoy rejected a configuration (NACK)"
                     );
                     if let Some(t) = type_status(status, &type_url) {
