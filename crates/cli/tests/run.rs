@@ -64,11 +64,16 @@ struct Reply {
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
+    get_with(addr, path, "")
+}
+
+/// The same, with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n{headers}\r\n"
     )?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
@@ -158,9 +163,12 @@ impl Meshlimit {
             .arg(state.join("store.redb"))
             .arg("--address-file")
             .arg(&address_file)
+            .args(if extra.contains(&"--admin") {
+                &[][..]
+            } else {
+                &["--admin", "127.0.0.1:0"][..]
+            })
             .args([
-                "--admin",
-                "127.0.0.1:0",
                 "--worker-threads",
                 "1",
                 "--watch-interval",
@@ -653,5 +661,58 @@ spec:
         "C",
         "detached: nothing is limited"
     );
+    remove_dirs(&dir);
+}
+
+#[test]
+fn a_listener_beyond_loopback_needs_a_token_for_the_api_and_the_admin_routes() {
+    let dir = temp_dir();
+    let state = state_dir(&dir);
+    std::fs::write(
+        dir.join("backend.yaml"),
+        dataplane_yaml("backend", free_port(), free_port()),
+    )
+    .unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+        .args(["run", "--no-kernel", "--admin", "0.0.0.0:0", "--store"])
+        .arg(state.join("store.redb"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("without --token-file"), "{stderr}");
+
+    let token_file = state.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let mut meshlimit = Meshlimit::start_with(
+        &dir,
+        &[
+            "--no-kernel",
+            "--admin",
+            "0.0.0.0:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let port = meshlimit.admin().port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let bearer = "Authorization: Bearer s3cret\r\n";
+    eventually("/ready with the token", || {
+        get_with(addr, "/ready", bearer).is_ok_and(|r| r.status == 200)
+    });
+    for path in ["/metrics", "/ready", "/config", "/meshes"] {
+        assert_eq!(
+            get(addr, path).unwrap().status,
+            401,
+            "{path} without a token"
+        );
+    }
+    assert_eq!(get_with(addr, "/metrics", bearer).unwrap().status, 200);
+    let listed = cli(
+        &format!("http://{addr}"),
+        &["--token", "s3cret", "get", "dataplanes"],
+    );
+    assert!(listed.contains("backend"), "{listed}");
+    meshlimit.stop();
     remove_dirs(&dir);
 }

@@ -49,16 +49,16 @@ use directory::Directory;
 use kernel::Kernel;
 
 #[derive(clap::Args)]
-#[command(
-    long_about = "The all-in-one: the control plane (store, REST API) and the local data planes \
-(a proxy for every Dataplane, the kernel limiter for every RateLimit) in one process. Every \
-change to the store (meshlimit apply, delete, or an edit of --resources DIR) is enforced at once.
+#[command(after_help = "\
+The all-in-one: the control plane (store, REST API) and the local data planes (a proxy for every \
+Dataplane in the store, the kernel limiter for every RateLimit) in one process. Every change to \
+the store (meshlimit apply or delete against --admin, or an edit of --resources) is enforced at \
+once.
 
---resources DIR seeds the store at start and is followed: an edit writes the directory's \
-resources to the store and deletes those an earlier load of DIR had put there and that are gone \
-from it, in one write. An edit that does not validate is reported and ignored. Resources applied \
-through the API and not from DIR are left alone."
-)]
+--resources DIR seeds the store at start and is followed: once an edit settles, the directory's \
+resources are written to the store and those an earlier load of DIR had put there and that are \
+gone from it are deleted, in one write. An edit that does not validate is reported and ignored. \
+Resources applied through the API and not from DIR are left alone.")]
 pub struct Args {
     /// Directory (or file) of resources (*.yaml, *.yml) that seeds the store and is followed.
     #[arg(long, value_name = "DIR")]
