@@ -243,6 +243,13 @@ async fn serve(
     {
         tracing::error!("kernel limits of store version {}: {error}", first.version);
     }
+    if kernel.is_none() && !first.kernel.is_empty() {
+        tracing::warn!(
+            "{} kernel destination(s) of RateLimit resources are not enforced here: the kernel \
+             limiter is not attached",
+            first.kernel.len()
+        );
+    }
     let (limits, receiver) = watch::channel(dataplane_limits(&first));
     let enforcing = limits.subscribe();
     let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), receiver);
@@ -267,6 +274,13 @@ async fn serve(
                     }
                     changed
                 });
+                if kernel.is_none() && !snapshot.kernel.is_empty() {
+                    tracing::warn!(
+                        "{} kernel destination(s) of RateLimit resources are not enforced here: \
+                         the kernel limiter is not attached",
+                        snapshot.kernel.len()
+                    );
+                }
                 if let Some(kernel) = &kernel
                     && let Err(error) = kernel.set_limits(&snapshot.kernel)
                 {

@@ -194,3 +194,31 @@ pub fn fingerprint(path: &Path) -> Fingerprint {
     files.sort();
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_is_read_back_only_for_its_own_directory() {
+        let temp = tempfile::tempdir().unwrap();
+        let (dir, other) = (temp.path().join("dir"), temp.path().join("other"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let store = temp.path().join("store.redb");
+        let key = Key {
+            kind: "MeshRateLimit".into(),
+            mesh: "default".into(),
+            name: "web".into(),
+        };
+        let mut directory = Directory::new(&dir, &store);
+        assert!(directory.owned.is_empty());
+        directory.owned.insert(key.clone());
+        directory.write_record().unwrap();
+
+        assert_eq!(Directory::new(&dir, &store).owned, BTreeSet::from([key]));
+        assert!(Directory::new(&other, &store).owned.is_empty());
+        std::fs::write(temp.path().join("store.redb.directory.json"), "{ not json").unwrap();
+        assert!(Directory::new(&dir, &store).owned.is_empty());
+    }
+}

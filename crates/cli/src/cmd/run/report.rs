@@ -107,3 +107,71 @@ pub fn agent_name() -> String {
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "local".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use meshlimit_policy::effective::InboundLimits;
+    use meshlimit_proxy::InboundKey;
+
+    use super::*;
+
+    fn inbound(port: u16, protocol: Protocol) -> InboundLimits {
+        InboundLimits {
+            port,
+            service_port: port + 1,
+            service: format!("svc-{port}"),
+            protocol,
+            http: None,
+            tcp: None,
+            policies: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn one_row_per_enforced_limit_with_the_proxy_counters() {
+        let limits = DataplaneLimits {
+            dataplane: "web-1".into(),
+            mesh: "default".into(),
+            address: "127.0.0.1".into(),
+            inbounds: vec![inbound(8080, Protocol::Http), inbound(9000, Protocol::Tcp)],
+            kernel: Vec::new(),
+        };
+        let stats = vec![InboundStats {
+            key: InboundKey {
+                mesh: "default".into(),
+                dataplane: "web-1".into(),
+                port: 8080,
+            },
+            http_allowed: 7,
+            http_limited: 3,
+            tcp_allowed: 2,
+            tcp_limited: 0,
+            http_tokens: Some(1),
+            tcp_tokens: None,
+        }];
+        let rows = counters(&limits, &stats);
+        let summary: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} total={} allowed={} limited={} tokens={:?}",
+                    r.port,
+                    r.service,
+                    r.protocol,
+                    r.total,
+                    r.allowed,
+                    r.limited,
+                    r.tokens_available
+                )
+            })
+            .collect();
+        // The TCP inbound is not listening yet: zeros, not someone else's counters.
+        assert_eq!(
+            summary,
+            [
+                "8080 svc-8080 http total=10 allowed=7 limited=3 tokens=Some(1)",
+                "9000 svc-9000 tcp total=0 allowed=0 limited=0 tokens=None",
+            ]
+        );
+    }
+}
