@@ -14,7 +14,7 @@ mod cmd;
     about = "Rate limiting for service meshes"
 )]
 struct Cli {
-    /// Control-plane API URL used by apply/get/describe/delete/diagnose/top.
+    /// Control-plane API URL used by apply/get/describe/delete/diagnose/top, and followed by dataplane/agent.
     #[arg(
         long,
         global = true,
@@ -37,7 +37,7 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Show what one dataplane instance enforces.
     Inspect(cmd::inspect::Args),
-    /// Run every Dataplane in a resource directory (the all-in-one).
+    /// The all-in-one: control plane and local data planes (proxies, kernel limiter).
     Run(cmd::run::Args),
     /// Kernel agent: enforce RateLimit resources at connect() with eBPF.
     Agent(cmd::agent::Args),

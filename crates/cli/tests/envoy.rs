@@ -758,6 +758,12 @@ fn a_configuration_envoy_rejects_is_shown_at_xds_and_by_diagnose() {
         report.contains("[ok]      no Envoy node rejected its configuration"),
         "{report}"
     );
+    // Envoy follows over xDS, not the limits stream: not reported as a missing data plane.
+    assert!(
+        report.contains("data plane default/web-1 is an Envoy sidecar connected over xDS"),
+        "{report}"
+    );
+    assert!(!report.contains("is not connected"), "{report}");
 }
 
 #[test]

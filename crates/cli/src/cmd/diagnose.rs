@@ -149,7 +149,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     check_shadowing(&facts, &mut report);
     check_traffic(&facts, focus, &mut report);
     check_kernel(&facts, &mut report);
-    check_connections(&facts, focus, &client, &mut report);
+    let envoys = super::diagnose_xds::connected_nodes(&client)?;
+    check_connections(&facts, focus, &envoys, &client, &mut report);
     for (what, fix) in super::diagnose_xds::check(&client, focus)? {
         match fix {
             None => report.ok(what),
@@ -416,11 +417,21 @@ fn check_kernel(facts: &Facts, report: &mut Report) {
 fn check_connections(
     facts: &Facts,
     focus: Option<(&str, &str)>,
+    envoys: &[String],
     client: &Client,
     report: &mut Report,
 ) {
     for dp in &facts.status.dataplanes {
         if focus.is_some_and(|(m, n)| dp.mesh != m || dp.name != n) {
+            continue;
+        }
+        // A Dataplane served by an Envoy sidecar follows over xDS, not the limits stream: the
+        // xDS check below judges it.
+        if !dp.connected && envoys.contains(&meshlimit_xds::node_id(&dp.mesh, &dp.name)) {
+            report.ok(format!(
+                "data plane {}/{} is an Envoy sidecar connected over xDS",
+                dp.mesh, dp.name
+            ));
             continue;
         }
         let has_resource = facts

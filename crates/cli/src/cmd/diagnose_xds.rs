@@ -23,6 +23,20 @@ pub fn check(client: &Client, focus: Option<(&str, &str)>) -> anyhow::Result<Vec
     }
 }
 
+/// The node ids of the Envoys connected over xDS now (none when xDS is not served).
+pub fn connected_nodes(client: &Client) -> anyhow::Result<Vec<String>> {
+    match block_on(client.get_json::<XdsStatus>("/xds"))? {
+        Ok(status) => Ok(status
+            .nodes
+            .into_iter()
+            .filter(|n| n.streams > 0)
+            .map(|n| n.node)
+            .collect()),
+        Err(e) if e.status() == Some(404) => Ok(Vec::new()),
+        Err(e) => Err(explain(e)),
+    }
+}
+
 fn findings(status: &XdsStatus, focus: Option<(&str, &str)>) -> Vec<Finding> {
     let wanted = focus.map(|(mesh, name)| node_id(mesh, name));
     let nodes: Vec<&NodeStatus> = status

@@ -35,7 +35,8 @@ pub fn run(
         // Clear the screen and home the cursor, then draw the fresh table.
         print!("\x1b[2J\x1b[H{text}");
         std::io::stdout().flush()?;
-        runtime.block_on(tokio::time::sleep(interval));
+        // The timer must be made inside the runtime.
+        runtime.block_on(async { tokio::time::sleep(interval).await });
     }
 }
 
