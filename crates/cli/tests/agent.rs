@@ -12,8 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::Duration;
 
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
 use meshlimit_control_plane::client::Client;
 use meshlimit_control_plane::wire::SourceFile;
+use sandbox::Sandbox;
 
 const PORT: u16 = 7001;
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
@@ -42,69 +46,25 @@ spec:
       fillInterval: 3600000000000
 ";
 
-/// A network namespace, a cgroup v2 directory and a resource directory, removed on drop.
+/// A [`Sandbox`] and a resource directory, removed on drop.
 struct Fixture {
-    netns: String,
-    cgroup: PathBuf,
+    sandbox: Sandbox,
     resources: PathBuf,
 }
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
-        let id = format!("mla-{tag}-{}", std::process::id());
-        assert!(
-            Command::new("ip")
-                .args(["netns", "add", &id])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(
-            Command::new("ip")
-                .args(["-n", &id, "link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let cgroup = cgroup2_root().join(&id);
-        std::fs::create_dir(&cgroup).unwrap();
-        let resources = std::env::temp_dir().join(&id);
+        let sandbox = Sandbox::new(&format!("mla-{tag}"));
+        let resources = std::env::temp_dir().join(&sandbox.netns);
         std::fs::create_dir_all(&resources).unwrap();
         std::fs::write(resources.join("dataplane.yaml"), DATAPLANE).unwrap();
         std::fs::write(resources.join("ratelimit.yaml"), RATE_LIMIT).unwrap();
-        Fixture {
-            netns: id,
-            cgroup,
-            resources,
-        }
+        Fixture { sandbox, resources }
     }
 
-    /// Connects `n` times to 127.0.0.1:PORT from a shell inside the cgroup and the namespace.
-    /// Nothing listens there, so a connect the limiter lets through is refused by the peer
-    /// ("C") and one it stops fails with EPERM ("E").
+    /// What `n` connects to the limited destination met (see [`Sandbox::connect`]).
     fn connect(&self, n: usize) -> String {
-        let script = format!(
-            "echo $BASHPID > {procs}
-             for i in $(seq {n}); do
-               if err=$( {{ exec 3<>/dev/tcp/127.0.0.1/{PORT}; }} 2>&1 ); then echo X; continue; fi
-               case $err in *'not permitted'*) echo E;; *'refused'*) echo C;; *) echo \"X $err\";; esac
-             done",
-            procs = self.cgroup.join("cgroup.procs").display()
-        );
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .args(["bash", "-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .collect()
+        self.sandbox.connect(PORT, n)
     }
 
     fn agent(&self) -> Agent {
@@ -120,7 +80,7 @@ impl Fixture {
             ])
             .arg(&self.resources)
             .arg("--cgroup")
-            .arg(&self.cgroup);
+            .arg(&self.sandbox.cgroup);
         Agent::spawn(command)
     }
 
@@ -140,7 +100,7 @@ impl Fixture {
                 "0.2",
                 "--cgroup",
             ])
-            .arg(&self.cgroup)
+            .arg(&self.sandbox.cgroup)
             .env_remove("MESHLIMIT_TOKEN");
         Agent::spawn(command)
     }
@@ -148,10 +108,6 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.resources);
     }
 }
@@ -233,15 +189,6 @@ impl Drop for Agent {
     }
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .expect("cgroup2 mounted");
-    PathBuf::from(line.split_whitespace().nth(1).unwrap())
-}
-
 #[test]
 fn the_agent_enforces_reports_follows_edits_and_detaches() {
     let fixture = Fixture::new("main");
@@ -310,7 +257,7 @@ fn the_agent_refuses_to_start_without_privileges() {
         .args(["agent", "--admin", "127.0.0.1:0", "--resources"])
         .arg(&fixture.resources)
         .arg("--cgroup")
-        .arg(&fixture.cgroup)
+        .arg(&fixture.sandbox.cgroup)
         .uid(65534)
         .gid(65534)
         .output()
@@ -335,7 +282,7 @@ fn the_agent_refuses_invalid_resources_at_start() {
         .args(["agent", "--admin", "127.0.0.1:0", "--resources"])
         .arg(&fixture.resources)
         .arg("--cgroup")
-        .arg(&fixture.cgroup)
+        .arg(&fixture.sandbox.cgroup)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -344,7 +291,7 @@ fn the_agent_refuses_invalid_resources_at_start() {
         stderr.contains("invalid resources in") && stderr.contains("ratelimit.yaml"),
         "{stderr}"
     );
-    assert!(Path::new(&fixture.cgroup).exists());
+    assert!(Path::new(&fixture.sandbox.cgroup).exists());
 }
 
 /// A `meshlimit control-plane` process on `api` with its store at `store`; killed (SIGKILL)

@@ -15,6 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use sandbox::Sandbox;
+
 /// A backend answering every request with 200 and `hello`, on its own thread.
 fn backend() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -518,64 +523,6 @@ fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
     remove_dirs(&dir);
 }
 
-/// A network namespace and a cgroup v2 directory for the kernel test; removed on drop.
-struct Sandbox {
-    netns: String,
-    cgroup: PathBuf,
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let netns = format!("mlrun-{}", std::process::id());
-        for args in [
-            vec!["netns", "add", &netns],
-            vec!["-n", &netns, "link", "set", "lo", "up"],
-        ] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success());
-        }
-        let cgroup = meshlimit_kernel::cgroup2_root().unwrap().join(&netns);
-        std::fs::create_dir(&cgroup).unwrap();
-        Sandbox { netns, cgroup }
-    }
-
-    /// Connects `n` times to 127.0.0.1:`port` from a shell inside the cgroup and the
-    /// namespace, where nothing listens: "C" for a connect the limiter let through (refused by
-    /// the peer), "E" for one it stopped (EPERM).
-    fn connect(&self, port: u16, n: usize) -> String {
-        let script = format!(
-            "echo $BASHPID > {procs}
-             for i in $(seq {n}); do
-               if err=$( {{ exec 3<>/dev/tcp/127.0.0.1/{port}; }} 2>&1 ); then echo X; continue; fi
-               case $err in *'not permitted'*) echo E;; *'refused'*) echo C;; *) echo \"X $err\";; esac
-             done",
-            procs = self.cgroup.join("cgroup.procs").display()
-        );
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .args(["bash", "-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .collect()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
-
 #[test]
 fn run_attaches_the_kernel_limiter_and_reports_its_counters() {
     let dir = temp_dir();
@@ -598,7 +545,7 @@ spec:
 ",
     )
     .unwrap();
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::new("mlrun");
     let cgroup = sandbox.cgroup.to_str().unwrap().to_owned();
     let mut meshlimit = Meshlimit::start_with(&dir, &["--cgroup", &cgroup]);
     let url = meshlimit.url();
