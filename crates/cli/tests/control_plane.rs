@@ -11,11 +11,16 @@
 //! fixed port numbers in YAML, so the test picks free ones by binding port 0 and releasing them.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "support/net.rs"]
+mod net;
+
+use net::{backend, free_port};
 
 use meshlimit_control_plane::client::Client;
 use meshlimit_control_plane::wire::{SourceFile, StatusResponse};
@@ -151,48 +156,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a runtime")
 }
 
-/// A backend answering every request with 200, on its own threads.
-fn backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
-    let port = listener.local_addr().expect("bound").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let Ok(clone) = stream.try_clone() else {
-                    return;
-                };
-                let mut reader = BufReader::new(clone);
-                loop {
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    if stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The status of one request on a fresh connection; 0 when the connection fails.
 fn status_of(port: u16) -> u16 {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -309,7 +272,7 @@ fn mesh_with_dataplane() -> Mesh {
     let store = dir.path().join("store.redb");
     let cp = ControlPlane::start(&store, "127.0.0.1:0");
     let inbound = free_port();
-    let service = backend();
+    let service = backend("ok");
     runtime()
         .block_on(cp.client().apply(
             vec![file("dp.yaml", dataplane_yaml("web-1", inbound, service))],

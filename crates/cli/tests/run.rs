@@ -9,57 +9,19 @@
 //! `--address-file`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
+use net::{backend, free_port};
 use sandbox::Sandbox;
-
-/// A backend answering every request with 200 and `hello`, on its own thread.
-fn backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    // Read one request head.
-                    loop {
-                        line.clear();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    if stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Reply {
     status: u16,
@@ -297,7 +259,7 @@ fn cli(url: &str, args: &[&str]) -> String {
 #[test]
 fn run_enforces_reloads_and_stops_cleanly() {
     let dir = temp_dir();
-    let service_port = backend();
+    let service_port = backend("hello");
     let port = free_port();
     std::fs::write(
         dir.join("backend.yaml"),
@@ -438,7 +400,7 @@ fn inbound_stats(url: &str, dataplane: &str) -> Option<serde_json::Value> {
 #[test]
 fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
     let dir = temp_dir();
-    let service_port = backend();
+    let service_port = backend("hello");
     let port = free_port();
     std::fs::write(
         dir.join("backend.yaml"),
