@@ -18,7 +18,7 @@ use meshlimit_policy::{Kind, Problem, Resource};
 use serde::{Deserialize, Serialize};
 
 use crate::model;
-use crate::state::{ControlPlane, CpError};
+use crate::state::{ControlPlane, CpError, Entry, Snapshot};
 use crate::stream;
 use crate::wire::{
     AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, InvalidParameter,
@@ -514,6 +514,23 @@ async fn list_all(
     Ok(render(&headers, StatusCode::OK, &page))
 }
 
+/// The stored resource, or the 404 that names it.
+fn stored<'a>(
+    snapshot: &'a Snapshot,
+    kind: Kind,
+    mesh: &str,
+    name: &str,
+) -> Result<&'a Entry, ApiError> {
+    snapshot.get(kind, mesh, name).ok_or_else(|| {
+        CpError::NotFound {
+            kind: model::kind_name(kind).into(),
+            mesh: mesh.into(),
+            name: name.into(),
+        }
+        .into()
+    })
+}
+
 async fn get_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -521,13 +538,7 @@ async fn get_resource(
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
-    let entry = snapshot
-        .get(kind, &mesh, &name)
-        .ok_or_else(|| CpError::NotFound {
-            kind: model::kind_name(kind).into(),
-            mesh: mesh.clone(),
-            name: name.clone(),
-        })?;
+    let entry = stored(&snapshot, kind, &mesh, &name)?;
     Ok(with_version(
         render(&headers, StatusCode::OK, &entry.resource),
         entry.version,
@@ -656,13 +667,7 @@ async fn selection(
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
-    let entry = snapshot
-        .get(kind, &mesh, &name)
-        .ok_or_else(|| CpError::NotFound {
-            kind: model::kind_name(kind).into(),
-            mesh: mesh.clone(),
-            name: name.clone(),
-        })?;
+    let entry = stored(&snapshot, kind, &mesh, &name)?;
     let (dataplanes, kernel) = crate::select::selected(&snapshot, &entry.resource);
     let selection = Selection {
         version: snapshot.version,
