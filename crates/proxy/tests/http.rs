@@ -196,17 +196,7 @@ async fn http2_requests_take_one_token_each_on_one_connection() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
     let app = upstream().await;
-    let h = Harness::start(
-        vec![dataplane(
-            "backend",
-            app.addr.port(),
-            Protocol::Http,
-            None,
-            None,
-        )],
-        ProxyOptions::default(),
-    )
-    .await;
+    let h = Harness::unlimited_http("backend", app.addr.port(), ProxyOptions::default()).await;
     let mut client = H1::connect(h.addr("backend")).await;
     let request = Request::get("/path?q=1")
         .header("host", "backend.test")
@@ -269,17 +259,7 @@ async fn upstream_down_is_503_and_the_proxy_keeps_serving() {
 #[tokio::test]
 async fn a_malformed_request_gets_400_and_the_connection_is_closed() {
     let app = upstream().await;
-    let h = Harness::start(
-        vec![dataplane(
-            "backend",
-            app.addr.port(),
-            Protocol::Http,
-            None,
-            None,
-        )],
-        ProxyOptions::default(),
-    )
-    .await;
+    let h = Harness::unlimited_http("backend", app.addr.port(), ProxyOptions::default()).await;
     let addr = h.addr("backend");
     for garbage in [
         &b"GARBAGE\r\n\r\n"[..],
@@ -309,17 +289,7 @@ async fn header_and_body_size_limits() {
         max_request_body_bytes: Some(16),
         ..ProxyOptions::default()
     };
-    let h = Harness::start(
-        vec![dataplane(
-            "backend",
-            app.addr.port(),
-            Protocol::Http,
-            None,
-            None,
-        )],
-        options,
-    )
-    .await;
+    let h = Harness::unlimited_http("backend", app.addr.port(), options).await;
     let addr = h.addr("backend");
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -363,17 +333,7 @@ async fn header_and_body_size_limits() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
     let app = upstream().await;
-    let h = Harness::start(
-        vec![dataplane(
-            "backend",
-            app.addr.port(),
-            Protocol::Http,
-            None,
-            None,
-        )],
-        ProxyOptions::default(),
-    )
-    .await;
+    let h = Harness::unlimited_http("backend", app.addr.port(), ProxyOptions::default()).await;
     let addr = h.addr("backend");
     let mut client = H1::connect(addr).await;
     let in_flight = tokio::spawn(async move { client.get("/hold").await });

@@ -168,6 +168,15 @@ impl Harness {
         }
     }
 
+    /// One HTTP inbound of `dataplane`, in front of the application on `app_port`, with no limit.
+    pub async fn unlimited_http(name: &str, app_port: u16, options: ProxyOptions) -> Harness {
+        Harness::start(
+            vec![dataplane(name, app_port, Protocol::Http, None, None)],
+            options,
+        )
+        .await
+    }
+
     /// Applies `config` and waits until the proxy has.
     pub async fn apply(&mut self, config: Vec<DataplaneLimits>) -> Status {
         let generation = self.status.borrow().generation;
