@@ -17,8 +17,6 @@
 //! owner *rebases* (moves the origin forward with [`rebase_origin`] and [`shift`]), which is how
 //! idle gaps of any length and clock values up to `u64::MAX` stay exact.
 
-use std::time::Duration;
-
 use crate::Decision;
 use crate::settings::{Refill, Settings, gcd};
 
@@ -144,18 +142,14 @@ fn smooth_step(plan: &Plan, full_at: u64, now_rel: u64) -> Step {
         let wait = plan.token - level % plan.token;
         Step::Admit {
             payload: after,
-            decision: Decision {
-                admitted: true,
-                remaining: level / plan.token,
-                next_token_in: Duration::from_nanos(wait.div_ceil(plan.rate_den)),
-            },
+            decision: Decision::from_ns(true, level / plan.token, wait.div_ceil(plan.rate_den)),
         }
     } else {
-        Step::Deny(Decision {
-            admitted: false,
-            remaining: 0,
-            next_token_in: Duration::from_nanos((after - limit).div_ceil(plan.rate_den)),
-        })
+        Step::Deny(Decision::from_ns(
+            false,
+            0,
+            (after - limit).div_ceil(plan.rate_den),
+        ))
     }
 }
 
@@ -170,22 +164,14 @@ fn interval_step(plan: &Plan, payload: u64, now_rel: u64) -> Step {
         k = k_now;
     }
     let next_top_up = (u128::from(k) + 1) * interval - u128::from(now_rel);
-    let wait = Duration::from_nanos(u64::try_from(next_top_up).unwrap_or(u64::MAX));
+    let wait_ns = u64::try_from(next_top_up).unwrap_or(u64::MAX);
     if tokens == 0 {
-        return Step::Deny(Decision {
-            admitted: false,
-            remaining: 0,
-            next_token_in: wait,
-        });
+        return Step::Deny(Decision::from_ns(false, 0, wait_ns));
     }
     let remaining = tokens - 1;
     Step::Admit {
         payload: (k << plan.tbits) | remaining,
-        decision: Decision {
-            admitted: true,
-            remaining,
-            next_token_in: wait,
-        },
+        decision: Decision::from_ns(true, remaining, wait_ns),
     }
 }
 
@@ -299,6 +285,8 @@ pub(crate) fn convert(old: &Plan, origin: u64, payload: u64, new: &Plan, now: u6
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn plan(max: u64, per_fill: u64, interval_ns: u64, refill: Refill) -> Plan {

@@ -257,7 +257,7 @@ mod tests {
 
     fn admitted_burst(bucket: &Bucket, now: u64) -> u64 {
         let mut n = 0;
-        while bucket.check(now).admitted {
+        while bucket.check(now).admitted() {
             n += 1;
         }
         n
@@ -288,14 +288,14 @@ mod tests {
     fn decisions_report_remaining_and_next_token() {
         let b = Bucket::new(settings(2, 1, Duration::from_secs(1), Refill::Smooth), 0);
         let d = b.check(0);
-        assert_eq!((d.admitted, d.remaining), (true, 1));
-        assert_eq!(d.next_token_in, Duration::from_secs(1));
+        assert_eq!((d.admitted(), d.remaining()), (true, 1));
+        assert_eq!(d.next_token_in(), Duration::from_secs(1));
         let d = b.check(250_000_000);
-        assert_eq!((d.admitted, d.remaining), (true, 0));
-        assert_eq!(d.next_token_in, Duration::from_millis(750));
+        assert_eq!((d.admitted(), d.remaining()), (true, 0));
+        assert_eq!(d.next_token_in(), Duration::from_millis(750));
         let d = b.check(300_000_000);
-        assert!(!d.admitted);
-        assert_eq!(d.next_token_in, Duration::from_millis(700));
+        assert!(!d.admitted());
+        assert_eq!(d.next_token_in(), Duration::from_millis(700));
         assert_eq!(b.peek(1_300_000_000), 1);
     }
 
@@ -353,7 +353,7 @@ mod tests {
     fn reconfigure_keeps_tokens_clamped() {
         let b = Bucket::new(settings(10, 10, Duration::from_secs(1), Refill::Smooth), 0);
         for _ in 0..3 {
-            assert!(b.check(0).admitted);
+            assert!(b.check(0).admitted());
         }
         b.reconfigure(settings(5, 1, Duration::from_secs(1), Refill::Smooth), 0);
         assert_eq!(b.peek(0), 5);

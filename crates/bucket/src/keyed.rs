@@ -328,12 +328,12 @@ mod tests {
     #[test]
     fn keys_have_independent_buckets() {
         let t = KeyedBuckets::new(settings(Refill::Smooth), 100);
-        assert!(t.check(&"a", 0).admitted);
-        assert!(t.check(&"a", 0).admitted);
-        assert!(!t.check(&"a", 0).admitted);
-        assert!(t.check(&"b", 0).admitted);
+        assert!(t.check(&"a", 0).admitted());
+        assert!(t.check(&"a", 0).admitted());
+        assert!(!t.check(&"a", 0).admitted());
+        assert!(t.check(&"b", 0).admitted());
         assert_eq!(t.len(), 2);
-        assert!(t.check(&"a", S).admitted);
+        assert!(t.check(&"a", S).admitted());
     }
 
     #[test]
@@ -342,18 +342,18 @@ mod tests {
             let t = KeyedBuckets::new(settings(refill), 4);
             assert_eq!(t.capacity(), 4);
             for k in 0..4u32 {
-                assert!(t.check(&k, 10 * S).admitted);
+                assert!(t.check(&k, 10 * S).admitted());
             }
             // Key 0 drains; keys 1..3 are idle again two seconds later.
-            assert!(t.check(&0, 10 * S).admitted);
-            assert!(t.check(&4, 12 * S).admitted);
+            assert!(t.check(&0, 10 * S).admitted());
+            assert!(t.check(&4, 12 * S).admitted());
             assert!(t.len() <= 4);
             assert!(t.evicted() >= 1);
             assert_eq!(t.evicted_while_active(), 0);
             // Key 0 kept its (refilled) bucket: 2 tokens, then none.
-            assert!(t.check(&0, 12 * S).admitted);
-            assert!(t.check(&0, 12 * S).admitted);
-            assert!(!t.check(&0, 12 * S).admitted, "{refill:?}");
+            assert!(t.check(&0, 12 * S).admitted());
+            assert!(t.check(&0, 12 * S).admitted());
+            assert!(!t.check(&0, 12 * S).admitted(), "{refill:?}");
         }
     }
 

@@ -44,7 +44,7 @@ impl ReferenceBucket {
 
     /// Takes one token if there is one.
     pub fn check(&mut self, now_ns: u64) -> bool {
-        self.decision(now_ns).admitted
+        self.decision(now_ns).admitted()
     }
 
     /// [`ReferenceBucket::check`] with the same details the engine reports.
@@ -55,11 +55,7 @@ impl ReferenceBucket {
         if admitted {
             self.amount -= one;
         }
-        Decision {
-            admitted,
-            remaining: self.whole_tokens(),
-            next_token_in: self.next_token_in(now_ns),
-        }
+        Decision::new(admitted, self.whole_tokens(), self.next_token_in(now_ns))
     }
 
     /// Whole tokens available at `now_ns`.

@@ -37,7 +37,7 @@ fn no_refill(refill: Refill) -> Settings {
 fn threads_on_one_bucket_admit_exactly_its_tokens() {
     for refill in [Refill::Smooth, Refill::Interval] {
         let bucket = Bucket::new(no_refill(refill), 1_000);
-        let admitted = hammer(|| bucket.check(1_000).admitted);
+        let admitted = hammer(|| bucket.check(1_000).admitted());
         assert_eq!(admitted, TOKENS, "{refill:?}");
         assert_eq!(bucket.peek(1_000), 0);
     }
@@ -47,7 +47,7 @@ fn threads_on_one_bucket_admit_exactly_its_tokens() {
 fn threads_on_one_key_admit_exactly_its_tokens() {
     for refill in [Refill::Smooth, Refill::Interval] {
         let table = KeyedBuckets::new(no_refill(refill), 1_000);
-        let admitted = hammer(|| table.check(&"client", 1_000).admitted);
+        let admitted = hammer(|| table.check(&"client", 1_000).admitted());
         assert_eq!(admitted, TOKENS, "{refill:?}");
         assert_eq!(table.len(), 1);
     }
@@ -70,7 +70,7 @@ fn reconfiguring_under_load_neither_loses_nor_invents_tokens() {
             }
             flips
         });
-        let admitted = hammer(|| bucket.check(1_000).admitted);
+        let admitted = hammer(|| bucket.check(1_000).admitted());
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let flips = flipper.join().unwrap();
         assert!(flips > 0);

@@ -39,7 +39,7 @@ pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
             let mut response = local(reject.status, Bytes::from_static(REJECTED_BODY));
             *response.headers_mut() = reject.headers.clone();
             if rate_limit_headers {
-                let retry_after = ceil_secs(decision.next_token_in).max(1);
+                let retry_after = ceil_secs(decision.next_token_in()).max(1);
                 let headers = response.headers_mut();
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
                 headers.insert("ratelimit-policy", reject.policy_header.clone());
@@ -62,8 +62,8 @@ pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
 pub(crate) fn rate_limit_value(decision: &Decision) -> HeaderValue {
     let value = format!(
         "\"default\";r={};t={}",
-        decision.remaining,
-        ceil_secs(decision.next_token_in)
+        decision.remaining(),
+        ceil_secs(decision.next_token_in())
     );
     HeaderValue::try_from(value).expect("digits and quotes are a valid header value")
 }

@@ -147,7 +147,7 @@ fn admit<'p>(
         return Ok(None);
     };
     let decision = http.bucket.check(ctx.clock.now_ns());
-    if decision.admitted {
+    if decision.admitted() {
         inbound.counters.http_allowed.inc();
         Ok(Some(decision))
     } else {

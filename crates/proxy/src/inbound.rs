@@ -82,7 +82,7 @@ pub(crate) async fn accept_loop(
         };
         let plan = inbound.plan.load_full();
         if let Some(bucket) = &plan.tcp
-            && !bucket.check(clock.now_ns()).admitted
+            && !bucket.check(clock.now_ns()).admitted()
         {
             inbound.counters.tcp_limited.inc();
             drop(stream);

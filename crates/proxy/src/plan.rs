@@ -239,7 +239,7 @@ mod tests {
         let first = compile(&limits, None, 0).unwrap();
         let bucket = &first.http.as_ref().unwrap().bucket;
         for _ in 0..3 {
-            assert!(bucket.check(0).admitted);
+            assert!(bucket.check(0).admitted());
         }
         let mut changed_headers = limits.clone();
         changed_headers

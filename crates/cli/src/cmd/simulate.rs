@@ -162,8 +162,8 @@ fn simulate(settings: Settings, arrivals: &[Arrival], out: &mut impl Write) -> i
     let mut admitted = 0u64;
     for arrival in arrivals {
         let decision = bucket.check(arrival.offset_ns);
-        admitted += u64::from(decision.admitted);
-        let verdict = if decision.admitted { "allow" } else { "deny" };
+        admitted += u64::from(decision.admitted());
+        let verdict = if decision.admitted() { "allow" } else { "deny" };
         writeln!(out, "{} {verdict}", arrival.text)?;
     }
     writeln!(out, "admitted {admitted} of {}", arrivals.len())
