@@ -34,6 +34,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How often a quiet watch stream sends a heartbeat line.
     pub heartbeat: Duration,
+    /// What `GET /xds` answers when the process serves xDS; without it, 404.
+    pub xds_status: Option<XdsStatusSource>,
 }
 
 impl Default for ApiConfig {
@@ -42,7 +44,19 @@ impl Default for ApiConfig {
             token: None,
             max_body_bytes: 4 * 1024 * 1024,
             heartbeat: Duration::from_secs(5),
+            xds_status: None,
         }
+    }
+}
+
+/// The state of the xDS server, as JSON, read at each `GET /xds` (the xDS server lives in
+/// another crate, which this one does not depend on).
+#[derive(Clone)]
+pub struct XdsStatusSource(pub std::sync::Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for XdsStatusSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("XdsStatusSource")
     }
 }
 
@@ -96,6 +110,7 @@ fn endpoints() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         endpoint("/status", Method::GET, status),
         endpoint("/kernel-limits", Method::GET, kernel_limits),
         endpoint("/kernel-agents/{name}/status", Method::POST, agent_status),
+        endpoint("/xds", Method::GET, xds_status),
         endpoint("/{collection}", Method::GET, list_all),
     ]
 }
@@ -771,6 +786,19 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     }
     let bytes = read_body(state, body).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// The xDS server's nodes, versions and rejections; 404 when this process serves no xDS.
+async fn xds_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(XdsStatusSource(source)) = &state.config.xds_status else {
+        return Err(ApiError::NotFound(
+            "xDS is not served: start the control plane with --xds".into(),
+        ));
+    };
+    Ok(render(&headers, StatusCode::OK, &source()))
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {

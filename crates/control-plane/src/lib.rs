@@ -19,7 +19,7 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use api::{ApiConfig, router};
+pub use api::{ApiConfig, XdsStatusSource, router};
 pub use state::{ControlPlane, CpError, Snapshot};
 
 /// The API address when none is given: loopback only.

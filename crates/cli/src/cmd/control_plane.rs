@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn serve(
     cp: ControlPlane,
-    config: ApiConfig,
+    mut config: ApiConfig,
     args: Args,
     store: PathBuf,
 ) -> anyhow::Result<ExitCode> {
@@ -133,11 +133,10 @@ async fn serve(
             ""
         }
     );
-    let token = config.token.clone();
-    let mut router = meshlimit_control_plane::router(cp.clone(), config);
     if let Some(xds) = &xds {
-        router = router.merge(xds::router(xds.handle.clone(), token));
+        config.xds_status = Some(xds::status_source(xds.handle.clone()));
     }
+    let router = meshlimit_control_plane::router(cp.clone(), config);
     let snapshots = cp.subscribe();
     let serve_xds = async move {
         match xds {

@@ -6,14 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use meshlimit_control_plane::Snapshot;
-use meshlimit_control_plane::wire::ErrorBody;
+use meshlimit_control_plane::{Snapshot, XdsStatusSource};
 use meshlimit_xds::{XdsHandle, XdsServer, XdsStatus};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -78,69 +71,15 @@ async fn follow(mut snapshots: watch::Receiver<Arc<Snapshot>>, handle: XdsHandle
     }
 }
 
-/// `GET /xds`: every Envoy node, what it was sent, acknowledged and rejected. Guarded by the
-/// API token like the rest of the API.
-pub fn router(handle: XdsHandle, token: Option<String>) -> Router {
-    Router::new()
-        .route("/xds", get(status))
-        .with_state(handle)
-        .route_layer(middleware::from_fn_with_state(
-            token.map(Arc::<str>::from),
-            authenticate,
-        ))
-}
-
-async fn status(State(handle): State<XdsHandle>) -> axum::Json<XdsStatus> {
-    axum::Json(XdsStatus {
-        nodes: handle.status(),
-    })
-}
-
-async fn authenticate(
-    State(token): State<Option<Arc<str>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-            return unauthorized();
-        }
-    }
-    next.run(request).await
-}
-
-/// The same answer the rest of the API gives without a valid token.
-fn unauthorized() -> Response {
-    let body = ErrorBody {
-        status: 401,
-        title: "Unauthorized".to_string(),
-        detail: "this control plane requires `Authorization: Bearer <token>` \
-                 (meshlimit --token or MESHLIMIT_TOKEN)"
-            .to_string(),
-        invalid_parameters: Vec::new(),
-    };
-    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// Compares without an early exit, so the time taken does not reveal a matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What `GET /xds` on the API answers (guarded by the API token like every route): every Envoy
+/// node, what it was sent, acknowledged and rejected.
+pub fn status_source(handle: XdsHandle) -> XdsStatusSource {
+    XdsStatusSource(Arc::new(move || {
+        serde_json::to_value(XdsStatus {
+            nodes: handle.status(),
+        })
+        .unwrap_or_default()
+    }))
 }
 
 #[cfg(test)]
@@ -155,12 +94,5 @@ mod tests {
         assert!(!ok("0.0.0.0:5678", false));
         assert!(!ok("10.0.0.1:5678", false));
         assert!(ok("0.0.0.0:5678", true));
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
     }
 }
