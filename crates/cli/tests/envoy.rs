@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use meshlimit_testkit::{EnvoyProcess, envoy_binary};
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
 fn meshlimit(args: &[&str]) -> Output {
@@ -17,20 +19,6 @@ fn meshlimit(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("meshlimit runs")
-}
-
-/// The Envoy binary: `MESHLIMIT_ENVOY`, else `<workspace>/.venv-envoy/bin/envoy`.
-fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("MESHLIMIT_ENVOY").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-envoy/bin/envoy"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "Envoy not found at {}: run `scripts/setup envoy` (or set MESHLIMIT_ENVOY)",
-        path.display()
-    );
-    path
 }
 
 fn bootstrap(args: &[&str]) -> String {
@@ -456,9 +444,7 @@ impl Drop for ControlPlane {
 /// An Envoy started with the bootstrap `meshlimit envoy bootstrap` prints, killed when dropped
 /// (its log is printed when the test fails).
 struct Envoy {
-    child: Child,
-    admin: SocketAddr,
-    dir: tempfile::TempDir,
+    process: EnvoyProcess,
 }
 
 impl Envoy {
@@ -471,64 +457,21 @@ impl Envoy {
             "--admin-port",
             "0",
         ]);
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = dir.path().join("bootstrap.yaml");
-        std::fs::write(&config, yaml).expect("write the bootstrap");
-        let admin_path = dir.path().join("admin-address");
-        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("a log file");
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args(["--concurrency", "1", "--log-level", "warning"])
-            // No shared memory between the Envoys of parallel tests.
-            .args(["--disable-hot-restart", "--base-id"])
-            .arg(listener_port().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start Envoy");
-        let mut envoy = Envoy {
-            child,
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dir,
-        };
-        envoy.admin = poll("Envoy's admin address", PATIENCE, || {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("Envoy exited ({status}):\n{}", envoy.log());
-            }
-            std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-        });
-        envoy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        Envoy {
+            process: EnvoyProcess::start(&yaml, listener_port(), PATIENCE),
+        }
     }
 
     /// An Envoy counter (0 when Envoy has not created it yet).
     fn counter(&self, name: &str) -> u64 {
-        let answer = http_get(self.admin, &format!("/stats?filter=^{name}$")).expect("admin");
+        let answer =
+            http_get(self.process.admin, &format!("/stats?filter=^{name}$")).expect("admin");
         answer
             .body
             .lines()
             .find_map(|line| line.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- Envoy log ---\n{}", self.log());
-        }
     }
 }
 

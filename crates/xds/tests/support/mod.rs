@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +13,7 @@ use std::time::Duration;
 use meshlimit_policy::effective::{
     DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, Protocol, Rate, RejectHeaders, TcpLimit,
 };
+use meshlimit_testkit::EnvoyProcess;
 use meshlimit_xds::{Bootstrap, XdsHandle, XdsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,27 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// How long any condition may take before a test gives up (Envoy starts in about a second).
 pub const DEADLINE: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(10);
-
-/// The Envoy binary: `MESHLIMIT_ENVOY`, else `<workspace>/.venv-envoy/bin/envoy`.
-pub fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MESHLIMIT_ENVOY") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "MESHLIMIT_ENVOY={} does not exist; run `scripts/setup envoy`",
-            path.display()
-        );
-        return path;
-    }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-envoy/bin/envoy");
-    assert!(
-        path.is_file(),
-        "Envoy not found at {} and MESHLIMIT_ENVOY is unset: run `scripts/setup envoy` \
-         (these tests need a real Envoy)",
-        path.display()
-    );
-    path
-}
 
 /// A port for Envoy to listen on. Released ports picked by binding port 0 come from the
 /// kernel's ephemeral range, where parallel tests' backends, admin listeners and outgoing
@@ -106,9 +84,8 @@ pub async fn start_xds() -> (XdsHandle, SocketAddr) {
 
 /// An Envoy process, killed when dropped.
 pub struct Envoy {
-    child: Child,
+    process: EnvoyProcess,
     pub admin: SocketAddr,
-    dir: tempfile::TempDir,
 }
 
 impl Envoy {
@@ -125,47 +102,20 @@ impl Envoy {
     }
 
     pub async fn start_with(bootstrap_yaml: &str) -> Envoy {
-        let binary = envoy_binary();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("bootstrap.yaml");
-        std::fs::write(&config, bootstrap_yaml).expect("write bootstrap");
-        let admin_path = dir.path().join("admin-address");
-        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("log file");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args(["--concurrency", "1", "--log-level", "warning"])
-            // No shared memory between the Envoys of parallel tests.
-            .args(["--disable-hot-restart", "--base-id"])
-            .arg(free_port().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start Envoy");
-        let mut envoy = Envoy {
-            child,
-            admin: "127.0.0.1:0".parse().expect("placeholder"),
-            dir,
-        };
-        let admin = eventually("Envoy's admin address", || {
-            let exited = envoy.child.try_wait().ok().flatten();
-            if let Some(status) = exited {
-                panic!("Envoy exited ({status}):\n{}", envoy.log());
-            }
-            let text = std::fs::read_to_string(&admin_path).unwrap_or_default();
-            let admin = text.trim().parse::<SocketAddr>().ok();
-            async move { admin }
-        })
-        .await;
-        envoy.admin = admin;
-        envoy
+        let yaml = bootstrap_yaml.to_string();
+        // Waiting for Envoy blocks: off the runtime, which keeps serving xDS meanwhile.
+        let process =
+            tokio::task::spawn_blocking(move || EnvoyProcess::start(&yaml, free_port(), DEADLINE))
+                .await
+                .expect("Envoy started");
+        Envoy {
+            admin: process.admin,
+            process,
+        }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+        self.process.log()
     }
 
     pub async fn admin_get(&self, path: &str) -> String {
@@ -279,16 +229,6 @@ fn find_dynamic<T>(
             if named == name { pick(item) } else { None }
         })
     })
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- Envoy log ---\n{}", self.log());
-        }
-    }
 }
 
 /// An HTTP/1.1 answer.

@@ -1,0 +1,104 @@
+//! Support shared by meshlimit's integration tests (a dev-dependency only): a real Envoy
+//! process started from a bootstrap, with its admin address discovered and its log kept for
+//! the failure message. The tests that drive Envoy (xDS server tests, and the CLI's tests
+//! against a control plane) each wrap [`EnvoyProcess`] with the checks they need.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The Envoy binary: `MESHLIMIT_ENVOY`, else `<workspace>/.venv-envoy/bin/envoy` (where
+/// `scripts/setup envoy` installs it).
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("MESHLIMIT_ENVOY").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-envoy/bin/envoy"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "Envoy not found at {}: run `scripts/setup envoy` (or set MESHLIMIT_ENVOY); these \
+         tests need a real Envoy",
+        path.display()
+    );
+    path
+}
+
+/// An Envoy process with its own working directory, killed when dropped (its log is printed
+/// when the test is failing).
+pub struct EnvoyProcess {
+    child: Child,
+    /// Envoy's admin listener.
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl EnvoyProcess {
+    /// Starts Envoy on `bootstrap_yaml` with one worker thread and waits (at most `patience`)
+    /// until its admin listener is up. `base_id` must differ between the Envoys running at once
+    /// (hot restart is off, but Envoy still names its shared memory by it).
+    pub fn start(bootstrap_yaml: &str, base_id: u16, patience: Duration) -> EnvoyProcess {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("bootstrap.yaml");
+        std::fs::write(&config, bootstrap_yaml).expect("write the bootstrap");
+        let admin_path = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("a log file");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", "1", "--log-level", "warning"])
+            .args(["--disable-hot-restart", "--base-id"])
+            .arg(base_id.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start Envoy");
+        let mut envoy = EnvoyProcess {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        envoy.admin = envoy.wait_for_admin(&admin_path, patience);
+        envoy
+    }
+
+    /// Envoy writes its admin address to a file once the admin listener is bound.
+    fn wait_for_admin(&mut self, path: &Path, patience: Duration) -> SocketAddr {
+        let step = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Envoy exited ({status}):\n{}", self.log());
+            }
+            let written = std::fs::read_to_string(path).unwrap_or_default();
+            if let Ok(admin) = written.trim().parse() {
+                return admin;
+            }
+            assert!(
+                waited < patience,
+                "Envoy's admin address: not written within {patience:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(step);
+            waited += step;
+        }
+    }
+
+    /// What Envoy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- Envoy log ---\n{}", self.log());
+        }
+    }
+}
