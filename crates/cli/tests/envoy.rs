@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use meshlimit_testkit::{EnvoyProcess, envoy_binary};
+use meshlimit_testkit::{EnvoyProcess, envoy_binary, parse_response_head};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
@@ -252,16 +252,7 @@ fn http_get(address: SocketAddr, path: &str) -> std::io::Result<Answer> {
         raw.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_response_head(&head)?;
     let length = headers
         .iter()
         .find(|(n, _)| n == "content-length")

@@ -1,7 +1,8 @@
 //! Support shared by meshlimit's integration tests (a dev-dependency only): a real Envoy
 //! process started from a bootstrap, with its admin address discovered and its log kept for
-//! the failure message. The tests that drive Envoy (xDS server tests, and the CLI's tests
-//! against a control plane) each wrap [`EnvoyProcess`] with the checks they need.
+//! the failure message, and the parsing of an HTTP/1.1 response head. The tests that drive
+//! Envoy (xDS server tests, and the CLI's tests against a control plane) each wrap
+//! [`EnvoyProcess`] with the checks they need.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,4 +102,20 @@ impl Drop for EnvoyProcess {
             eprintln!("--- Envoy log ---\n{}", self.log());
         }
     }
+}
+
+/// The status and the headers (names lower-cased, values trimmed) of an HTTP/1.1 response head:
+/// the text before the blank line.
+pub fn parse_response_head(head: &str) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers))
 }

@@ -149,9 +149,10 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     check_shadowing(&facts, &mut report);
     check_traffic(&facts, focus, &mut report);
     check_kernel(&facts, &mut report);
-    let envoys = super::diagnose_xds::connected_nodes(&client)?;
+    let xds = super::diagnose_xds::fetch(&client)?;
+    let envoys = super::diagnose_xds::connected_nodes(xds.as_ref());
     check_connections(&facts, focus, &envoys, &client, &mut report);
-    for (what, fix) in super::diagnose_xds::check(&client, focus)? {
+    for (what, fix) in super::diagnose_xds::check(xds.as_ref(), focus) {
         match fix {
             None => report.ok(what),
             Some(fix) => report.problem(what, fix),

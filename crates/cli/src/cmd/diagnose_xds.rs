@@ -10,31 +10,36 @@ use super::get::output::{block_on, explain};
 /// One check result: what was found, and the fix when it is a problem.
 pub type Finding = (String, Option<String>);
 
-/// Checks every Envoy node, or only the one of `focus` (`(mesh, dataplane)`).
-pub fn check(client: &Client, focus: Option<(&str, &str)>) -> anyhow::Result<Vec<Finding>> {
+/// `GET /xds`, read once per diagnosis; `None` when the control plane serves no xDS (404).
+pub fn fetch(client: &Client) -> anyhow::Result<Option<XdsStatus>> {
     match block_on(client.get_json::<XdsStatus>("/xds"))? {
-        Ok(status) => Ok(findings(&status, focus)),
-        Err(e) if e.status() == Some(404) => Ok(vec![(
-            "xDS not served (control plane started without --xds): no Envoy node to check"
-                .to_string(),
-            None,
-        )]),
+        Ok(status) => Ok(Some(status)),
+        Err(e) if e.status() == Some(404) => Ok(None),
         Err(e) => Err(explain(e)),
     }
 }
 
-/// The node ids of the Envoys connected over xDS now (none when xDS is not served).
-pub fn connected_nodes(client: &Client) -> anyhow::Result<Vec<String>> {
-    match block_on(client.get_json::<XdsStatus>("/xds"))? {
-        Ok(status) => Ok(status
-            .nodes
-            .into_iter()
-            .filter(|n| n.streams > 0)
-            .map(|n| n.node)
-            .collect()),
-        Err(e) if e.status() == Some(404) => Ok(Vec::new()),
-        Err(e) => Err(explain(e)),
+/// Checks every Envoy node, or only the one of `focus` (`(mesh, dataplane)`).
+pub fn check(status: Option<&XdsStatus>, focus: Option<(&str, &str)>) -> Vec<Finding> {
+    match status {
+        Some(status) => findings(status, focus),
+        None => vec![(
+            "xDS not served (control plane started without --xds): no Envoy node to check"
+                .to_string(),
+            None,
+        )],
     }
+}
+
+/// The node ids of the Envoys connected over xDS now (none when xDS is not served).
+pub fn connected_nodes(status: Option<&XdsStatus>) -> Vec<String> {
+    status
+        .map(|s| s.nodes.iter())
+        .into_iter()
+        .flatten()
+        .filter(|n| n.streams > 0)
+        .map(|n| n.node.clone())
+        .collect()
 }
 
 fn findings(status: &XdsStatus, focus: Option<(&str, &str)>) -> Vec<Finding> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use meshlimit_policy::effective::{
     DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, Protocol, Rate, RejectHeaders, TcpLimit,
 };
-use meshlimit_testkit::EnvoyProcess;
+use meshlimit_testkit::{EnvoyProcess, parse_response_head};
 use meshlimit_xds::{Bootstrap, XdsHandle, XdsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -272,16 +272,7 @@ pub async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<HttpRe
         raw.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers) = parse_response_head(&head)?;
     let value = |name: &str| {
         headers
             .iter()
