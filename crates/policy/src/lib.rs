@@ -17,6 +17,7 @@ mod parse;
 mod problem;
 mod set;
 mod tree;
+pub mod watch;
 
 pub use effective::{
     DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, KernelLimit, Protocol, Rate,

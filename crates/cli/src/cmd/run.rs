@@ -42,6 +42,7 @@ use meshlimit_control_plane::{
 };
 use meshlimit_kernel::LimiterOptions;
 use meshlimit_policy::effective::DataplaneLimits;
+use meshlimit_policy::watch::Watcher;
 use meshlimit_proxy::{Admin, Proxy, ProxyOptions};
 use tokio::sync::watch;
 
@@ -132,7 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut seeded = None;
     if let Some(dir) = &args.resources {
-        let before_load = directory::fingerprint(dir);
+        // Taken before the load, so that an edit made while loading is still noticed.
+        let watcher = Watcher::new(dir);
         let mut directory = Directory::new(dir, &store);
         let result = directory.load(&cp).map_err(|problems| {
             anyhow::anyhow!("{} does not validate:\n{problems}", dir.display())
@@ -142,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             dir.display(),
             directory::summary(&result)
         );
-        seeded = Some((directory, before_load));
+        seeded = Some((directory, watcher));
     }
 
     let kernel = if args.no_kernel {
@@ -219,7 +221,7 @@ async fn serve(
     args: &Args,
     cp: ControlPlane,
     token: Option<String>,
-    seeded: Option<(Directory, directory::Fingerprint)>,
+    seeded: Option<(Directory, Watcher)>,
     kernel: Option<Kernel>,
     store: &Path,
 ) -> anyhow::Result<()> {
@@ -340,12 +342,12 @@ async fn serve(
     };
 
     let stop_watching = Arc::new(AtomicBool::new(false));
-    if let Some((directory, loaded)) = seeded {
+    if let Some((directory, watcher)) = seeded {
         let (cp, stop) = (cp.clone(), Arc::clone(&stop_watching));
         let interval = args.watch_interval;
         std::thread::Builder::new()
             .name("resource-watch".into())
-            .spawn(move || directory::follow(directory, loaded, interval, &cp, &stop))
+            .spawn(move || directory::follow(directory, watcher, interval, &cp, &stop))
             .context("starting the resource watcher")?;
     }
 

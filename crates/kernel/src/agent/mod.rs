@@ -5,7 +5,6 @@
 
 mod admin;
 mod handle;
-mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,7 +113,7 @@ pub fn run(
         destinations: destinations(&limits),
     });
 
-    let mut watcher = watch::Watcher::new(&config.resources);
+    let mut watcher = meshlimit_policy::watch::Watcher::new(&config.resources);
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(config.poll);
         if !watcher.settled_change() {

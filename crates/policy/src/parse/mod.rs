@@ -124,6 +124,15 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Parsed, Vec<Problem>> {
     }
 }
 
+/// Whether `load_paths` reads `path` when it lies in a given directory: a `*.yaml` / `*.yml` file.
+pub(crate) fn is_resource_file(path: &Path) -> bool {
+    path.is_file()
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
+}
+
 /// Reads files, and directories (every `*.yaml` / `*.yml` directly inside, in name order).
 /// All problems of all files are returned together.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Parsed, Vec<Problem>> {
@@ -136,13 +145,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Parsed, Vec<Problem>> {
                 Ok(entries) => {
                     let mut found: Vec<PathBuf> = entries
                         .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| {
-                            p.is_file()
-                                && matches!(
-                                    p.extension().and_then(|e| e.to_str()),
-                                    Some("yaml" | "yml")
-                                )
-                        })
+                        .filter(|p| is_resource_file(p))
                         .collect();
                     found.sort();
                     if found.is_empty() {

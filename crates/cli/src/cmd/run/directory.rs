@@ -6,11 +6,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use meshlimit_control_plane::store::Key;
 use meshlimit_control_plane::wire::{Action, WriteResult};
 use meshlimit_control_plane::{ControlPlane, CpError, model};
+use meshlimit_policy::watch::Watcher;
 use meshlimit_policy::{Problem, load_paths};
 
 /// A resource directory and what it has put in the store.
@@ -135,28 +136,16 @@ pub fn lines(problems: &[Problem]) -> String {
 /// one interval (editors write in several steps). Runs on its own thread until `stop`.
 pub fn follow(
     mut directory: Directory,
-    loaded: Fingerprint,
+    mut watcher: Watcher,
     interval: Duration,
     cp: &ControlPlane,
     stop: &std::sync::atomic::AtomicBool,
 ) {
-    let mut applied = loaded;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(interval);
-        let mut seen = fingerprint(directory.path());
-        if seen == applied {
+        if !watcher.settled_change() {
             continue;
         }
-        // Debounce: wait until two looks in a row agree.
-        loop {
-            std::thread::sleep(interval);
-            let again = fingerprint(directory.path());
-            if again == seen {
-                break;
-            }
-            seen = again;
-        }
-        applied = seen;
         match directory.load(cp) {
             Ok(result) => tracing::info!(
                 "{} changed: {}",
@@ -170,29 +159,6 @@ pub fn follow(
             ),
         }
     }
-}
-
-/// Name, size and modification time of the resource file, or of every file directly inside
-/// the resource directory (where `load_paths` looks), sorted.
-pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
-pub fn fingerprint(path: &Path) -> Fingerprint {
-    let mut files: Fingerprint = match std::fs::read_dir(path) {
-        Ok(entries) => entries
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| {
-                let metadata = std::fs::metadata(entry.path()).ok()?; // follows symlinks
-                metadata
-                    .is_file()
-                    .then(|| (entry.path(), metadata.len(), metadata.modified().ok()))
-            })
-            .collect(),
-        Err(_) => std::fs::metadata(path)
-            .map(|m| vec![(path.to_path_buf(), m.len(), m.modified().ok())])
-            .unwrap_or_default(),
-    };
-    files.sort();
-    files
 }
 
 #[cfg(test)]

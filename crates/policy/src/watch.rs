@@ -1,19 +1,22 @@
-//! Notices edits to the resources by polling names, sizes and modification times: portable,
-//! no inotify limits, and cheap for a directory of policy files.
+//! Notices edits to resource files by polling names, sizes and modification times: portable,
+//! no inotify limits, and cheap for a directory of policy files. Watches exactly the files
+//! [`crate::load_paths`] reads. Used by `meshlimit run` and `meshlimit agent`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+use crate::parse::is_resource_file;
 
-pub(crate) struct Watcher {
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+pub struct Watcher {
     path: PathBuf,
     applied: Fingerprint,
     pending: Option<Fingerprint>,
 }
 
 impl Watcher {
-    pub(crate) fn new(path: &Path) -> Watcher {
+    pub fn new(path: &Path) -> Watcher {
         Watcher {
             path: path.to_owned(),
             applied: fingerprint(path),
@@ -23,7 +26,7 @@ impl Watcher {
 
     /// True once the resources differ from what was last applied and have not changed since
     /// the previous call (a debounce of one poll period). The caller then reloads.
-    pub(crate) fn settled_change(&mut self) -> bool {
+    pub fn settled_change(&mut self) -> bool {
         let now = fingerprint(&self.path);
         if now == self.applied {
             self.pending = None;
@@ -64,14 +67,6 @@ fn fingerprint(path: &Path) -> Fingerprint {
         .collect();
     print.sort();
     print
-}
-
-fn is_resource_file(path: &Path) -> bool {
-    path.is_file()
-        && matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        )
 }
 
 #[cfg(test)]
