@@ -584,7 +584,7 @@ spec:
             .cloned()
             .unwrap();
         let http = limits.inbounds[0].http.as_ref().unwrap();
-        assert_eq!(http.request_rate.num, 10);
+        assert_eq!(http.request_rate.num().get(), 10);
 
         // One good document and one bad one: nothing of the apply is stored.
         let bad = policy("other", 0);
@@ -731,7 +731,7 @@ spec:
             .http
             .clone()
             .unwrap();
-        assert_eq!(http.request_rate.num, 2);
+        assert_eq!(http.request_rate.num().get(), 2);
     }
 
     #[test]

@@ -161,9 +161,8 @@ fn limit(addr: SocketAddr, max_tokens: u64) -> KernelLimit {
         service: "bench".into(),
         address: addr.ip().to_string(),
         port: addr.port(),
-        max_tokens,
-        tokens_per_fill: 1,
-        fill_interval_ns: 3_600_000_000_000,
+        bucket: meshlimit_policy::TokenBucket::new(max_tokens, 1, 3_600_000_000_000)
+            .expect("valid bucket"),
     }
 }
 

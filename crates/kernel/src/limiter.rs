@@ -12,7 +12,7 @@ use meshlimit_policy::effective::KernelLimit;
 use serde::{Deserialize, Serialize};
 
 use crate::error::KernelError;
-use crate::limits::{self, DestKeyOrd, Entry};
+use crate::limits::{self, DestKeyOrd, Destination};
 use crate::shared::{BucketKey, BucketSettings, BucketState, DestCounters, DestKey, counter};
 use crate::stats::{Counters, DestinationStats, tokens_at};
 use crate::system;
@@ -60,7 +60,7 @@ pub struct KernelLimiter {
     state: HashMap<MapData, BucketKey, BucketState>,
     counters: PerCpuArray<MapData, u64>,
     dest_counters: PerCpuHashMap<MapData, DestKey, DestCounters>,
-    current: BTreeMap<DestKeyOrd, Entry>,
+    current: BTreeMap<DestKeyOrd, Destination>,
     // Owns the programs and their links: dropping it detaches them. Declared last so the maps
     // above are closed first.
     _ebpf: Ebpf,

@@ -13,26 +13,10 @@ use crate::shared::{BucketSettings, DestKey};
 pub enum LimitError {
     #[error("service {service}: address {address:?} is not an IPv4 or IPv6 address")]
     Address { service: String, address: String },
-    #[error("service {service} ({destination}): {field} must be greater than 0")]
-    Zero {
-        service: String,
-        destination: SocketAddr,
-        field: &'static str,
-    },
     #[error("service {service} ({destination}): port must not be 0")]
     Port {
         service: String,
         destination: SocketAddr,
-    },
-    #[error(
-        "service {service} ({destination}): {tokens_per_fill} tokens every {fill_interval_ns} ns \
-         is too high a rate to enforce (at most one token per nanosecond)"
-    )]
-    Rate {
-        service: String,
-        destination: SocketAddr,
-        tokens_per_fill: u64,
-        fill_interval_ns: u64,
     },
     #[error(
         "{destination} is limited twice with different settings (services {first} and {second})"
@@ -46,7 +30,7 @@ pub enum LimitError {
 
 /// One validated limit, ready for the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub(crate) struct Destination {
     pub service: String,
     pub ip: IpAddr,
     pub port: u16,
@@ -57,8 +41,8 @@ pub(crate) struct Entry {
 /// Identical duplicates (the same service listed twice) collapse into one.
 pub(crate) fn validate(
     limits: &[KernelLimit],
-) -> Result<BTreeMap<DestKeyOrd, Entry>, Vec<LimitError>> {
-    let mut entries: BTreeMap<DestKeyOrd, Entry> = BTreeMap::new();
+) -> Result<BTreeMap<DestKeyOrd, Destination>, Vec<LimitError>> {
+    let mut entries: BTreeMap<DestKeyOrd, Destination> = BTreeMap::new();
     let mut problems = Vec::new();
     for limit in limits {
         match validate_one(limit) {
@@ -88,7 +72,7 @@ pub(crate) fn validate(
     }
 }
 
-fn validate_one(limit: &KernelLimit) -> Result<Entry, LimitError> {
+fn validate_one(limit: &KernelLimit) -> Result<Destination, LimitError> {
     let ip: IpAddr = limit
         .address
         .trim()
@@ -100,48 +84,18 @@ fn validate_one(limit: &KernelLimit) -> Result<Entry, LimitError> {
     // `::ffff:a.b.c.d` is the IPv4 destination a.b.c.d (see `DestKey::new`).
     let ip = ip.to_canonical();
     let destination = SocketAddr::new(ip, limit.port);
-    let zero = |field| LimitError::Zero {
-        service: limit.service.clone(),
-        destination,
-        field,
-    };
     if limit.port == 0 {
         return Err(LimitError::Port {
             service: limit.service.clone(),
             destination,
         });
     }
-    if limit.max_tokens == 0 {
-        return Err(zero("maxTokens"));
-    }
-    if limit.tokens_per_fill == 0 {
-        return Err(zero("tokensPerFill"));
-    }
-    if limit.fill_interval_ns == 0 {
-        return Err(zero("fillInterval"));
-    }
-    // The program counts tokens earned since a bucket was made in 63 bits; bound the rate so
-    // that a century of uptime fits.
-    const CENTURY_NS: u128 = 100 * 365 * 24 * 3600 * 1_000_000_000;
-    let earned = u128::from(limit.max_tokens)
-        + u128::from(limit.tokens_per_fill) * (CENTURY_NS / u128::from(limit.fill_interval_ns));
-    if earned >= 1 << 63 || limit.tokens_per_fill > limit.fill_interval_ns {
-        return Err(LimitError::Rate {
-            service: limit.service.clone(),
-            destination,
-            tokens_per_fill: limit.tokens_per_fill,
-            fill_interval_ns: limit.fill_interval_ns,
-        });
-    }
-    Ok(Entry {
+    Ok(Destination {
         service: limit.service.clone(),
         ip,
         port: limit.port,
-        settings: BucketSettings {
-            max_tokens: limit.max_tokens,
-            tokens_per_fill: limit.tokens_per_fill,
-            fill_interval_ns: limit.fill_interval_ns,
-        },
+        // The policy engine built the bucket within what the program can count.
+        settings: BucketSettings::from(limit.bucket),
     })
 }
 
@@ -163,7 +117,7 @@ impl PartialOrd for DestKeyOrd {
 
 /// The map changes that take the kernel from `current` to `wanted`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
+pub(crate) struct MapChanges {
     /// New destinations: counters created, then settings written.
     pub add: Vec<DestKeyOrd>,
     /// Destinations whose settings changed: settings rewritten, buckets kept (tokens clamped).
@@ -174,10 +128,10 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn plan(
-    current: &BTreeMap<DestKeyOrd, Entry>,
-    wanted: &BTreeMap<DestKeyOrd, Entry>,
-) -> Plan {
-    let mut plan = Plan::default();
+    current: &BTreeMap<DestKeyOrd, Destination>,
+    wanted: &BTreeMap<DestKeyOrd, Destination>,
+) -> MapChanges {
+    let mut plan = MapChanges::default();
     for (key, entry) in wanted {
         match current.get(key) {
             None => plan.add.push(*key),
@@ -209,34 +163,17 @@ mod tests {
             service: service.to_owned(),
             address: address.to_owned(),
             port,
-            max_tokens: max,
-            tokens_per_fill: per_fill,
-            fill_interval_ns: interval,
+            bucket: meshlimit_policy::TokenBucket::new(max, per_fill, interval)
+                .expect("a valid bucket"),
         }
     }
 
     #[test]
-    fn zero_settings_are_rejected_with_the_field_name() {
-        let problems = validate(&[
-            limit("a", "10.0.0.1", 80, 0, 1, 1),
-            limit("b", "10.0.0.1", 81, 1, 0, 1),
-            limit("c", "fd00::1", 82, 1, 1, 0),
-            limit("d", "10.0.0.1", 0, 1, 1, 1),
-            limit("e", "10.0.0.1", 83, 5, 2, 1),
-        ])
-        .unwrap_err();
+    fn port_zero_is_rejected_with_the_destination() {
+        // Zero or too fast buckets cannot reach here: the policy engine refuses to build them.
+        let problems = validate(&[limit("d", "10.0.0.1", 0, 1, 1, 1)]).unwrap_err();
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            text,
-            [
-                "service a (10.0.0.1:80): maxTokens must be greater than 0",
-                "service b (10.0.0.1:81): tokensPerFill must be greater than 0",
-                "service c ([fd00::1]:82): fillInterval must be greater than 0",
-                "service d (10.0.0.1:0): port must not be 0",
-                "service e (10.0.0.1:83): 2 tokens every 1 ns is too high a rate to enforce (at most \
-                 one token per nanosecond)",
-            ]
-        );
+        assert_eq!(text, ["service d (10.0.0.1:0): port must not be 0"]);
     }
 
     #[test]
@@ -288,6 +225,6 @@ mod tests {
         assert_eq!(ips(&plan.add), ["fd00::1"]);
         assert_eq!(ips(&plan.change), ["10.0.0.1"]);
         assert_eq!(ips(&plan.remove), ["10.0.0.2"]);
-        assert_eq!(super::plan(&wanted, &wanted), Plan::default());
+        assert_eq!(super::plan(&wanted, &wanted), MapChanges::default());
     }
 }

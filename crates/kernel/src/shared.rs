@@ -70,6 +70,16 @@ pub struct BucketSettings {
     pub fill_interval_ns: u64,
 }
 
+impl From<meshlimit_policy::TokenBucket> for BucketSettings {
+    fn from(bucket: meshlimit_policy::TokenBucket) -> BucketSettings {
+        BucketSettings {
+            max_tokens: bucket.max_tokens(),
+            tokens_per_fill: bucket.tokens_per_fill(),
+            fill_interval_ns: bucket.fill_interval_ns(),
+        }
+    }
+}
+
 /// A bucket's state (see `struct bucket_state` in the program for why it has this shape):
 /// tokens are `min(max, initial_tokens + n * tokens_per_fill - consumed)` where `n` is the
 /// number of whole intervals since `origin_ns`. Only `consumed` changes after creation.

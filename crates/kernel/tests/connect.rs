@@ -321,12 +321,17 @@ fn invalid_settings_are_refused_and_change_nothing() {
         .unwrap();
     let err = sb
         .limiter
-        .set_limits(&[limit("web", addr, 5, 1, 0)])
+        .set_limits(&[
+            limit("web", addr, 5, 1, HOUR_NS),
+            limit("api", addr, 6, 1, HOUR_NS),
+        ])
         .unwrap_err();
+    // (A bucket of zero tokens or interval cannot even be built: the policy engine refuses it.)
     assert_eq!(
         err.to_string(),
         format!(
-            "invalid limits: service web (127.0.0.1:{}): fillInterval must be greater than 0",
+            "invalid limits: 127.0.0.1:{} is limited twice with different settings (services \
+             web and api)",
             addr.port()
         )
     );

@@ -1,24 +1,9 @@
 //! What one data-plane instance enforces, after matching and merging: the output of the
 //! policy engine and the input of every data path (proxy, kernel agent, xDS).
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-/// A rate `{num, interval}`: a token bucket with `max_tokens = tokens_per_fill = num`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Rate {
-    pub num: u32,
-    /// Serialized as a Go-style duration string (`"10s"`, `"1m30s"`, `"500ms"`).
-    #[serde(with = "crate::duration::serde_go")]
-    pub interval: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct HeaderValue {
-    pub name: String,
-    pub value: String,
-}
+pub use crate::quota::{HeaderValue, Quota, Rate, RejectStatus, TokenBucket};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RejectHeaders {
@@ -34,7 +19,7 @@ pub struct RejectHeaders {
 pub struct HttpLimit {
     pub request_rate: Rate,
     /// 429 when the policy leaves it unset.
-    pub status: u16,
+    pub status: RejectStatus,
     pub headers: RejectHeaders,
 }
 
@@ -67,16 +52,53 @@ pub struct InboundLimits {
     pub policies: Vec<String>,
 }
 
-/// A `RateLimit` rule resolved to one destination (an inbound of some Dataplane).
+/// A `RateLimit` rule resolved to one destination (an inbound of some Dataplane). On the wire
+/// the bucket's fields sit beside the destination's (`maxTokens`, `tokensPerFill`,
+/// `fillIntervalNs`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "KernelLimitForm", into = "KernelLimitForm")]
 pub struct KernelLimit {
     pub service: String,
     pub address: String,
     pub port: u16,
-    pub max_tokens: u64,
-    pub tokens_per_fill: u64,
-    pub fill_interval_ns: u64,
+    pub bucket: TokenBucket,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KernelLimitForm {
+    service: String,
+    address: String,
+    port: u16,
+    max_tokens: u64,
+    tokens_per_fill: u64,
+    fill_interval_ns: u64,
+}
+
+impl From<KernelLimit> for KernelLimitForm {
+    fn from(l: KernelLimit) -> KernelLimitForm {
+        KernelLimitForm {
+            max_tokens: l.bucket.max_tokens(),
+            tokens_per_fill: l.bucket.tokens_per_fill(),
+            fill_interval_ns: l.bucket.fill_interval_ns(),
+            service: l.service,
+            address: l.address,
+            port: l.port,
+        }
+    }
+}
+
+impl TryFrom<KernelLimitForm> for KernelLimit {
+    type Error = crate::quota::QuotaError;
+
+    fn try_from(f: KernelLimitForm) -> Result<KernelLimit, Self::Error> {
+        Ok(KernelLimit {
+            bucket: TokenBucket::new(f.max_tokens, f.tokens_per_fill, f.fill_interval_ns)?,
+            service: f.service,
+            address: f.address,
+            port: f.port,
+        })
+    }
 }
 
 /// Everything one Dataplane enforces. Serialized, this is the JSON of `meshlimit inspect -o json`

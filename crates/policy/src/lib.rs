@@ -15,13 +15,13 @@ pub mod model;
 pub mod matching;
 mod parse;
 mod problem;
+pub mod quota;
 mod set;
 mod tree;
 pub mod watch;
 
 pub use effective::{
-    DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, KernelLimit, Protocol, Rate,
-    RejectHeaders, TcpLimit,
+    DataplaneLimits, HttpLimit, InboundLimits, KernelLimit, Protocol, RejectHeaders, TcpLimit,
 };
 pub use matching::Source;
 pub use model::{Form, Kind, Resource, UnknownKind};
@@ -29,4 +29,5 @@ pub use parse::{
     MAX_FILE_BYTES, MAX_FLOW_DEPTH, MESH_LABEL, Origin, Parsed, load_paths, parse_documents,
 };
 pub use problem::Problem;
+pub use quota::{HeaderValue, Quota, QuotaError, Rate, RejectStatus, TokenBucket};
 pub use set::{ResourceSet, SourceLimits};

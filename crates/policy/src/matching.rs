@@ -15,6 +15,7 @@ use crate::effective::{HttpLimit, Protocol, RejectHeaders, TcpLimit};
 use crate::model::{
     Conf, Dataplane, Inbound, Local, Match, MatchType, MeshRateLimit, TargetRef, TargetRefKind,
 };
+use crate::quota::RejectStatus;
 
 /// Whether a top-level targetRef selects this inbound of this Dataplane.
 pub fn selects(target: &TargetRef, dp: &Dataplane, inbound: &Inbound) -> bool {
@@ -162,7 +163,7 @@ pub fn enforced(conf: &Conf, protocol: Protocol) -> (Option<HttpLimit>, Option<T
             let headers = orl.headers.unwrap_or_default();
             Some(HttpLimit {
                 request_rate: h.request_rate?,
-                status: orl.status.unwrap_or(429),
+                status: orl.status.unwrap_or(RejectStatus::DEFAULT),
                 headers: RejectHeaders {
                     set: headers.set.unwrap_or_default(),
                     add: headers.add.unwrap_or_default(),

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use crate::effective::{DataplaneLimits, InboundLimits, KernelLimit};
 use crate::matching::{self, Source};
 use crate::model::{
-    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource, TokenBucketRule,
+    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource,
 };
 use crate::parse::{Origin, Parsed};
 use crate::problem::Problem;
+use crate::quota::TokenBucket;
 
 /// Validated resources that are consistent with each other: names are unique per kind and
 /// mesh, every mesh referred to exists, no service has two kernel rate limits, and no
@@ -190,9 +191,7 @@ impl ResourceSet {
                                     .clone()
                                     .unwrap_or_else(|| dp.networking.address.clone()),
                                 port: inbound.port,
-                                max_tokens: rule.max_tokens,
-                                tokens_per_fill: rule.tokens_per_fill,
-                                fill_interval_ns: rule.fill_interval,
+                                bucket: *rule,
                             });
                         }
                     }
@@ -337,7 +336,7 @@ struct DestinationLimit<'a> {
     mesh: &'a str,
     service: &'a str,
     dataplane: &'a str,
-    rule: TokenBucketRule,
+    rule: TokenBucket,
 }
 
 /// The kernel keeps one token bucket per destination address and port, whatever the mesh or
@@ -410,10 +409,12 @@ fn destination_conflict(
     } else {
         format!("{address}:{port}")
     };
-    let settings = |r: &TokenBucketRule| {
+    let settings = |r: &TokenBucket| {
         format!(
             "maxTokens {}, tokensPerFill {}, fillInterval {}",
-            r.max_tokens, r.tokens_per_fill, r.fill_interval
+            r.max_tokens(),
+            r.tokens_per_fill(),
+            r.fill_interval_ns()
         )
     };
     Problem::new(

@@ -70,7 +70,7 @@ fn inbound(set: &ResourceSet, dp: &str, port: u16) -> InboundLimits {
 }
 
 fn http_num(i: &InboundLimits) -> Option<u32> {
-    i.http.as_ref().map(|h| h.request_rate.num)
+    i.http.as_ref().map(|h| h.request_rate.num().get())
 }
 
 struct Case {
@@ -320,20 +320,14 @@ fn merge_is_field_by_field() {
     let h = i.http.expect("http");
     assert_eq!(
         h.request_rate,
-        Rate {
-            num: 10,
-            interval: Duration::from_secs(2)
-        }
+        Rate::new(10, Duration::from_secs(2)).expect("valid rate")
     );
     assert_eq!(h.status, 503);
     assert_eq!(
         h.headers.add,
-        vec![HeaderValue {
-            name: "x-a".into(),
-            value: "1".into()
-        }]
+        vec![HeaderValue::new("x-a", "1").expect("valid header")]
     );
-    assert_eq!(i.tcp.expect("tcp").connection_rate.num, 7);
+    assert_eq!(i.tcp.expect("tcp").connection_rate.num().get(), 7);
 }
 
 #[test]
@@ -353,17 +347,11 @@ fn header_lists_are_replaced_whole_and_set_and_add_separately() {
     let h = inbound(&set, "dp-1", 8080).http.expect("http");
     assert_eq!(
         h.headers.set,
-        vec![HeaderValue {
-            name: "x-z".into(),
-            value: "z".into()
-        }]
+        vec![HeaderValue::new("x-z", "z").expect("valid header")]
     );
     assert_eq!(
         h.headers.add,
-        vec![HeaderValue {
-            name: "x-c".into(),
-            value: "c".into()
-        }]
+        vec![HeaderValue::new("x-c", "c").expect("valid header")]
     );
     assert_eq!(h.status, 429, "status defaults to 429");
 }
@@ -385,10 +373,7 @@ fn rates_are_replaced_whole() {
     let h = inbound(&set, "dp-1", 8080).http.expect("http");
     assert_eq!(
         h.request_rate,
-        Rate {
-            num: 3,
-            interval: Duration::from_secs(1)
-        }
+        Rate::new(3, Duration::from_secs(1)).expect("valid rate")
     );
 }
 
@@ -449,7 +434,7 @@ spec:
 "#;
     let i = inbound(&set(&[yaml.to_string()]), "dp-1", 8080);
     let h = i.http.expect("http");
-    assert_eq!((h.request_rate.num, h.status), (2, 503));
+    assert_eq!((h.request_rate.num().get(), h.status.as_u16()), (2, 503));
 }
 
 #[test]
@@ -467,7 +452,11 @@ fn http_limits_need_an_http_inbound_and_tcp_limits_apply_everywhere() {
     ] {
         let i = inbound(&s, dp, port);
         assert_eq!(i.http.is_some(), protocol_is_http, "{dp}:{port}");
-        assert_eq!(i.tcp.map(|t| t.connection_rate.num), Some(2), "{dp}:{port}");
+        assert_eq!(
+            i.tcp.map(|t| t.connection_rate.num().get()),
+            Some(2),
+            "{dp}:{port}"
+        );
     }
     // A policy with only an onRateLimit (no rate) enforces nothing.
     let s = set(&[policy(
@@ -504,7 +493,7 @@ spec:
     // The per-inbound limit is the catch-all one.
     let i = inbound(&s, "dp-1", 8080);
     assert_eq!(
-        (http_num(&i), i.http.as_ref().map(|h| h.status)),
+        (http_num(&i), i.http.as_ref().map(|h| h.status.as_u16())),
         (Some(1), Some(420))
     );
 
@@ -518,9 +507,9 @@ spec:
             .expect("inbound");
         let h = i.http.expect("http");
         (
-            h.request_rate.num,
-            h.status,
-            i.tcp.map(|t| t.connection_rate.num),
+            h.request_rate.num().get(),
+            h.status.as_u16(),
+            i.tcp.map(|t| t.connection_rate.num().get()),
         )
     };
     // Unmatched source: the catch-all.
@@ -544,7 +533,15 @@ spec:
     let listed = s.source_limits("default", "dp-1");
     let nums: Vec<u32> = listed
         .iter()
-        .map(|l| l.limits.http.as_ref().expect("http").request_rate.num)
+        .map(|l| {
+            l.limits
+                .http
+                .as_ref()
+                .expect("http")
+                .request_rate
+                .num()
+                .get()
+        })
         .collect();
     assert_eq!(
         nums,

@@ -116,8 +116,13 @@ fn huge_numbers_are_errors() {
             "{v}"
         );
     }
-    // The largest u64 is a valid (if silly) bucket size.
-    assert!(parse_documents("in.yaml", &rule("18446744073709551615")).is_ok());
+    // The largest u64 is a number, but not a bucket any data path can hold: refused where it
+    // is written, so that validation never accepts what the kernel would refuse. 2^40 is the
+    // largest bucket.
+    let problems = rejected(&rule("18446744073709551615"));
+    assert_eq!(problems[0].path, "spec.rules[0].maxTokens", "{problems:#?}");
+    assert!(problems[0].message.contains("too large"), "{problems:#?}");
+    assert!(parse_documents("in.yaml", &rule("1099511627776")).is_ok());
 
     let mrl = |num: &str, interval: &str| {
         format!(

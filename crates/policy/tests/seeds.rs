@@ -50,18 +50,12 @@ fn http_seed_limits_backend_to_5_per_10s_with_423_and_a_header() {
         let http = inbound.http.as_ref().expect("an HTTP limit");
         assert_eq!(
             http.request_rate,
-            Rate {
-                num: 5,
-                interval: Duration::from_secs(10)
-            }
+            Rate::new(5, Duration::from_secs(10)).expect("valid rate")
         );
         assert_eq!(http.status, 423);
         assert_eq!(
             http.headers.set,
-            vec![HeaderValue {
-                name: "x-kuma-rate-limited".into(),
-                value: "true".into()
-            }]
+            vec![HeaderValue::new("x-kuma-rate-limited", "true").expect("valid header")]
         );
         assert!(http.headers.add.is_empty());
         assert_eq!(inbound.tcp, None);
@@ -81,10 +75,7 @@ fn tcp_seed_limits_backend_connections_to_5_per_10s() {
         let tcp = limits.inbounds[0].tcp.as_ref().expect("a TCP limit");
         assert_eq!(
             tcp.connection_rate,
-            Rate {
-                num: 5,
-                interval: Duration::from_secs(10)
-            }
+            Rate::new(5, Duration::from_secs(10)).expect("valid rate")
         );
         assert_eq!(limits.inbounds[0].http, None);
     }
@@ -131,9 +122,9 @@ networking:
                 k.service.clone(),
                 k.address.clone(),
                 k.port,
-                k.max_tokens,
-                k.tokens_per_fill,
-                k.fill_interval_ns,
+                k.bucket.max_tokens(),
+                k.bucket.tokens_per_fill(),
+                k.bucket.fill_interval_ns(),
             )
         })
         .collect();

@@ -23,7 +23,7 @@ use crate::error::{
 };
 use crate::inbound::Inbound;
 use crate::options::ProxyOptions;
-use crate::plan::Plan;
+use crate::plan::InboundPlan;
 
 /// What the application receives as a request body: the client's, cut at the size limit.
 type UpstreamBody = Limited<Incoming>;
@@ -138,7 +138,7 @@ async fn handle(
 
 /// Phase 1: take one token from the inbound's bucket, if it has one.
 fn admit<'p>(
-    plan: &'p Plan,
+    plan: &'p InboundPlan,
     inbound: &Inbound,
     ctx: &HttpContext,
 ) -> Result<Option<Decision>, RequestError<'p>> {
@@ -177,7 +177,7 @@ fn check_body(
 /// send it as `:authority`), drop hop-by-hop headers, cap the body.
 fn to_upstream(
     request: Request<Incoming>,
-    plan: &Plan,
+    plan: &InboundPlan,
     body_limit: Option<u64>,
 ) -> Request<UpstreamBody> {
     let (mut parts, body) = request.into_parts();

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{self, HttpContext};
-use crate::plan::Plan;
+use crate::plan::InboundPlan;
 use crate::tcp;
 
 /// Which inbound of which Dataplane. Its listener lives as long as the key stays configured
@@ -53,7 +53,7 @@ pub(crate) struct Inbound {
     pub key: InboundKey,
     pub local_addr: SocketAddr,
     pub counters: Counters,
-    pub plan: ArcSwap<Plan>,
+    pub plan: ArcSwap<InboundPlan>,
     /// Cancelled when the inbound is removed or the proxy shuts down.
     pub stop: CancellationToken,
 }

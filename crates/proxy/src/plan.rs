@@ -6,13 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::uri::Authority;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use meshlimit_bucket::{Bucket, Refill, Settings, SettingsError};
-use meshlimit_policy::effective::{InboundLimits, Protocol, Rate};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use meshlimit_bucket::{Bucket, Settings};
+use meshlimit_policy::effective::{HttpLimit, InboundLimits, Protocol, Rate};
 
 /// An inbound's compiled limits. Immutable; a configuration change swaps in a new one.
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) struct InboundPlan {
     pub protocol: Protocol,
     /// The application: `127.0.0.1:servicePort`.
     pub upstream: SocketAddr,
@@ -40,81 +40,43 @@ pub(crate) struct RejectTemplate {
 /// Body of a rejected request, as Envoy's local rate limit sends it.
 pub(crate) const REJECTED_BODY: &[u8] = b"local_rate_limited";
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PlanError {
-    #[error("{which} rate {num}/{interval:?} is not a valid token bucket: {source}")]
-    Rate {
-        which: &'static str,
-        num: u32,
-        interval: std::time::Duration,
-        source: SettingsError,
-    },
-    #[error("onRateLimit.status {0} is not an HTTP status code")]
-    Status(u16),
-    #[error("onRateLimit header {name:?}: {reason}")]
-    Header { name: String, reason: String },
-}
-
 /// Compiles one inbound. Buckets of `previous` are reused: unchanged settings keep their tokens
 /// as they are; changed settings are applied with `reconfigure`, which keeps the tokens (clamped
 /// to the new maximum) rather than handing out a fresh burst.
 pub(crate) fn compile(
     limits: &InboundLimits,
-    previous: Option<&Plan>,
+    previous: Option<&InboundPlan>,
     now_ns: u64,
-) -> Result<Plan, PlanError> {
+) -> InboundPlan {
     let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, limits.service_port));
     let upstream_authority = Authority::try_from(upstream.to_string().as_str())
         .expect("a socket address is a valid authority");
     let http = match (&limits.http, limits.protocol) {
-        (Some(http), Protocol::Http) => {
-            let settings = settings_for("HTTP request", &http.request_rate)?;
-            Some(HttpPlan {
-                bucket: carry(
-                    previous.and_then(|p| p.http.as_ref().map(|h| &h.bucket)),
-                    settings,
-                    now_ns,
-                ),
-                reject: reject_template(
-                    http.status,
-                    &http.headers.set,
-                    &http.headers.add,
-                    &http.request_rate,
-                )?,
-            })
-        }
+        (Some(http), Protocol::Http) => Some(HttpPlan {
+            bucket: carry(
+                previous.and_then(|p| p.http.as_ref().map(|h| &h.bucket)),
+                http.request_rate.settings(),
+                now_ns,
+            ),
+            reject: reject_template(http),
+        }),
         _ => None,
     };
     let tcp = match &limits.tcp {
-        Some(tcp) => {
-            let settings = settings_for("TCP connection", &tcp.connection_rate)?;
-            Some(carry(
-                previous.and_then(|p| p.tcp.as_ref()),
-                settings,
-                now_ns,
-            ))
-        }
+        Some(tcp) => Some(carry(
+            previous.and_then(|p| p.tcp.as_ref()),
+            tcp.connection_rate.settings(),
+            now_ns,
+        )),
         None => None,
     };
-    Ok(Plan {
+    InboundPlan {
         protocol: limits.protocol,
         upstream,
         upstream_authority,
         http,
         tcp,
-    })
-}
-
-/// A MeshRateLimit rate `{num, interval}` is a bucket of `num` tokens refilled smoothly at
-/// `num / interval`, as Envoy 1.40 does.
-fn settings_for(which: &'static str, rate: &Rate) -> Result<Settings, PlanError> {
-    let num = u64::from(rate.num);
-    Settings::new(num, num, rate.interval, Refill::Smooth).map_err(|source| PlanError::Rate {
-        which,
-        num: rate.num,
-        interval: rate.interval,
-        source,
-    })
+    }
 }
 
 fn carry(previous: Option<&Arc<Bucket>>, settings: Settings, now_ns: u64) -> Arc<Bucket> {
@@ -129,49 +91,30 @@ fn carry(previous: Option<&Arc<Bucket>>, settings: Settings, now_ns: u64) -> Arc
     }
 }
 
-fn reject_template(
-    status: u16,
-    set: &[meshlimit_policy::effective::HeaderValue],
-    add: &[meshlimit_policy::effective::HeaderValue],
-    rate: &Rate,
-) -> Result<RejectTemplate, PlanError> {
-    let status = StatusCode::from_u16(status).map_err(|_| PlanError::Status(status))?;
+/// Status and headers come validated from the policy engine, in the types `http` sends.
+fn reject_template(http: &HttpLimit) -> RejectTemplate {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
-    for header in set {
-        let (name, value) = header_pair(header)?;
-        headers.insert(name, value);
+    for header in &http.headers.set {
+        headers.insert(header.name().clone(), header.value().clone());
     }
-    for header in add {
-        let (name, value) = header_pair(header)?;
-        headers.append(name, value);
+    for header in &http.headers.add {
+        headers.append(header.name().clone(), header.value().clone());
     }
-    Ok(RejectTemplate {
-        status,
+    RejectTemplate {
+        status: http.status.code(),
         headers,
-        policy_header: rate_limit_policy(rate),
-    })
-}
-
-fn header_pair(
-    header: &meshlimit_policy::effective::HeaderValue,
-) -> Result<(HeaderName, HeaderValue), PlanError> {
-    let error = |reason: String| PlanError::Header {
-        name: header.name.clone(),
-        reason,
-    };
-    let name = HeaderName::try_from(header.name.as_str()).map_err(|e| error(e.to_string()))?;
-    let value = HeaderValue::try_from(header.value.as_str()).map_err(|e| error(e.to_string()))?;
-    Ok((name, value))
+        policy_header: rate_limit_policy(&http.request_rate),
+    }
 }
 
 /// `RateLimit-Policy: "default";q=<num>;w=<interval in whole seconds, rounded up>`.
 fn rate_limit_policy(rate: &Rate) -> HeaderValue {
-    let window = ceil_secs(rate.interval).max(1);
-    HeaderValue::try_from(format!("\"default\";q={};w={window}", rate.num))
+    let window = ceil_secs(rate.interval()).max(1);
+    HeaderValue::try_from(format!("\"default\";q={};w={window}", rate.num().get()))
         .expect("digits and quotes are a valid header value")
 }
 
@@ -188,10 +131,7 @@ mod tests {
     use super::*;
 
     fn header(name: &str, value: &str) -> meshlimit_policy::effective::HeaderValue {
-        meshlimit_policy::effective::HeaderValue {
-            name: name.into(),
-            value: value.into(),
-        }
+        meshlimit_policy::effective::HeaderValue::new(name, value).expect("valid header")
     }
 
     fn inbound(num: u32, interval: Duration, headers: RejectHeaders) -> InboundLimits {
@@ -201,12 +141,12 @@ mod tests {
             service: "backend".into(),
             protocol: Protocol::Http,
             http: Some(HttpLimit {
-                request_rate: Rate { num, interval },
-                status: 423,
+                request_rate: Rate::new(num, interval).expect("valid rate"),
+                status: meshlimit_policy::RejectStatus::new(423).expect("a status"),
                 headers,
             }),
             tcp: Some(TcpLimit {
-                connection_rate: Rate { num: 2, interval },
+                connection_rate: Rate::new(2, interval).expect("valid rate"),
             }),
             policies: vec!["p".into()],
         }
@@ -222,7 +162,7 @@ mod tests {
             ],
             add: vec![header("x-a", "3"), header("x-b", "4")],
         };
-        let plan = compile(&inbound(5, Duration::from_secs(10), headers), None, 0).unwrap();
+        let plan = compile(&inbound(5, Duration::from_secs(10), headers), None, 0);
         let reject = &plan.http.unwrap().reject;
         assert_eq!(reject.status, StatusCode::LOCKED);
         let values: Vec<_> = reject.headers.get_all("x-a").iter().collect();
@@ -236,7 +176,7 @@ mod tests {
     #[test]
     fn unchanged_settings_keep_the_bucket_and_its_tokens() {
         let limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
-        let first = compile(&limits, None, 0).unwrap();
+        let first = compile(&limits, None, 0);
         let bucket = &first.http.as_ref().unwrap().bucket;
         for _ in 0..3 {
             assert!(bucket.check(0).admitted());
@@ -249,7 +189,7 @@ mod tests {
             .headers
             .set
             .push(header("x-new", "1"));
-        let second = compile(&changed_headers, Some(&first), 0).unwrap();
+        let second = compile(&changed_headers, Some(&first), 0);
         let carried = &second.http.as_ref().unwrap().bucket;
         assert!(Arc::ptr_eq(bucket, carried));
         assert_eq!(carried.peek(0), 2);
@@ -265,14 +205,12 @@ mod tests {
             &inbound(5, Duration::from_secs(10), RejectHeaders::default()),
             None,
             0,
-        )
-        .unwrap();
+        );
         let second = compile(
             &inbound(1, Duration::from_secs(10), RejectHeaders::default()),
             Some(&first),
             0,
-        )
-        .unwrap();
+        );
         let bucket = &second.http.as_ref().unwrap().bucket;
         assert_eq!(bucket.settings().max_tokens(), 1);
         assert_eq!(bucket.peek(0), 1);
@@ -282,33 +220,9 @@ mod tests {
     fn a_new_limit_starts_full_and_a_tcp_inbound_ignores_http() {
         let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
         limits.protocol = Protocol::Tcp;
-        let plan = compile(&limits, None, 0).unwrap();
+        let plan = compile(&limits, None, 0);
         assert!(plan.http.is_none());
         assert_eq!(plan.tcp.unwrap().peek(0), 2);
-    }
-
-    #[test]
-    fn invalid_inputs_are_errors_not_panics() {
-        let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
-        limits.http.as_mut().unwrap().status = 42;
-        assert!(matches!(
-            compile(&limits, None, 0),
-            Err(PlanError::Status(42))
-        ));
-        let bad_header = RejectHeaders {
-            set: vec![header("bad header", "x")],
-            add: vec![],
-        };
-        let limits = inbound(5, Duration::from_secs(10), bad_header);
-        assert!(matches!(
-            compile(&limits, None, 0),
-            Err(PlanError::Header { .. })
-        ));
-        let limits = inbound(0, Duration::from_secs(10), RejectHeaders::default());
-        assert!(matches!(
-            compile(&limits, None, 0),
-            Err(PlanError::Rate { .. })
-        ));
     }
 
     #[test]

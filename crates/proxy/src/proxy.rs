@@ -225,19 +225,11 @@ async fn reconcile(
     for (key, (address, limits)) in desired {
         if let Some(run) = running.get(&key) {
             let previous = run.inbound.plan.load();
-            match compile(limits, Some(&previous), now_ns) {
-                Ok(plan) => run.inbound.plan.store(Arc::new(plan)),
-                Err(error) => problems.push(format!("{key}: {error}; its previous limits stay")),
-            }
+            let plan = compile(limits, Some(&previous), now_ns);
+            run.inbound.plan.store(Arc::new(plan));
             continue;
         }
-        let plan = match compile(limits, None, now_ns) {
-            Ok(plan) => plan,
-            Err(error) => {
-                problems.push(format!("{key}: {error}; not served"));
-                continue;
-            }
-        };
+        let plan = compile(limits, None, now_ns);
         let bound = TcpListener::bind((address, key.port))
             .await
             .and_then(|listener| Ok((listener.local_addr()?, listener)));

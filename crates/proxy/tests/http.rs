@@ -59,26 +59,26 @@ async fn a_burst_is_admitted_exactly_up_to_the_bucket_then_refills_smoothly() {
 async fn a_rejection_has_the_policy_status_and_headers_set_overwrites_add_appends() {
     let app = upstream().await;
     let mut limit = http_limit(1, TEN_S, 429);
-    limit.headers.set.push(HeaderValue {
-        name: "x-mode".into(),
-        value: "first".into(),
-    });
-    limit.headers.set.push(HeaderValue {
-        name: "x-mode".into(),
-        value: "second".into(),
-    });
-    limit.headers.add.push(HeaderValue {
-        name: "x-mode".into(),
-        value: "third".into(),
-    });
-    limit.headers.add.push(HeaderValue {
-        name: "x-extra".into(),
-        value: "a".into(),
-    });
-    limit.headers.add.push(HeaderValue {
-        name: "x-extra".into(),
-        value: "b".into(),
-    });
+    limit
+        .headers
+        .set
+        .push(HeaderValue::new("x-mode", "first").expect("valid header"));
+    limit
+        .headers
+        .set
+        .push(HeaderValue::new("x-mode", "second").expect("valid header"));
+    limit
+        .headers
+        .add
+        .push(HeaderValue::new("x-mode", "third").expect("valid header"));
+    limit
+        .headers
+        .add
+        .push(HeaderValue::new("x-extra", "a").expect("valid header"));
+    limit
+        .headers
+        .add
+        .push(HeaderValue::new("x-extra", "b").expect("valid header"));
     let h = Harness::start(
         vec![dataplane(
             "backend",

@@ -520,16 +520,11 @@ mod tests {
                     service: "backend".into(),
                     protocol: Protocol::Http,
                     http: Some(HttpLimit {
-                        request_rate: Rate {
-                            num: 10,
-                            interval: StdDuration::from_millis(500),
-                        },
-                        status: 429,
+                        request_rate: Rate::new(10, StdDuration::from_millis(500))
+                            .expect("valid rate"),
+                        status: meshlimit_policy::RejectStatus::new(429).expect("an HTTP status"),
                         headers: RejectHeaders {
-                            set: vec![HeaderValue {
-                                name: "x-limited".into(),
-                                value: "yes".into(),
-                            }],
+                            set: vec![HeaderValue::new("x-limited", "yes").expect("valid header")],
                             add: vec![],
                         },
                     }),
@@ -543,10 +538,8 @@ mod tests {
                     protocol: Protocol::Tcp,
                     http: None,
                     tcp: Some(TcpLimit {
-                        connection_rate: Rate {
-                            num: 3,
-                            interval: StdDuration::from_secs(60),
-                        },
+                        connection_rate: Rate::new(3, StdDuration::from_secs(60))
+                            .expect("valid rate"),
                     }),
                     policies: vec![],
                 },

@@ -237,7 +237,7 @@ fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
     let (status, headers) = if needs_mapper(limit) {
         (STAND_IN_STATUS, Vec::new())
     } else {
-        (limit.status, reject_headers(limit))
+        (limit.status.as_u16(), reject_headers(limit))
     };
     HttpLocalRateLimit {
         stat_prefix: stat_prefix(port),
@@ -265,16 +265,18 @@ fn reject_headers(limit: &HttpLimit) -> Vec<HeaderValueOption> {
     };
     let set = limit.headers.set.iter().map(|h| {
         header(
-            &h.name,
-            &h.value,
+            h.name().as_str(),
+            h.value_str(),
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         )
     });
-    let add = limit
-        .headers
-        .add
-        .iter()
-        .map(|h| header(&h.name, &h.value, HeaderAppendAction::AppendIfExistsOrAdd));
+    let add = limit.headers.add.iter().map(|h| {
+        header(
+            h.name().as_str(),
+            h.value_str(),
+            HeaderAppendAction::AppendIfExistsOrAdd,
+        )
+    });
     set.chain(add).collect()
 }
 
@@ -286,7 +288,7 @@ pub fn envoy_knows_status(status: u16) -> bool {
 /// The rate-limit filter alone cannot answer as the policy says.
 fn needs_mapper(limit: &HttpLimit) -> bool {
     let headers = limit.headers.set.len() + limit.headers.add.len();
-    !envoy_knows_status(limit.status) || headers > FILTER_MAX_HEADERS
+    !envoy_knows_status(limit.status.as_u16()) || headers > FILTER_MAX_HEADERS
 }
 
 /// Turns the rate limiter's stand-in 429 local replies into the policy's status and headers.
@@ -308,7 +310,7 @@ fn mapper(limit: &HttpLimit) -> LocalReplyConfig {
         mappers: vec![ResponseMapper {
             filter: Some(is_stand_in),
             status_code: Some(UInt32Value {
-                value: u32::from(limit.status),
+                value: u32::from(limit.status.as_u16()),
             }),
             headers_to_add: reject_headers(limit),
             ..Default::default()
@@ -338,9 +340,11 @@ fn tcp_proxy(inbound: &InboundLimits) -> TcpProxy {
 /// `{num, interval}` as Envoy's bucket: `max_tokens = tokens_per_fill = num`.
 fn token_bucket(rate: Rate) -> TokenBucket {
     TokenBucket {
-        max_tokens: rate.num,
-        tokens_per_fill: Some(UInt32Value { value: rate.num }),
-        fill_interval: Some(duration(rate.interval)),
+        max_tokens: rate.num().get(),
+        tokens_per_fill: Some(UInt32Value {
+            value: rate.num().get(),
+        }),
+        fill_interval: Some(duration(rate.interval())),
     }
 }
 
@@ -387,7 +391,7 @@ mod tests {
     use super::*;
 
     fn rate(num: u32, interval: Duration) -> Rate {
-        Rate { num, interval }
+        Rate::new(num, interval).expect("valid rate")
     }
 
     fn inbound(port: u16, protocol: Protocol) -> InboundLimits {
@@ -439,16 +443,10 @@ mod tests {
         let mut http = inbound(8080, Protocol::Http);
         http.http = Some(HttpLimit {
             request_rate: rate(7, Duration::from_millis(1500)),
-            status: 503,
+            status: meshlimit_policy::RejectStatus::new(503).expect("an HTTP status"),
             headers: RejectHeaders {
-                set: vec![PolicyHeader {
-                    name: "x-limited".into(),
-                    value: "yes".into(),
-                }],
-                add: vec![PolicyHeader {
-                    name: "x-note".into(),
-                    value: "a".into(),
-                }],
+                set: vec![PolicyHeader::new("x-limited", "yes").expect("valid header")],
+                add: vec![PolicyHeader::new("x-note", "a").expect("valid header")],
             },
         });
         let resources = generate(&dataplane(vec![http]));
@@ -515,7 +513,7 @@ mod tests {
         let mut http = inbound(8080, Protocol::Http);
         http.http = Some(HttpLimit {
             request_rate: rate(1, Duration::from_secs(1)),
-            status: 418,
+            status: meshlimit_policy::RejectStatus::new(418).expect("an HTTP status"),
             headers: RejectHeaders::default(),
         });
         let resources = generate(&dataplane(vec![http.clone()]));
@@ -525,7 +523,8 @@ mod tests {
         let mapper = &hcm.local_reply_config.expect("mapper").mappers[0];
         assert_eq!(mapper.status_code, Some(UInt32Value { value: 418 }));
 
-        http.http.as_mut().expect("limit").status = 503;
+        http.http.as_mut().expect("limit").status =
+            meshlimit_policy::RejectStatus::new(503).expect("an HTTP status");
         let resources = generate(&dataplane(vec![http]));
         let hcm: HttpConnectionManager = typed(&filters(&resources.listeners[0])[0]);
         assert_eq!(hcm.local_reply_config, None, "503 is Envoy's own");
@@ -536,15 +535,12 @@ mod tests {
         let mut http = inbound(8080, Protocol::Http);
         let headers = |prefix: &str| {
             (0..6)
-                .map(|i| PolicyHeader {
-                    name: format!("{prefix}-{i}"),
-                    value: "v".into(),
-                })
+                .map(|i| PolicyHeader::new(&format!("{prefix}-{i}"), "v").expect("valid header"))
                 .collect()
         };
         http.http = Some(HttpLimit {
             request_rate: rate(1, Duration::from_secs(1)),
-            status: 503,
+            status: meshlimit_policy::RejectStatus::new(503).expect("an HTTP status"),
             headers: RejectHeaders {
                 set: headers("x-set"),
                 add: headers("x-add"),

@@ -124,10 +124,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 http: None,
                 tcp: Some(TcpLimit {
-                    connection_rate: Rate {
-                        num,
-                        interval: Duration::from_secs(1),
-                    },
+                    connection_rate: Rate::new(num, Duration::from_secs(1)).expect("valid rate"),
                 }),
                 policies: vec![],
             }],

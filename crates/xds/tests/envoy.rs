@@ -188,7 +188,7 @@ async fn a_rejected_configuration_is_kept_in_status_and_envoy_keeps_the_last_goo
     let limits = |num, interval| {
         let mut web = inbound(port, backend, Protocol::Http);
         let mut limit = http_limit(num, 429, vec![], vec![]);
-        limit.request_rate.interval = interval;
+        limit.request_rate = rate(num, interval);
         web.http = Some(limit);
         dataplane("web-1", vec![web])
     };

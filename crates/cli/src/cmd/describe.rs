@@ -79,7 +79,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rate_text(rate: &Rate) -> String {
-    format!("{}/{}", rate.num, format_go(rate.interval))
+    format!("{}/{}", rate.num().get(), format_go(rate.interval()))
 }
 
 /// One row per inbound: what is enforced there and which policies made it so.
@@ -147,9 +147,9 @@ fn kernel_section(kernel: &[KernelLimit]) -> String {
         table.row(vec![
             k.service.clone(),
             format!("{}:{}", k.address, k.port),
-            k.max_tokens.to_string(),
-            k.tokens_per_fill.to_string(),
-            format_go(std::time::Duration::from_nanos(k.fill_interval_ns)),
+            k.bucket.max_tokens().to_string(),
+            k.bucket.tokens_per_fill().to_string(),
+            format_go(std::time::Duration::from_nanos(k.bucket.fill_interval_ns())),
         ]);
     }
     format!(

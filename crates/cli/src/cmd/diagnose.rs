@@ -232,8 +232,9 @@ fn policy_rates(value: &Value, protocol: &str, field: &str) -> Vec<Rate> {
             if let (Some(num), Some(Ok(interval))) = (
                 rate["num"].as_u64().and_then(|n| u32::try_from(n).ok()),
                 rate["interval"].as_str().map(parse_go),
-            ) {
-                out.push(Rate { num, interval });
+            ) && let Ok(rate) = Rate::new(num, interval)
+            {
+                out.push(rate);
             }
         }
     }
@@ -303,9 +304,9 @@ fn rate_text(rate: &Rate) -> String {
 }
 
 fn rate_per_second(rate: &Rate) -> f64 {
-    let secs = rate.interval.as_secs_f64();
+    let secs = rate.interval().as_secs_f64();
     if secs > 0.0 {
-        f64::from(rate.num) / secs
+        f64::from(rate.num().get()) / secs
     } else {
         0.0
     }

@@ -252,9 +252,8 @@ pub fn limit(
         service: service.to_owned(),
         address: addr.ip().to_string(),
         port: addr.port(),
-        max_tokens: max,
-        tokens_per_fill: per_fill,
-        fill_interval_ns: interval_ns,
+        bucket: meshlimit_policy::TokenBucket::new(max, per_fill, interval_ns)
+            .expect("valid bucket"),
     }
 }
 

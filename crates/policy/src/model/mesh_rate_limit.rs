@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::effective::{HeaderValue, Rate};
+use crate::quota::{HeaderValue, Rate, RejectStatus};
 
 /// A validated `MeshRateLimit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,7 @@ pub struct LocalHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OnRateLimit {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
+    pub status: Option<RejectStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeaderChanges>,
 }

@@ -14,7 +14,7 @@ pub mod rate_limit;
 pub use dataplane::{Dataplane, Gateway, GatewayType, Inbound, Networking, Outbound};
 pub use mesh::{DEFAULT_MESH, Mesh};
 pub use mesh_rate_limit::*;
-pub use rate_limit::{RateLimit, ServiceRules, TokenBucketRule};
+pub use rate_limit::{RateLimit, ServiceRules};
 
 /// How a resource was written: Kuma universal (`type`, `mesh`, `name`) or Kubernetes
 /// (`apiVersion`, `kind`, `metadata`). Serialization writes it back the same way.
@@ -171,7 +171,7 @@ struct Metadata<'a> {
 enum RateLimitSpec<'a> {
     One {
         service: &'a str,
-        rules: &'a [TokenBucketRule],
+        rules: &'a [crate::quota::TokenBucket],
     },
     Many {
         services: &'a [ServiceRules],

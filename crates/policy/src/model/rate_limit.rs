@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::quota::TokenBucket;
+
 /// A validated `RateLimit`. Both written forms (`service` + `rules`, or `services[]`) become
 /// a list of services, each with its rules; `form` remembers which one was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,15 +24,5 @@ pub struct RateLimit {
 pub struct ServiceRules {
     /// A `kuma.io/service` value: every Dataplane inbound carrying it is limited.
     pub name: String,
-    pub rules: Vec<TokenBucketRule>,
-}
-
-/// One kernel token bucket, in the units the YAML uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenBucketRule {
-    pub max_tokens: u64,
-    pub tokens_per_fill: u64,
-    /// Nanoseconds.
-    pub fill_interval: u64,
+    pub rules: Vec<TokenBucket>,
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use crate::effective::{HeaderValue, Rate};
 use crate::model::{
     Conf, FromTo, HeaderChanges, Local, LocalHttp, LocalTcp, Match, MatchType, MeshRateLimitSpec,
     OnRateLimit, ProxyType, Rule, StringMatch, TargetRef, TargetRefKind,
 };
+use crate::quota::{self, HeaderValue, Rate, RejectStatus};
 use crate::tree::{self, Report, field, index};
 
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -565,10 +565,14 @@ fn rate(report: &mut Report, value: &Value, path: &str) -> Option<Rate> {
             other => other,
         },
     };
-    Some(Rate {
-        num: num?,
-        interval: interval?,
-    })
+    // The engine serves every rate validation lets through: built here, once.
+    match Rate::new(num?, interval?) {
+        Ok(rate) => Some(rate),
+        Err(error) => {
+            report.error(&field(path, "interval"), error.to_string());
+            None
+        }
+    }
 }
 
 fn on_rate_limit(report: &mut Report, value: &Value, path: &str) -> Option<OnRateLimit> {
@@ -578,7 +582,7 @@ fn on_rate_limit(report: &mut Report, value: &Value, path: &str) -> Option<OnRat
     if let Some((v, p)) = f.get("status") {
         match tree::integer(report, v, &p, u64::MAX) {
             // Kuma only checks > 0, and Envoy silently answers 429 for anything below 400.
-            Some(s @ 400..=599) => out.status = u16::try_from(s).ok(),
+            Some(s @ 400..=599) => out.status = u16::try_from(s).ok().and_then(RejectStatus::new),
             Some(_) => {
                 report.error(&p, "must be in inclusive range [400, 599]");
                 ok = false;
@@ -625,15 +629,12 @@ fn headers(report: &mut Report, value: &Value, path: &str) -> Option<Vec<HeaderV
                 report.error(&field(&p, "name"), "must be defined");
                 None
             }
-            Some((v, np)) => tree::string(report, v, &np).filter(|n| {
-                let valid = header_name_ok(n);
-                if !valid {
-                    report.error(
-                        &np,
-                        "must be 1 to 256 characters matching ^[a-z0-9!#$%&'*+\\-.^_`|~]+$ (lowercase)",
-                    );
+            Some((v, np)) => tree::string(report, v, &np).filter(|n| match quota::header_name(n) {
+                Ok(_) => true,
+                Err(error) => {
+                    report.error(&np, error.to_string());
+                    false
                 }
-                valid
             }),
         };
         let value = match f.get("value") {
@@ -641,25 +642,23 @@ fn headers(report: &mut Report, value: &Value, path: &str) -> Option<Vec<HeaderV
                 report.error(&field(&p, "value"), "must be defined");
                 None
             }
-            Some((v, vp)) => tree::string(report, v, &vp).filter(|s| {
-                let valid = !s.chars().any(|c| c.is_control() && c != '\t');
-                if !valid {
-                    report.error(&vp, "must not contain control characters such as newlines");
-                }
-                valid
-            }),
+            Some((v, vp)) => {
+                tree::string(report, v, &vp).filter(|s| match quota::header_value(s) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        report.error(&vp, error.to_string());
+                        false
+                    }
+                })
+            }
         };
         match (name, value) {
-            (Some(name), Some(value)) => out.push(HeaderValue { name, value }),
+            (Some(name), Some(value)) => match HeaderValue::new(&name, &value) {
+                Ok(header) => out.push(header),
+                Err(_) => ok = false,
+            },
             _ => ok = false,
         }
     }
     ok.then_some(out)
-}
-
-fn header_name_ok(name: &str) -> bool {
-    (1..=256).contains(&name.len())
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
 }

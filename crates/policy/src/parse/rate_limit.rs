@@ -2,7 +2,8 @@
 
 use serde_yaml_ng::Value;
 
-use crate::model::{ServiceRules, TokenBucketRule};
+use crate::model::ServiceRules;
+use crate::quota::{QuotaError, TokenBucket};
 use crate::tree::{self, Report, field, index};
 
 /// The smallest refill interval the kernel limiter accepts (its arithmetic divides by it).
@@ -90,7 +91,7 @@ fn rules(
     report: &mut Report,
     value: Option<(&Value, String)>,
     path: &str,
-) -> Option<Vec<TokenBucketRule>> {
+) -> Option<Vec<TokenBucket>> {
     let Some((v, p)) = value else {
         report.error(path, "must be defined");
         return None;
@@ -134,9 +135,22 @@ fn rules(
         MIN_FILL_INTERVAL_NS,
         "must be at least 1000000 (1ms, in nanoseconds)",
     );
-    Some(vec![TokenBucketRule {
-        max_tokens: max_tokens?,
-        tokens_per_fill: tokens_per_fill?,
-        fill_interval: fill_interval?,
-    }])
+    let (max_tokens, tokens_per_fill, fill_interval) =
+        (max_tokens?, tokens_per_fill?, fill_interval?);
+    match TokenBucket::new(max_tokens, tokens_per_fill, fill_interval) {
+        Ok(bucket) => Some(vec![bucket]),
+        Err(error) => {
+            let name = match &error {
+                QuotaError::Bucket(meshlimit_bucket::SettingsError::MaxTokensTooLarge(_)) => {
+                    "maxTokens"
+                }
+                QuotaError::Bucket(meshlimit_bucket::SettingsError::FillIntervalTooLong(_)) => {
+                    "fillInterval"
+                }
+                _ => "tokensPerFill",
+            };
+            report.error(&field(&ip, name), error.to_string());
+            None
+        }
+    }
 }

@@ -103,13 +103,10 @@ pub fn closed_port() -> u16 {
 
 pub fn http_limit(num: u32, interval: Duration, status: u16) -> HttpLimit {
     HttpLimit {
-        request_rate: Rate { num, interval },
-        status,
+        request_rate: Rate::new(num, interval).expect("valid rate"),
+        status: meshlimit_policy::RejectStatus::new(status).expect("an HTTP status"),
         headers: RejectHeaders {
-            set: vec![HeaderValue {
-                name: "x-kuma-rate-limited".into(),
-                value: "true".into(),
-            }],
+            set: vec![HeaderValue::new("x-kuma-rate-limited", "true").expect("valid header")],
             add: vec![],
         },
     }
@@ -117,7 +114,7 @@ pub fn http_limit(num: u32, interval: Duration, status: u16) -> HttpLimit {
 
 pub fn tcp_limit(num: u32, interval: Duration) -> TcpLimit {
     TcpLimit {
-        connection_rate: Rate { num, interval },
+        connection_rate: Rate::new(num, interval).expect("valid rate"),
     }
 }
 

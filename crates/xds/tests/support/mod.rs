@@ -384,14 +384,11 @@ pub async fn echo_backend() -> (u16, Arc<AtomicU64>) {
 }
 
 pub fn rate(num: u32, interval: Duration) -> Rate {
-    Rate { num, interval }
+    Rate::new(num, interval).expect("valid rate")
 }
 
 pub fn header(name: &str, value: &str) -> HeaderValue {
-    HeaderValue {
-        name: name.into(),
-        value: value.into(),
-    }
+    HeaderValue::new(name, value).expect("valid header")
 }
 
 pub fn http_limit(
@@ -402,7 +399,7 @@ pub fn http_limit(
 ) -> HttpLimit {
     HttpLimit {
         request_rate: rate(num, Duration::from_secs(3600)),
-        status,
+        status: meshlimit_policy::RejectStatus::new(status).expect("an HTTP status"),
         headers: RejectHeaders { set, add },
     }
 }

@@ -105,19 +105,23 @@ pub fn tcp_words(t: &TcpLimit) -> String {
 fn rate_words(r: &Rate, what: &str) -> String {
     format!(
         "{} {what}{} per {}",
-        r.num,
-        if r.num == 1 { "" } else { "s" },
-        format_go(r.interval)
+        r.num(),
+        if r.num().get() == 1 { "" } else { "s" },
+        format_go(r.interval())
     )
 }
 
 fn kernel_words(k: &KernelLimit) -> String {
     format!(
         "burst {}, {} connection{} every {}",
-        k.max_tokens,
-        k.tokens_per_fill,
-        if k.tokens_per_fill == 1 { "" } else { "s" },
-        format_go(std::time::Duration::from_nanos(k.fill_interval_ns))
+        k.bucket.max_tokens(),
+        k.bucket.tokens_per_fill(),
+        if k.bucket.tokens_per_fill() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        format_go(std::time::Duration::from_nanos(k.bucket.fill_interval_ns()))
     )
 }
 

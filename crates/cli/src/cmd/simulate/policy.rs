@@ -74,7 +74,6 @@ pub enum PolicyError {
         dataplane: String,
         inbound: Box<InboundLimits>,
     },
-    Settings(meshlimit_bucket::SettingsError),
 }
 
 impl fmt::Display for PolicyError {
@@ -129,9 +128,6 @@ impl fmt::Display for PolicyError {
                         inbound.policies.join(", ")
                     ),
                 }
-            }
-            PolicyError::Settings(err) => {
-                write!(f, "the policy's rate is not a valid bucket: {err}")
             }
         }
     }
@@ -189,13 +185,9 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
         });
     };
     let rate = http.request_rate;
-    let settings = Settings::new(
-        u64::from(rate.num),
-        u64::from(rate.num),
-        rate.interval,
-        Refill::Smooth,
-    )
-    .map_err(PolicyError::Settings)?;
+    // The policy engine built the bucket when it validated the rate: the same one every data
+    // path enforces.
+    let settings = rate.settings();
     let client = match (&flags.spiffe_id, &flags.sni) {
         (None, None) => String::new(),
         (spiffe_id, sni) => {
@@ -232,7 +224,11 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
 }
 
 fn rate_text(rate: &Rate, what: &str) -> String {
-    format!("{} {what} per {}", rate.num, format_go(rate.interval))
+    format!(
+        "{} {what} per {}",
+        rate.num().get(),
+        format_go(rate.interval())
+    )
 }
 
 fn protocol_name(inbound: &InboundLimits) -> &'static str {
