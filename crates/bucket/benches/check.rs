@@ -6,6 +6,8 @@
 //!
 //! The quota is 10^9 tokens per second with a burst of 10^9, so every check is admitted and
 //! writes its bucket (the costly path); `*_rejecting` variants use 1 per hour, drained first.
+//! `meshlimit_wide` rows use a plan too wide for the lock-free fast path (10^9 burst at a
+//! prime rate per hour): the 128-bit state behind a lock.
 //! Each library reads its own default clock in the headline rows (`meshlimit`: coarse
 //! monotonic; `governor`: quanta's TSC clock); the `*_same_clock` rows give both the same one.
 
@@ -47,6 +49,19 @@ fn admitting_settings() -> Settings {
 
 fn admitting_quota() -> Quota {
     Quota::per_second(NonZeroU32::new(RATE).expect("non-zero"))
+}
+
+/// Admits every check too, but its exact state needs 128 bits (see `Settings::is_wide`).
+fn wide_settings() -> Settings {
+    let s = Settings::new(
+        u64::from(RATE),
+        999_999_937,
+        Duration::from_secs(3600),
+        Refill::Smooth,
+    )
+    .expect("valid settings");
+    assert!(s.is_wide());
+    s
 }
 
 fn rejecting_settings() -> Settings {
@@ -117,6 +132,11 @@ fn single_thread(c: &mut Criterion) {
     g.bench_function("meshlimit_rejecting", |b| {
         b.iter(|| used(bucket.check(clock.now_ns())))
     });
+
+    let bucket = Bucket::new(wide_settings(), clock.now_ns());
+    g.bench_function("meshlimit_wide", |b| {
+        b.iter(|| used(bucket.check(clock.now_ns())))
+    });
     let limiter = RateLimiter::direct(rejecting_quota());
     let _ = limiter.check();
     g.bench_function("governor_rejecting", |b| {
@@ -163,6 +183,14 @@ fn two_threads(c: &mut Criterion) {
         b.iter_custom(|iters| {
             contended(2, iters, &|| {
                 black_box(limiter.check().is_ok());
+            })
+        })
+    });
+    let bucket = Bucket::new(wide_settings(), clock.now_ns());
+    g.bench_function("meshlimit_wide", |b| {
+        b.iter_custom(|iters| {
+            contended(2, iters, &|| {
+                used(bucket.check(clock.now_ns()));
             })
         })
     });

@@ -13,9 +13,24 @@
 //!   above `tokens`; a check at or past `origin + (k + 1) × fill_interval` tops up
 //!   `tokens_per_fill` per whole interval elapsed, capped at `max_tokens`.
 //!
-//! Payloads never need more than 56 bits while `now - origin <= rebase_after`; past that the
-//! owner *rebases* (moves the origin forward with [`rebase_origin`] and [`shift`]), which is how
-//! idle gaps of any length and clock values up to `u64::MAX` stay exact.
+//! Payloads never need more than 56 bits while `now - origin < rebase_at`; past that the owner
+//! *rebases* (moves the origin forward with [`rebase_origin`] and [`shift`]), which is how idle
+//! gaps of any length and clock values up to `u64::MAX` stay exact.
+//!
+//! **Wide plans.** A smooth window (`max × token`) can reach 2^104 (2^40 tokens of up to
+//! 2^64 − 1 units each), far past what a 56-bit payload holds next to the time it is compared
+//! with. Such plans ([`Settings::is_wide`], window over [`crate::SMOOTH_WINDOW_LIMIT`]) use
+//! the same smooth arithmetic in `u128` ([`WidePlan`], [`wide_step`]): scaled time is below
+//! 2^96 (`u64` ns × `rate_den` ≤ 2^32) and `full_at` never exceeds scaled time plus the
+//! window, so a `u128` state relative to a fixed origin is exact for every clock value and
+//! never needs a rebase. Its owner keeps it behind a lock. [`Plan::new`] turns wide settings
+//! into a *marker* plan with `rebase_at == 0`: [`step`] then answers [`Step::Rebase`] before
+//! any arithmetic, and the owner takes the wide path from that (cold) branch, so narrow plans
+//! pay nothing for wide ones. Interval plans are never wide: `max ≤ 2^40` leaves at least 15
+//! payload bits for `k`, and rebasing covers the rest.
+//!
+//! Reconfiguration goes through [`Held`], a bucket's content at an instant independent of its
+//! representation, so narrow and wide plans convert into each other with the same rules.
 
 use crate::Decision;
 use crate::settings::{Refill, Settings, gcd};
@@ -24,7 +39,8 @@ use crate::settings::{Refill, Settings, gcd};
 pub(crate) const PAYLOAD_BITS: u32 = 56;
 pub(crate) const PAYLOAD_MASK: u64 = (1 << PAYLOAD_BITS) - 1;
 
-/// Everything the arithmetic needs, derived once from [`Settings`].
+/// Everything the fast-path arithmetic needs, derived once from [`Settings`]; for wide
+/// settings, a marker (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub refill: Refill,
@@ -39,8 +55,9 @@ pub(crate) struct Plan {
     pub window: u64,
     /// Interval: bits of the payload that hold the token count.
     pub tbits: u32,
-    /// The largest `now - origin` that [`step`] handles without a rebase.
-    pub rebase_after: u64,
+    /// The smallest `now - origin` that [`step`] does not handle (it asks for a rebase).
+    /// At least 1 for a narrow plan; 0 marks a wide plan.
+    pub rebase_at: u64,
 }
 
 impl Plan {
@@ -48,12 +65,25 @@ impl Plan {
         let max = settings.max_tokens();
         let per_fill = settings.tokens_per_fill();
         let interval_ns = settings.fill_interval_ns();
+        if settings.is_wide() {
+            return Plan {
+                refill: Refill::Smooth,
+                max,
+                per_fill,
+                interval_ns,
+                rate_den: 1,
+                token: 1,
+                window: 0,
+                tbits: 0,
+                rebase_at: 0,
+            };
+        }
         match settings.refill() {
             Refill::Smooth => {
                 let g = gcd(per_fill, interval_ns);
                 let rate_den = per_fill / g;
                 let token = interval_ns / g;
-                // Settings::new bounds max × token by 2^55.
+                // Not wide: max × token ≤ 2^55.
                 let window = max.saturating_mul(token).min(PAYLOAD_MASK);
                 Plan {
                     refill: Refill::Smooth,
@@ -64,7 +94,9 @@ impl Plan {
                     token,
                     window,
                     tbits: 0,
-                    rebase_after: (PAYLOAD_MASK - window) / rate_den,
+                    // now + window ≤ PAYLOAD_MASK for every now_rel below this; window ≤ 2^55
+                    // and rate_den ≤ 2^32 keep it at 2^23 or more.
+                    rebase_at: (PAYLOAD_MASK - window) / rate_den + 1,
                 }
             }
             Refill::Interval => {
@@ -72,8 +104,9 @@ impl Plan {
                 let tbits = u64::BITS - max.leading_zeros();
                 let kbits = PAYLOAD_BITS - tbits;
                 let intervals = 1u128 << kbits;
-                let rebase_after =
-                    (intervals * u128::from(interval_ns) - 1).min(u128::from(u64::MAX));
+                // k = now_rel / interval_ns stays below 2^kbits. Capping at u64::MAX only
+                // means a rebase at now_rel = u64::MAX, which is exact like any other.
+                let rebase_at = (intervals * u128::from(interval_ns)).min(u128::from(u64::MAX));
                 Plan {
                     refill: Refill::Interval,
                     max,
@@ -83,7 +116,7 @@ impl Plan {
                     token: 1,
                     window: max,
                     tbits,
-                    rebase_after: rebase_after as u64,
+                    rebase_at: rebase_at as u64,
                 }
             }
         }
@@ -91,6 +124,12 @@ impl Plan {
 
     pub fn settings(&self) -> Settings {
         Settings::from_parts(self.max, self.per_fill, self.interval_ns, self.refill)
+    }
+
+    /// Whether this is the marker of a wide plan: its state lives in a [`WidePlan`]'s `u128`.
+    #[inline]
+    pub fn is_wide(&self) -> bool {
+        self.rebase_at == 0
     }
 
     /// The payload of a full bucket, whatever the time.
@@ -113,7 +152,8 @@ pub(crate) enum Step {
     Admit { payload: u64, decision: Decision },
     /// Nothing to store.
     Deny(Decision),
-    /// `now` is too far past the origin for the payload: rebase first.
+    /// `now` is too far past the origin for the payload: rebase first. Always the answer for
+    /// a wide plan's marker.
     Rebase,
 }
 
@@ -121,7 +161,7 @@ pub(crate) enum Step {
 #[inline]
 pub(crate) fn step(plan: &Plan, origin: u64, payload: u64, now: u64) -> Step {
     let now_rel = now.saturating_sub(origin);
-    if now_rel > plan.rebase_after {
+    if now_rel >= plan.rebase_at {
         return Step::Rebase;
     }
     match plan.refill {
@@ -132,7 +172,7 @@ pub(crate) fn step(plan: &Plan, origin: u64, payload: u64, now: u64) -> Step {
 
 #[inline]
 fn smooth_step(plan: &Plan, full_at: u64, now_rel: u64) -> Step {
-    // now_rel ≤ rebase_after keeps now + window ≤ PAYLOAD_MASK.
+    // now_rel < rebase_at keeps now + window ≤ PAYLOAD_MASK.
     let now = now_rel * plan.rate_den;
     let limit = now + plan.window;
     let base = full_at.max(now);
@@ -185,8 +225,8 @@ fn refill_interval(plan: &Plan, tokens: u64, intervals: u64) -> u64 {
 pub(crate) struct Level {
     /// Whole tokens available.
     pub whole: u64,
-    /// Smooth: scaled units held (`whole × token` plus the accrued fraction).
-    pub scaled: u64,
+    /// Smooth: scaled units held (`whole × token` plus the accrued fraction); interval: tokens.
+    pub scaled: u128,
     pub full: bool,
 }
 
@@ -195,17 +235,12 @@ pub(crate) fn level(plan: &Plan, origin: u64, payload: u64, now: u64) -> Level {
     match plan.refill {
         Refill::Smooth => {
             let now_s = u128::from(now_rel) * u128::from(plan.rate_den);
-            let full_at = u128::from(payload);
-            let scaled = if full_at <= now_s {
-                plan.window
-            } else {
-                (now_s + u128::from(plan.window)).saturating_sub(full_at) as u64
-            };
-            Level {
-                whole: scaled / plan.token,
-                scaled,
-                full: scaled == plan.window,
-            }
+            smooth_level(
+                u128::from(payload),
+                now_s,
+                u128::from(plan.window),
+                plan.token,
+            )
         }
         Refill::Interval => {
             let k = payload >> plan.tbits;
@@ -216,14 +251,30 @@ pub(crate) fn level(plan: &Plan, origin: u64, payload: u64, now: u64) -> Level {
             }
             Level {
                 whole: tokens,
-                scaled: tokens,
+                scaled: u128::from(tokens),
                 full: tokens == plan.max,
             }
         }
     }
 }
 
-/// The origin to move to when `now` is past `origin + rebase_after`. Interval buckets keep
+/// The content of a smooth bucket (either width) whose state is `full_at` at scaled time
+/// `now_s`.
+fn smooth_level(full_at: u128, now_s: u128, window: u128, token: u64) -> Level {
+    let scaled = if full_at <= now_s {
+        window
+    } else {
+        (now_s + window).saturating_sub(full_at)
+    };
+    Level {
+        // At most max_tokens ≤ 2^40.
+        whole: (scaled / u128::from(token)) as u64,
+        scaled,
+        full: scaled == window,
+    }
+}
+
+/// The origin to move to when `now` is past `origin + rebase_at`. Interval buckets keep
 /// their phase: the origin only moves by whole intervals.
 pub(crate) fn rebase_origin(plan: &Plan, origin: u64, now: u64) -> u64 {
     let now_rel = now.saturating_sub(origin);
@@ -257,30 +308,183 @@ pub(crate) fn shift(plan: &Plan, payload: u64, origin: u64, new_origin: u64) -> 
     }
 }
 
-/// Moves a bucket to new settings at `now`, keeping its tokens (clamped to the new maximum).
-/// Smooth buckets keep the accrued fraction of a token too, rounded down to the new rate's
-/// resolution; interval buckets keep counting intervals from their last top-up.
-/// Returns the new origin and payload.
-pub(crate) fn convert(old: &Plan, origin: u64, payload: u64, new: &Plan, now: u64) -> (u64, u64) {
-    let at = level(old, origin, payload, now);
-    let now = now.max(origin);
-    match (old.refill, new.refill) {
-        (Refill::Smooth, Refill::Smooth) => {
-            let scaled = (u128::from(at.scaled) * u128::from(new.token) / u128::from(old.token))
-                .min(u128::from(new.window)) as u64;
-            (now, new.window - scaled)
-        }
-        (Refill::Interval, Refill::Smooth) => {
-            let scaled = at.whole.min(new.max) * new.token;
-            (now, new.window - scaled)
-        }
-        (Refill::Smooth, Refill::Interval) => (now, at.whole.min(new.max)),
-        (Refill::Interval, Refill::Interval) => {
-            let k = (payload >> old.tbits).max(now.saturating_sub(origin) / old.interval_ns);
-            let last_top_up = origin + k * old.interval_ns;
-            (last_top_up, at.whole.min(new.max))
+/// The arithmetic of a wide smooth plan: the smooth rules of [`Plan`] in `u128`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WidePlan {
+    pub max: u64,
+    pub per_fill: u64,
+    pub interval_ns: u64,
+    /// Scaled time units per ns (`tokens_per_fill / g`, at most 2^32).
+    pub rate_den: u64,
+    /// Scaled units per token (`fill_interval_ns / g`).
+    pub token: u64,
+    /// Scaled units in a full bucket (`max × token`, below 2^104).
+    pub window: u128,
+}
+
+impl WidePlan {
+    /// The plan for smooth `settings` (normally wide ones; narrow ones work the same).
+    pub fn new(settings: Settings) -> WidePlan {
+        let max = settings.max_tokens();
+        let per_fill = settings.tokens_per_fill();
+        let interval_ns = settings.fill_interval_ns();
+        let g = gcd(per_fill, interval_ns);
+        WidePlan {
+            max,
+            per_fill,
+            interval_ns,
+            rate_den: per_fill / g,
+            token: interval_ns / g,
+            window: settings.smooth_window(),
         }
     }
+
+    pub fn settings(&self) -> Settings {
+        Settings::from_parts(self.max, self.per_fill, self.interval_ns, Refill::Smooth)
+    }
+
+    /// The state (`full_at`) of a full bucket, whatever the time.
+    pub fn full_state(&self) -> u128 {
+        0
+    }
+}
+
+/// One check of a wide bucket at `now`: the new `full_at` (unchanged on a rejection) and the
+/// answer. Relative to a fixed origin, every quantity stays below 2^105: no rebase, no
+/// overflow.
+pub(crate) fn wide_step(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> (u128, Decision) {
+    let rate_den = u128::from(plan.rate_den);
+    let token = u128::from(plan.token);
+    let now = u128::from(now.saturating_sub(origin)) * rate_den;
+    let limit = now + plan.window;
+    let after = full_at.max(now) + token;
+    if after <= limit {
+        let level = limit - after;
+        // wait ≤ token < 2^64; remaining ≤ max_tokens.
+        let wait = token - level % token;
+        let decision =
+            Decision::from_ns(true, (level / token) as u64, wait.div_ceil(rate_den) as u64);
+        (after, decision)
+    } else {
+        // Only a check at an earlier time than one already applied can wait more than one
+        // token's time (up to 2^65 ns): keep it at what a Decision holds.
+        let wait = u64::try_from((after - limit).div_ceil(rate_den)).unwrap_or(u64::MAX);
+        (full_at, Decision::from_ns(false, 0, wait))
+    }
+}
+
+/// A wide bucket's content at `now`.
+pub(crate) fn wide_level(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> Level {
+    let now_s = u128::from(now.saturating_sub(origin)) * u128::from(plan.rate_den);
+    smooth_level(full_at, now_s, plan.window, plan.token)
+}
+
+/// A bucket's content at an instant, whatever its representation: what reconfiguration
+/// carries from one plan to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// `scaled` units of 1/`token` token (`whole × token` plus the accrued fraction).
+    Smooth { scaled: u128, token: u64, at: u64 },
+    /// `tokens` whole tokens, the last top-up at `last_top_up`.
+    Interval {
+        tokens: u64,
+        last_top_up: u64,
+        at: u64,
+    },
+}
+
+impl Held {
+    fn whole(&self) -> u64 {
+        match *self {
+            // At most max_tokens ≤ 2^40.
+            Held::Smooth { scaled, token, .. } => (scaled / u128::from(token.max(1))) as u64,
+            Held::Interval { tokens, .. } => tokens,
+        }
+    }
+
+    fn at(&self) -> u64 {
+        match *self {
+            Held::Smooth { at, .. } | Held::Interval { at, .. } => at,
+        }
+    }
+
+    /// What a smooth plan of `token` units per token and `max` tokens holds after the switch:
+    /// the same tokens, clamped, and the fraction rounded down to the new resolution.
+    fn smooth_units(&self, token: u64, max: u64) -> u128 {
+        let window = u128::from(max) * u128::from(token);
+        match *self {
+            Held::Smooth {
+                scaled, token: old, ..
+            } => {
+                // scaled × token / old without the 2^168 product: whole tokens convert
+                // exactly, and fraction × token < 2^128.
+                let old = u128::from(old.max(1));
+                let (whole, fraction) = (scaled / old, scaled % old);
+                let units = whole * u128::from(token) + fraction * u128::from(token) / old;
+                units.min(window)
+            }
+            Held::Interval { tokens, .. } => u128::from(tokens.min(max)) * u128::from(token),
+        }
+    }
+}
+
+/// The content of a narrow bucket at `now`.
+pub(crate) fn held(plan: &Plan, origin: u64, payload: u64, now: u64) -> Held {
+    let at = level(plan, origin, payload, now);
+    let when = now.max(origin);
+    match plan.refill {
+        Refill::Smooth => Held::Smooth {
+            scaled: at.scaled,
+            token: plan.token,
+            at: when,
+        },
+        Refill::Interval => {
+            let k = (payload >> plan.tbits).max(now.saturating_sub(origin) / plan.interval_ns);
+            Held::Interval {
+                tokens: at.whole,
+                last_top_up: origin.saturating_add(k.saturating_mul(plan.interval_ns)),
+                at: when,
+            }
+        }
+    }
+}
+
+/// The content of a wide bucket at `now`.
+pub(crate) fn wide_held(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> Held {
+    Held::Smooth {
+        scaled: wide_level(plan, origin, full_at, now).scaled,
+        token: plan.token,
+        at: now.max(origin),
+    }
+}
+
+/// A narrow bucket holding `held` under `new`: its origin and payload. Tokens are clamped to
+/// the new maximum; a smooth bucket keeps the accrued fraction too, rounded down to the new
+/// rate's resolution; an interval bucket keeps counting intervals from its last top-up.
+pub(crate) fn narrow_from(held: &Held, new: &Plan) -> (u64, u64) {
+    match (new.refill, *held) {
+        (Refill::Smooth, _) => {
+            // Not wide: the units fit in window ≤ 2^55.
+            let units = held.smooth_units(new.token, new.max) as u64;
+            (held.at(), new.window - units.min(new.window))
+        }
+        (Refill::Interval, Held::Smooth { .. }) => (held.at(), held.whole().min(new.max)),
+        (
+            Refill::Interval,
+            Held::Interval {
+                tokens,
+                last_top_up,
+                ..
+            },
+        ) => (last_top_up, tokens.min(new.max)),
+    }
+}
+
+/// A wide bucket holding `held` under `new`: its origin and `full_at`, by the same rules as
+/// [`narrow_from`].
+pub(crate) fn wide_from(held: &Held, new: &WidePlan) -> (u64, u128) {
+    let units = held.smooth_units(new.token, new.max);
+    (held.at(), new.window - units)
 }
 
 #[cfg(test)]
@@ -318,6 +522,84 @@ mod tests {
             step(&p, 0, payload, 333_333_334),
             Step::Admit { .. }
         ));
+    }
+
+    #[test]
+    fn wide_settings_make_a_marker_that_always_leaves_the_fast_path() {
+        let hour = 3_600_000_000_000;
+        let p = plan(100_001, 100_001, hour, Refill::Smooth);
+        assert!(p.is_wide());
+        for now in [0, 1, hour, u64::MAX] {
+            assert_eq!(step(&p, 0, p.full_payload(), now), Step::Rebase);
+        }
+        let w = WidePlan::new(p.settings());
+        assert_eq!((w.rate_den, w.token), (100_001, hour));
+        assert_eq!(w.window, 100_001 * u128::from(hour));
+        // Narrow plans never carry the marker.
+        for p in [
+            plan(1 << 40, 1 << 32, 1, Refill::Smooth),
+            plan(1, 1, 1 << 55, Refill::Smooth),
+            plan(1 << 40, 1, u64::MAX, Refill::Interval),
+            plan(1, 1 << 32, u64::MAX, Refill::Interval),
+        ] {
+            assert!(!p.is_wide() && p.rebase_at >= 2, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn wide_extremes_stay_in_range() {
+        // The largest window (2^40 tokens of 2^64 - 1 units) and the fastest scaled clock.
+        let s = Settings::new(1 << 40, 1, Duration::from_nanos(u64::MAX), Refill::Smooth).unwrap();
+        let w = WidePlan::new(s);
+        let (full_at, d) = wide_step(&w, 0, w.full_state(), u64::MAX);
+        assert!(d.admitted());
+        assert_eq!(d.remaining(), (1 << 40) - 1);
+        assert_eq!(d.next_token_in(), Duration::from_nanos(u64::MAX));
+        assert_eq!(wide_level(&w, 0, full_at, u64::MAX).whole, (1 << 40) - 1);
+        // A check from before the last one waits longer than one token's time: capped.
+        let s = Settings::new(1, 1, Duration::from_nanos(u64::MAX), Refill::Smooth).unwrap();
+        let w = WidePlan::new(s);
+        let (full_at, _) = wide_step(&w, 0, w.full_state(), u64::MAX);
+        let (_, d) = wide_step(&w, 0, full_at, 0);
+        assert!(!d.admitted());
+        assert_eq!(d.next_token_in(), Duration::from_nanos(u64::MAX));
+    }
+
+    proptest::proptest! {
+        /// The wide arithmetic is the fast path's in more bits: on any plan the fast path
+        /// holds, both give the same decisions and the same state.
+        #[test]
+        fn wide_arithmetic_agrees_with_the_fast_path(
+            max in proptest::prop_oneof![1u64..20, 1u64..=(1 << 40)],
+            per_fill in proptest::prop_oneof![1u64..20, 1u64..=(1 << 32)],
+            interval in proptest::prop_oneof![1u64..1000, 1u64..=(1 << 40)],
+            gaps in proptest::collection::vec(0u64..2_000, 1..100),
+        ) {
+            // Clamp the burst so that the window fits the fast path.
+            let token = interval / gcd(per_fill, interval);
+            let max = max.min(crate::SMOOTH_WINDOW_LIMIT / token).max(1);
+            let s = Settings::new(max, per_fill, Duration::from_nanos(interval), Refill::Smooth)
+                .unwrap();
+            proptest::prop_assert!(!s.is_wide());
+            let (narrow, wide) = (Plan::new(s), WidePlan::new(s));
+            let unit = (interval / per_fill).max(1);
+            let (mut payload, mut full_at, mut now) = (narrow.full_payload(), wide.full_state(), 0u64);
+            for gap in gaps {
+                now = now.saturating_add(gap * unit / 1000);
+                let (next, decision) = wide_step(&wide, 0, full_at, now);
+                match step(&narrow, 0, payload, now) {
+                    Step::Admit { payload: p, decision: d } => {
+                        proptest::prop_assert_eq!(d, decision);
+                        payload = p;
+                    }
+                    Step::Deny(d) => proptest::prop_assert_eq!(d, decision),
+                    Step::Rebase => break,
+                }
+                full_at = next;
+                proptest::prop_assert_eq!(u128::from(payload), full_at);
+                proptest::prop_assert_eq!(level(&narrow, 0, payload, now), wide_level(&wide, 0, full_at, now));
+            }
+        }
     }
 
     #[test]

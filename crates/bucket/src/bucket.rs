@@ -1,12 +1,22 @@
-//! One lock-free bucket.
+//! One bucket: lock-free for plans that fit a 56-bit payload, a short lock for wide ones.
 //!
 //! The state is one `AtomicU64`: an 8-bit generation above the 56-bit payload of
 //! [`crate::arith`]. Next to it sit two plan *slots* (origin + derived settings); the
 //! generation's parity says which one the payload belongs to. A check reads the state, reads its
 //! slot, computes, and publishes with one compare-and-swap. Reconfiguring or rebasing (rare,
-//! serialised by a mutex that checks never take) writes the inactive slot and then swaps in a
-//! state of the next generation, so a check never pairs a payload with the wrong slot: a check
-//! that raced with the rewrite sees its state word changed and starts over.
+//! serialised by a mutex that narrow checks never take) writes the inactive slot and then swaps
+//! in a state of the next generation, so a check never pairs a payload with the wrong slot: a
+//! check that raced with the rewrite sees its state word changed and starts over.
+//!
+//! A wide plan (see [`crate::Settings::is_wide`]) needs a 128-bit state, more than one
+//! compare-and-swap can update, so it lives inside that same writers' mutex, and the active slot
+//! holds the plan's marker. The marker makes the fast path's first comparison fail, so a check
+//! reaches the wide path from the branch it already has for rebasing and a narrow check costs
+//! exactly what it did. Every switch between the two representations happens with the mutex
+//! held, so under it the wide state is present exactly when the active slot is a marker: a check
+//! that finds the marker but no wide state (the bucket went narrow meanwhile) starts over, and a
+//! narrow check that raced with a switch to wide fails its compare-and-swap, because the switch
+//! moved the state word to a new generation.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
@@ -14,11 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use parking_lot::Mutex;
 
 use crate::Decision;
-use crate::arith::{self, PAYLOAD_BITS, PAYLOAD_MASK, Plan, Step};
+use crate::arith::{self, Held, PAYLOAD_BITS, PAYLOAD_MASK, Plan, Step, WidePlan};
 use crate::settings::{Refill, Settings};
 
-/// A token bucket shared by any number of threads. Checks are lock-free: one atomic
-/// compare-and-swap takes a token, so concurrent checks never admit more than the bucket holds.
+/// A token bucket shared by any number of threads. Checks are lock-free for plans that fit the
+/// fast path: one atomic compare-and-swap takes a token, so concurrent checks never admit more
+/// than the bucket holds. [Wide](Settings::is_wide) plans are just as exact; their checks are
+/// serialised by a short lock.
 ///
 /// Times are nanoseconds from a [`crate::Clock`]. They should not go backwards; a check with an
 /// earlier time than one already applied is judged conservatively (it never sees more tokens
@@ -26,7 +38,27 @@ use crate::settings::{Refill, Settings};
 pub struct Bucket {
     state: Padded<AtomicU64>,
     slots: [Padded<Slot>; 2],
-    writer: Mutex<()>,
+    /// Serialises writers; holds the state while the plan is wide.
+    writer: Mutex<Option<Wide>>,
+}
+
+/// A wide bucket's whole state.
+#[derive(Clone, Copy, Debug)]
+struct Wide {
+    origin: u64,
+    plan: WidePlan,
+    full_at: u128,
+}
+
+impl Wide {
+    fn new(settings: Settings, origin: u64) -> Wide {
+        let plan = WidePlan::new(settings);
+        Wide {
+            origin,
+            plan,
+            full_at: plan.full_state(),
+        }
+    }
 }
 
 /// Keeps the contended state word and the read-mostly slots on separate cache lines.
@@ -44,13 +76,14 @@ impl Bucket {
     /// A full bucket at `now_ns`.
     pub fn new(settings: Settings, now_ns: u64) -> Bucket {
         let plan = Plan::new(settings);
+        let wide = plan.is_wide().then(|| Wide::new(settings, now_ns));
         Bucket {
             state: Padded(AtomicU64::new(plan.full_payload())),
             slots: [
                 Padded(Slot::new(now_ns, &plan)),
                 Padded(Slot::new(now_ns, &plan)),
             ],
-            writer: Mutex::new(()),
+            writer: Mutex::new(wide),
         }
     }
 
@@ -72,15 +105,38 @@ impl Bucket {
                     }
                 }
                 Step::Deny(decision) => return decision,
-                Step::Rebase => self.rewrite(now_ns, None),
+                Step::Rebase => {
+                    if !plan.is_wide() {
+                        self.rewrite(now_ns, None);
+                    } else if let Some(decision) = self.check_wide(now_ns) {
+                        return decision;
+                    }
+                }
             }
         }
     }
 
+    /// A check on the wide state; `None` if the bucket is no longer wide.
+    #[cold]
+    fn check_wide(&self, now_ns: u64) -> Option<Decision> {
+        let mut guard = self.writer.lock();
+        let wide = guard.as_mut()?;
+        let (full_at, decision) = arith::wide_step(&wide.plan, wide.origin, wide.full_at, now_ns);
+        wide.full_at = full_at;
+        Some(decision)
+    }
+
     /// Whole tokens available at `now_ns`, without taking any.
     pub fn peek(&self, now_ns: u64) -> u64 {
-        let (state, origin, plan) = self.snapshot();
-        arith::level(&plan, origin, state & PAYLOAD_MASK, now_ns).whole
+        loop {
+            let (state, origin, plan) = self.snapshot();
+            if !plan.is_wide() {
+                return arith::level(&plan, origin, state & PAYLOAD_MASK, now_ns).whole;
+            }
+            if let Some(w) = self.writer.lock().as_ref() {
+                return arith::wide_level(&w.plan, w.origin, w.full_at, now_ns).whole;
+            }
+        }
     }
 
     /// The settings in force.
@@ -91,7 +147,8 @@ impl Bucket {
     /// Switches to new settings at `now_ns`, keeping the tokens held (clamped to the new
     /// maximum; a smooth bucket keeps the accrued fraction of a token too, rounded down to the
     /// new rate's resolution). An interval bucket keeps counting intervals from its last
-    /// top-up. The same settings again change nothing.
+    /// top-up. The same settings again change nothing. This holds between any two plans,
+    /// narrow or wide.
     pub fn reconfigure(&self, settings: Settings, now_ns: u64) {
         self.rewrite(now_ns, Some(settings));
     }
@@ -111,30 +168,48 @@ impl Bucket {
     }
 
     /// Moves to new settings, or (with `None`) moves the origin forward when `now_ns` is past
-    /// what the payload can express. Writers are serialised; checks carry on meanwhile.
+    /// what the payload can express. Writers are serialised; narrow checks carry on meanwhile,
+    /// wide ones wait.
     fn rewrite(&self, now_ns: u64, settings: Option<Settings>) {
-        let _writer = self.writer.lock();
+        let mut wide = self.writer.lock();
         loop {
             let state = self.state.0.load(Ordering::Acquire);
             let active = slot_of(state);
             // Only writers store to slots, and we are the only writer.
             let (origin, plan) = self.slots[active].0.load();
             let payload = state & PAYLOAD_MASK;
-            let (new_origin, new_plan, new_payload) = match settings {
+            let (new_origin, new_plan, new_payload, new_wide) = match settings {
                 None => {
-                    if now_ns.saturating_sub(origin) <= plan.rebase_after {
-                        return; // another thread rebased already
+                    if plan.is_wide() || now_ns.saturating_sub(origin) < plan.rebase_at {
+                        return; // a wide state needs no rebase, or another thread rebased
                     }
                     let to = arith::rebase_origin(&plan, origin, now_ns);
-                    (to, plan, arith::shift(&plan, payload, origin, to))
+                    (to, plan, arith::shift(&plan, payload, origin, to), None)
                 }
                 Some(settings) => {
                     if settings == plan.settings() {
                         return;
                     }
+                    // Under the lock the wide state is present exactly when the plan is wide.
+                    let held: Held = match wide.as_ref() {
+                        Some(w) => arith::wide_held(&w.plan, w.origin, w.full_at, now_ns),
+                        None => arith::held(&plan, origin, payload, now_ns),
+                    };
                     let new_plan = Plan::new(settings);
-                    let (to, moved) = arith::convert(&plan, origin, payload, &new_plan, now_ns);
-                    (to, new_plan, moved)
+                    if new_plan.is_wide() {
+                        let wide_plan = WidePlan::new(settings);
+                        let (to, full_at) = arith::wide_from(&held, &wide_plan);
+                        let new_wide = Wide {
+                            origin: to,
+                            plan: wide_plan,
+                            full_at,
+                        };
+                        // The payload is unused while wide; the slot's origin only for Debug.
+                        (to, new_plan, 0, Some(new_wide))
+                    } else {
+                        let (to, moved) = arith::narrow_from(&held, &new_plan);
+                        (to, new_plan, moved, None)
+                    }
                 }
             };
             // Pairs with the fence in `snapshot`: a check that sees any of the slot stores
@@ -149,6 +224,8 @@ impl Bucket {
                 .compare_exchange(state, next, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                // Still under the lock: wide checks that saw the new slot wait for this.
+                *wide = new_wide;
                 return;
             }
         }
@@ -158,11 +235,19 @@ impl Bucket {
 impl fmt::Debug for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (state, origin, plan) = self.snapshot();
-        f.debug_struct("Bucket")
-            .field("settings", &plan.settings())
-            .field("origin_ns", &origin)
-            .field("payload", &(state & PAYLOAD_MASK))
-            .finish()
+        let mut d = f.debug_struct("Bucket");
+        d.field("settings", &plan.settings());
+        if plan.is_wide() {
+            let wide = *self.writer.lock();
+            match wide {
+                Some(w) => d.field("origin_ns", &w.origin).field("full_at", &w.full_at),
+                None => d.field("origin_ns", &origin), // switched meanwhile
+            };
+        } else {
+            d.field("origin_ns", &origin)
+                .field("payload", &(state & PAYLOAD_MASK));
+        }
+        d.finish()
     }
 }
 
@@ -178,7 +263,7 @@ struct Slot {
     rate_den: AtomicU64,
     token: AtomicU64,
     window: AtomicU64,
-    rebase_after: AtomicU64,
+    rebase_at: AtomicU64,
 }
 
 const SMOOTH_BIT: u64 = 1 << 63;
@@ -194,7 +279,7 @@ impl Slot {
             rate_den: AtomicU64::new(0),
             token: AtomicU64::new(0),
             window: AtomicU64::new(0),
-            rebase_after: AtomicU64::new(0),
+            rebase_at: AtomicU64::new(0),
         };
         slot.store(origin, plan);
         slot
@@ -218,7 +303,7 @@ impl Slot {
             token: self.token.load(Ordering::Relaxed).max(1),
             window: self.window.load(Ordering::Relaxed),
             tbits: (mode & 0x3f) as u32,
-            rebase_after: self.rebase_after.load(Ordering::Relaxed),
+            rebase_at: self.rebase_at.load(Ordering::Relaxed),
         };
         (self.origin.load(Ordering::Relaxed), plan)
     }
@@ -238,8 +323,7 @@ impl Slot {
         self.rate_den.store(plan.rate_den, Ordering::Relaxed);
         self.token.store(plan.token, Ordering::Relaxed);
         self.window.store(plan.window, Ordering::Relaxed);
-        self.rebase_after
-            .store(plan.rebase_after, Ordering::Relaxed);
+        self.rebase_at.store(plan.rebase_at, Ordering::Relaxed);
     }
 }
 
@@ -331,7 +415,7 @@ mod tests {
             let Ok(s) = Settings::new(max, per_fill, Duration::from_nanos(interval), refill) else {
                 return Ok(());
             };
-            let rebase_after = Plan::new(s).rebase_after;
+            let rebase_after = Plan::new(s).rebase_at.saturating_sub(1);
             proptest::prop_assume!(rebase_after < u64::MAX / 2);
             // Arrivals start a little before origin + rebase_after and run past it, in steps
             // of a fraction of the time one token takes.
@@ -345,6 +429,90 @@ mod tests {
             for gap in gaps {
                 now = now.saturating_add(gap * unit / 100);
                 proptest::prop_assert_eq!(bucket.check(now), model.decision(now), "at {}", now);
+            }
+        }
+    }
+
+    #[test]
+    fn a_wide_bucket_refills_exactly_across_idle_gaps_and_clock_extremes() {
+        // 2^40 tokens at 2^32 per (2^32 + 1) ns: coprime, so the window is about 2^72.
+        let s = settings(
+            1 << 40,
+            1 << 32,
+            Duration::from_nanos((1 << 32) + 1),
+            Refill::Smooth,
+        );
+        assert!(s.is_wide());
+        let b = Bucket::new(s, 0);
+        for _ in 0..1000 {
+            assert!(b.check(0).admitted());
+        }
+        assert_eq!(b.peek(0), (1 << 40) - 1000);
+        assert_eq!(b.peek(3 * 86_400 * S), 1 << 40);
+        assert_eq!(b.check(u64::MAX - 1).remaining(), (1 << 40) - 1);
+        let late = Bucket::new(s, u64::MAX - 10);
+        assert_eq!(late.check(u64::MAX).remaining(), (1 << 40) - 1);
+        assert!(format!("{b:?}").contains("full_at"));
+    }
+
+    #[test]
+    fn a_kuma_hourly_quota_drains_and_refills_at_its_exact_rate() {
+        // requestRate {num: 100001, interval: 1h}: one token every 3.6e12 / 100001 ns, which
+        // is 35_999_640.0036 ns.
+        let s = settings(100_001, 100_001, Duration::from_secs(3600), Refill::Smooth);
+        assert!(s.is_wide());
+        let b = Bucket::new(s, 5 * S);
+        assert_eq!(admitted_burst(&b, 5 * S), 100_001);
+        let d = b.check(5 * S);
+        assert_eq!(d.next_token_in(), Duration::from_nanos(35_999_641));
+        assert!(!b.check(5 * S + 35_999_640).admitted());
+        let d = b.check(5 * S + 35_999_641);
+        assert!(d.admitted());
+        assert_eq!(d.remaining(), 0);
+        // The 0.0036 ns left over keeps counting: the next token is 35_999_640 ns later.
+        assert_eq!(d.next_token_in(), Duration::from_nanos(35_999_640));
+        // Ten tokens' time later, exactly ten tokens (the fractions add up).
+        let ten = 5 * S + 11 * 35_999_641 - 1;
+        assert_eq!(b.peek(ten), 10);
+    }
+
+    #[test]
+    fn reconfiguring_between_narrow_and_wide_keeps_tokens_and_fractions() {
+        use crate::model::ReferenceBucket;
+        let narrow = settings(10, 10, Duration::from_secs(1), Refill::Smooth);
+        let wide = settings(100_001, 100_001, Duration::from_secs(3600), Refill::Smooth);
+        let wide_small = settings(7, 1, Duration::from_secs(86_400 * 1000), Refill::Smooth);
+        let interval = settings(20, 1, Duration::from_secs(1), Refill::Interval);
+        assert!(!narrow.is_wide() && wide.is_wide() && wide_small.is_wide());
+        let b = Bucket::new(narrow, 0);
+        let mut m = ReferenceBucket::new(10, 10, S, Refill::Smooth, 0);
+        let mut now = 0;
+        for (gap, next) in [
+            (250_000_000, wide),
+            (0, narrow),
+            (123_456_789, wide),
+            (987_654_321, wide_small),
+            (S, interval),
+            (2 * S + 1, wide),
+            (77, wide),
+            (3 * S, narrow),
+        ] {
+            for _ in 0..3 {
+                assert_eq!(b.check(now), m.decision(now), "at {now}");
+            }
+            now += gap;
+            b.reconfigure(next, now);
+            m.reconfigure(
+                next.max_tokens(),
+                next.tokens_per_fill(),
+                next.fill_interval_ns(),
+                next.refill(),
+                now,
+            );
+            assert_eq!(b.settings(), next);
+            assert_eq!(b.peek(now), m.tokens(now), "after switching to {next}");
+            for later in [now + 1, now + 40_000_000, now + 3 * S] {
+                assert_eq!(b.peek(later), m.clone().tokens(later), "{next} at {later}");
             }
         }
     }

@@ -6,6 +6,15 @@
 //! [`KeyedBuckets`] (one bucket per key, idle keys evicted). The arithmetic itself is in
 //! `arith.rs`, as pure functions; [`model::ReferenceBucket`] is the plain model the engine is
 //! property-tested against.
+//!
+//! Every quota within the bounds of [`Settings::new`] is served exactly, in both refill modes:
+//! up to [`MAX_TOKENS_LIMIT`] tokens, [`TOKENS_PER_FILL_LIMIT`] per fill, and any interval from
+//! 1 ns to `u64::MAX` ns. Most plans keep a bucket's state in one 56-bit payload that a single
+//! compare-and-swap updates. A smooth plan whose exact state needs more — long intervals with
+//! large bursts, such as 100001 per hour — is *wide* ([`Settings::is_wide`]): its state is kept
+//! in 128 bits behind a short lock, with the same arithmetic and the same answers. The fast
+//! path does not pay for this: a wide plan is recognised on a branch the fast path already
+//! takes only to rebase.
 
 use std::time::Duration;
 

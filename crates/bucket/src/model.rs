@@ -1,6 +1,11 @@
 //! The plain, obviously-correct token bucket that the engine (and the kernel limiter's BPF
 //! arithmetic) is tested against. No packing, no scaling tricks, no atomics: tokens are exact
 //! fractions in `u128`, refilled step by step as the issue describes them.
+//!
+//! It is exact for every valid setting: a smooth amount is at most 2^40 tokens × 2^64 ns-units
+//! (2^104), a refill adds at most 2^64 ns × 2^32 tokens (2^96), and the one product that
+//! could pass 2^128 (rescaling a fraction on reconfiguration) is split into whole tokens and
+//! fraction.
 
 use std::time::Duration;
 
@@ -97,9 +102,13 @@ impl ReferenceBucket {
         self.refill = refill;
         self.amount = match (old_refill, refill) {
             (Refill::Smooth, Refill::Smooth) => {
-                let step = u128::from(fill_interval_ns / gcd(tokens_per_fill, fill_interval_ns));
-                let units = old_amount * step / old_one;
-                units * u128::from(fill_interval_ns) / step
+                // The new resolution: `step` units per token, each `g` ns-units of amount.
+                let g = gcd(tokens_per_fill, fill_interval_ns);
+                let step = u128::from(fill_interval_ns / g);
+                // units = old_amount × step / old_one, split so that no product passes 2^128
+                // (old_amount reaches 2^104 and step 2^64).
+                let units = old_amount / old_one * step + old_amount % old_one * step / old_one;
+                units.min(u128::from(max_tokens) * step) * u128::from(g)
             }
             (_, Refill::Smooth) => u128::from(whole) * u128::from(fill_interval_ns),
             (_, Refill::Interval) => u128::from(whole),

@@ -1,4 +1,10 @@
 //! What a bucket is configured with, and the bounds that keep its arithmetic exact.
+//!
+//! Every combination within the bounds is exact, in both refill modes, for any clock value.
+//! Most plans fit the lock-free 56-bit fast path; a smooth plan whose window (see
+//! [`SMOOTH_WINDOW_LIMIT`]) is wider than that is *wide* ([`Settings::is_wide`]) and keeps its
+//! state in 128 bits behind a short lock instead. Wide plans are ordinary quotas — 100001 per
+//! hour is one — so they are served, not refused; they only cost a lock per check.
 
 use std::fmt;
 use std::str::FromStr;
@@ -53,9 +59,12 @@ impl FromStr for Refill {
 pub const MAX_TOKENS_LIMIT: u64 = 1 << 40;
 /// The largest `tokens_per_fill` a bucket accepts (2^32, about 4.3 × 10^9).
 pub const TOKENS_PER_FILL_LIMIT: u64 = 1 << 32;
-/// The largest smooth refill window, in units of 1/q ns where q = tokens_per_fill /
-/// gcd(tokens_per_fill, fill_interval_ns). When tokens_per_fill divides the interval this is
-/// simply the time to refill an empty bucket: 2^55 ns, about 417 days.
+/// The widest smooth refill window the lock-free fast path holds, in units of 1/q ns where
+/// q = tokens_per_fill / gcd(tokens_per_fill, fill_interval_ns): the window is
+/// `max_tokens × fill_interval_ns / gcd(tokens_per_fill, fill_interval_ns)`. When
+/// tokens_per_fill divides the interval this is simply the time to refill an empty bucket:
+/// 2^55 ns, about 417 days. Smooth plans with a wider window are accepted too; they are
+/// [wide](Settings::is_wide) and take the locked 128-bit path. Interval refill always fits.
 pub const SMOOTH_WINDOW_LIMIT: u64 = 1 << 55;
 
 /// Why [`Settings::new`] refused a combination.
@@ -73,22 +82,10 @@ pub enum SettingsError {
     TokensPerFillTooLarge(u64),
     #[error("fill_interval {0:?} is too long (at most 2^64-1 ns, about 584 years)")]
     FillIntervalTooLong(Duration),
-    #[error(
-        "smooth refill of max_tokens {max_tokens} at {tokens_per_fill} per {fill_interval:?} \
-         cannot be tracked exactly: max_tokens x fill_interval_ns / gcd(tokens_per_fill, \
-         fill_interval_ns) = {window} exceeds 2^55 (an empty bucket would take more than about \
-         417 days to refill); lower max_tokens or fill_interval, or use interval refill"
-    )]
-    SmoothWindowTooLong {
-        max_tokens: u64,
-        tokens_per_fill: u64,
-        fill_interval: Duration,
-        window: u128,
-    },
 }
 
-/// A validated bucket configuration. Only combinations whose arithmetic is exact for the
-/// whole range of clock values can be built.
+/// A validated bucket configuration. Every combination within the bounds of [`Settings::new`]
+/// is tracked exactly for the whole range of clock values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Settings {
     max_tokens: u64,
@@ -99,8 +96,8 @@ pub struct Settings {
 
 impl Settings {
     /// Validates and builds settings: all three numbers at least 1, `max_tokens` at most
-    /// [`MAX_TOKENS_LIMIT`], `tokens_per_fill` at most [`TOKENS_PER_FILL_LIMIT`], and for
-    /// smooth refill a window within [`SMOOTH_WINDOW_LIMIT`].
+    /// [`MAX_TOKENS_LIMIT`], `tokens_per_fill` at most [`TOKENS_PER_FILL_LIMIT`], and
+    /// `fill_interval` at most `u64::MAX` nanoseconds, in either refill mode.
     pub fn new(
         max_tokens: u64,
         tokens_per_fill: u64,
@@ -127,18 +124,6 @@ impl Settings {
         if fill_interval_ns == 0 {
             // Sub-nanosecond intervals round to zero.
             return Err(SettingsError::ZeroFillInterval);
-        }
-        if refill == Refill::Smooth {
-            let g = gcd(tokens_per_fill, fill_interval_ns);
-            let window = u128::from(max_tokens) * u128::from(fill_interval_ns / g);
-            if window > u128::from(SMOOTH_WINDOW_LIMIT) {
-                return Err(SettingsError::SmoothWindowTooLong {
-                    max_tokens,
-                    tokens_per_fill,
-                    fill_interval,
-                    window,
-                });
-            }
         }
         Ok(Settings {
             max_tokens,
@@ -171,6 +156,21 @@ impl Settings {
     /// The refill mode.
     pub fn refill(&self) -> Refill {
         self.refill
+    }
+
+    /// Whether these settings are too wide for the lock-free fast path: smooth refill whose
+    /// window exceeds [`SMOOTH_WINDOW_LIMIT`]. Buckets with wide settings are just as exact,
+    /// but keep their state in 128 bits, so each check takes a short lock instead of one
+    /// compare-and-swap.
+    pub fn is_wide(&self) -> bool {
+        self.refill == Refill::Smooth && self.smooth_window() > u128::from(SMOOTH_WINDOW_LIMIT)
+    }
+
+    /// `max_tokens × fill_interval_ns / gcd(tokens_per_fill, fill_interval_ns)`: scaled units
+    /// in a full smooth bucket (below 2^104).
+    pub(crate) fn smooth_window(&self) -> u128 {
+        let g = gcd(self.tokens_per_fill, self.fill_interval_ns);
+        u128::from(self.max_tokens) * u128::from(self.fill_interval_ns / g)
     }
 
     /// Rebuilds settings that were validated before (from a stored plan).
@@ -254,15 +254,50 @@ mod tests {
     }
 
     #[test]
-    fn smooth_window_bound_depends_on_the_reduced_rate() {
-        // 1000 tokens, 1 per day: an empty bucket needs 1000 days to refill.
+    fn every_quota_is_accepted_and_only_wide_smooth_windows_leave_the_fast_path() {
         let day = Duration::from_secs(86_400);
-        let err = Settings::new(1000, 1, day, Refill::Smooth).unwrap_err();
-        assert!(err.to_string().contains("417 days"), "{err}");
-        // The same numbers refill in whole intervals without a window bound.
-        assert!(Settings::new(1000, 1, day, Refill::Interval).is_ok());
+        let hour = Duration::from_secs(3600);
+        // 1000 tokens, 1 per day: an empty bucket needs 1000 days to refill (wide)...
+        assert!(
+            Settings::new(1000, 1, day, Refill::Smooth)
+                .unwrap()
+                .is_wide()
+        );
+        // ...while the same numbers refill in whole intervals on the fast path.
+        assert!(
+            !Settings::new(1000, 1, day, Refill::Interval)
+                .unwrap()
+                .is_wide()
+        );
         // 1000 per day with a 1000 burst refills in one day.
-        assert!(Settings::new(1000, 1000, day, Refill::Smooth).is_ok());
+        assert!(
+            !Settings::new(1000, 1000, day, Refill::Smooth)
+                .unwrap()
+                .is_wide()
+        );
+        // A Kuma requestRate of 100001 per hour.
+        assert!(
+            Settings::new(100_001, 100_001, hour, Refill::Smooth)
+                .unwrap()
+                .is_wide()
+        );
+        // The extremes of every bound, in both modes.
+        for refill in [Refill::Smooth, Refill::Interval] {
+            for (max, per_fill, ns) in [
+                (MAX_TOKENS_LIMIT, 1, u64::MAX),
+                (MAX_TOKENS_LIMIT, TOKENS_PER_FILL_LIMIT, 1),
+                (1, 1, u64::MAX),
+                (u64::from(u32::MAX), u64::from(u32::MAX), i64::MAX as u64),
+            ] {
+                let s = Settings::new(max, per_fill, Duration::from_nanos(ns), refill).unwrap();
+                assert_eq!(s.fill_interval_ns(), ns);
+            }
+        }
+        // The boundary itself stays on the fast path.
+        let edge = Duration::from_nanos(SMOOTH_WINDOW_LIMIT);
+        assert!(!Settings::new(1, 1, edge, Refill::Smooth).unwrap().is_wide());
+        let past = Duration::from_nanos(SMOOTH_WINDOW_LIMIT + 1);
+        assert!(Settings::new(1, 1, past, Refill::Smooth).unwrap().is_wide());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Many threads against one bucket never admit more than it holds — also while its settings
-//! change under them.
+//! change under them, on the fast path, on the wide (128-bit) path, and across switches
+//! between the two.
 
 use std::sync::Barrier;
 use std::thread;
@@ -33,6 +34,29 @@ fn no_refill(refill: Refill) -> Settings {
     Settings::new(TOKENS, 1, Duration::from_secs(3600), refill).unwrap()
 }
 
+/// The same tokens with no refill during the test, as a wide plan (a month per token).
+fn wide_no_refill() -> Settings {
+    let s = Settings::new(TOKENS, 1, Duration::from_secs(30 * 86_400), Refill::Smooth).unwrap();
+    assert!(s.is_wide());
+    s
+}
+
+#[test]
+fn threads_on_one_wide_bucket_admit_exactly_its_tokens() {
+    let bucket = Bucket::new(wide_no_refill(), 1_000);
+    let admitted = hammer(|| bucket.check(1_000).admitted());
+    assert_eq!(admitted, TOKENS);
+    assert_eq!(bucket.peek(1_000), 0);
+}
+
+#[test]
+fn threads_on_one_wide_key_admit_exactly_its_tokens() {
+    let table = KeyedBuckets::new(wide_no_refill(), 1_000);
+    let admitted = hammer(|| table.check(&"client", 1_000).admitted());
+    assert_eq!(admitted, TOKENS);
+    assert_eq!(table.len(), 1);
+}
+
 #[test]
 fn threads_on_one_bucket_admit_exactly_its_tokens() {
     for refill in [Refill::Smooth, Refill::Interval] {
@@ -53,28 +77,49 @@ fn threads_on_one_key_admit_exactly_its_tokens() {
     }
 }
 
-#[test]
-fn reconfiguring_under_load_neither_loses_nor_invents_tokens() {
-    // Both settings hold the same number of tokens and refill nothing at a fixed time, so every
-    // switch keeps the count: the threads must get exactly TOKENS whatever interleaving.
-    let a = no_refill(Refill::Smooth);
-    let b = Settings::new(TOKENS, 7, Duration::from_secs(86_400), Refill::Interval).unwrap();
-    let bucket = Bucket::new(a, 1_000);
-    let done = std::sync::atomic::AtomicBool::new(false);
+/// All the settings hold the same number of tokens and refill nothing at a fixed time, so
+/// every switch keeps the count: the threads must get exactly TOKENS whatever the interleaving.
+fn flip_under_load(plans: &[Settings]) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let bucket = Bucket::new(plans[0], 1_000);
+    let done = AtomicBool::new(false);
+    let flips = AtomicUsize::new(0);
     let admitted = thread::scope(|scope| {
-        let flipper = scope.spawn(|| {
-            let mut flips = 0u64;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                bucket.reconfigure(if flips.is_multiple_of(2) { b } else { a }, 1_000);
-                flips += 1;
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let n = flips.load(Ordering::Relaxed) + 1;
+                bucket.reconfigure(plans[n % plans.len()], 1_000);
+                flips.store(n, Ordering::Relaxed);
             }
-            flips
         });
+        // The flipper is running (through every plan once) before the checks start, so they
+        // overlap however the threads are scheduled.
+        while flips.load(Ordering::Relaxed) < plans.len() {
+            thread::yield_now();
+        }
         let admitted = hammer(|| bucket.check(1_000).admitted());
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let flips = flipper.join().unwrap();
-        assert!(flips > 0);
+        done.store(true, Ordering::Relaxed);
         admitted
     });
+    assert!(flips.load(Ordering::Relaxed) >= plans.len());
     assert_eq!(admitted, TOKENS);
+    assert_eq!(bucket.peek(1_000), 0);
+}
+
+#[test]
+fn reconfiguring_under_load_neither_loses_nor_invents_tokens() {
+    let a = no_refill(Refill::Smooth);
+    let b = Settings::new(TOKENS, 7, Duration::from_secs(86_400), Refill::Interval).unwrap();
+    flip_under_load(&[a, b]);
+}
+
+#[test]
+fn switching_between_narrow_and_wide_under_load_neither_loses_nor_invents_tokens() {
+    let narrow = no_refill(Refill::Smooth);
+    assert!(!narrow.is_wide());
+    let interval = Settings::new(TOKENS, 7, Duration::from_secs(86_400), Refill::Interval).unwrap();
+    let wide = wide_no_refill();
+    let wider = Settings::new(TOKENS, 3, Duration::from_nanos(u64::MAX), Refill::Smooth).unwrap();
+    assert!(wider.is_wide());
+    flip_under_load(&[narrow, wide, interval, wide, wider, narrow, wider]);
 }
