@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::ProxyMetrics;
-use crate::proxy::{Proxy, Shared};
+use crate::metrics;
+use crate::proxy::Proxy;
+use crate::state::Shared;
 
 /// Something that adds samples to `/metrics`. Each source writes whole metric families
 /// (`# HELP`, `# TYPE`, samples) in the Prometheus text format.
@@ -56,7 +57,7 @@ impl Admin {
     pub fn for_proxy(proxy: &Proxy) -> Admin {
         let view = Arc::new(ProxyView(Arc::clone(&proxy.shared)));
         Admin::new()
-            .with_metrics(Arc::new(ProxyMetrics(Arc::clone(&proxy.shared))))
+            .with_metrics(view.clone())
             .with_readiness(view.clone())
             .with_config(view)
     }
@@ -234,7 +235,14 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// A proxy as the source of all three routes.
 struct ProxyView(Arc<Shared>);
+
+impl MetricsSource for ProxyView {
+    fn render(&self, out: &mut String) {
+        metrics::render(&self.0, out);
+    }
+}
 
 impl ReadinessSource for ProxyView {
     fn ready(&self) -> Result<(), String> {
@@ -245,7 +253,8 @@ impl ReadinessSource for ProxyView {
         if status.problems.is_empty() {
             Ok(())
         } else {
-            Err(status.problems.join("\n"))
+            let problems: Vec<String> = status.problems.iter().map(ToString::to_string).collect();
+            Err(problems.join("\n"))
         }
     }
 }

@@ -5,22 +5,32 @@
 //! and close the ones over the limit. Limits arrive through a `tokio::sync::watch` channel and
 //! change live, without dropping connections or resetting unchanged buckets.
 //!
-//! Start reading at [`Proxy::spawn`] (`proxy.rs`); the request path is `http.rs`, read top to
-//! bottom; every answer the proxy gives itself is built in `error.rs`; what one inbound does is
-//! compiled in `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
+//! Start reading at [`Proxy::spawn`] (`proxy.rs`), whose supervisor applies each configuration
+//! in the phases of `reconcile.rs`; the request path is `http.rs`, read top to bottom; every
+//! answer the proxy gives itself is built in `error.rs`; what one inbound does is compiled in
+//! `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
+//!
+//! Each module uses only modules listed before it: `options` and `plan` (no dependencies),
+//! `error`, `inbound` (an inbound's key, counters and current plan), `http` and `tcp` (one
+//! connection each), `state` (what the tasks share, [`Status`], [`ProxyProblem`]), `metrics`,
+//! `listener` (bind, accept, stop), `reconcile`, `proxy`, and `admin` on top.
 
 mod admin;
 mod error;
 mod http;
 mod inbound;
+mod listener;
 mod metrics;
 mod options;
 mod plan;
 mod proxy;
+mod reconcile;
+mod state;
 mod tcp;
 
 pub use admin::{Admin, ConfigSource, MetricsSource, ReadinessSource};
 pub use inbound::InboundKey;
 pub use metrics::{InboundStats, ProxyStats, escape_label};
 pub use options::ProxyOptions;
-pub use proxy::{ListenerStatus, Proxy, Status};
+pub use proxy::Proxy;
+pub use state::{ListenerStatus, ProxyProblem, Status};

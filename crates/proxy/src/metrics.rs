@@ -3,86 +3,82 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::admin::MetricsSource;
 use crate::inbound::{Inbound, InboundKey};
-use crate::proxy::Shared;
+use crate::state::Shared;
 
-pub(crate) struct ProxyMetrics(pub Arc<Shared>);
-
-impl MetricsSource for ProxyMetrics {
-    fn render(&self, out: &mut String) {
-        let inbounds = self.0.inbounds.load();
-        let now_ns = self.0.clock.now_ns();
-        family(
+/// Writes the counters and bucket levels of every inbound being served.
+pub(crate) fn render(shared: &Shared, out: &mut String) {
+    let inbounds = shared.inbounds.load();
+    let now_ns = shared.clock.now_ns();
+    family(
+        out,
+        "meshlimit_http_requests_total",
+        "counter",
+        "HTTP requests received by an inbound, by rate-limit decision.",
+    );
+    for inbound in inbounds.iter() {
+        sample(
             out,
             "meshlimit_http_requests_total",
-            "counter",
-            "HTTP requests received by an inbound, by rate-limit decision.",
+            inbound,
+            "decision=\"allowed\"",
+            inbound.counters.http_allowed.get(),
         );
-        for inbound in inbounds.iter() {
-            sample(
-                out,
-                "meshlimit_http_requests_total",
-                inbound,
-                "decision=\"allowed\"",
-                inbound.counters.http_allowed.get(),
-            );
-            sample(
-                out,
-                "meshlimit_http_requests_total",
-                inbound,
-                "decision=\"limited\"",
-                inbound.counters.http_limited.get(),
-            );
-        }
-        family(
+        sample(
+            out,
+            "meshlimit_http_requests_total",
+            inbound,
+            "decision=\"limited\"",
+            inbound.counters.http_limited.get(),
+        );
+    }
+    family(
+        out,
+        "meshlimit_tcp_connections_total",
+        "counter",
+        "Connections accepted by an inbound, by rate-limit decision (limited ones are closed at once).",
+    );
+    for inbound in inbounds.iter() {
+        sample(
             out,
             "meshlimit_tcp_connections_total",
-            "counter",
-            "Connections accepted by an inbound, by rate-limit decision (limited ones are closed at once).",
+            inbound,
+            "decision=\"allowed\"",
+            inbound.counters.tcp_allowed.get(),
         );
-        for inbound in inbounds.iter() {
+        sample(
+            out,
+            "meshlimit_tcp_connections_total",
+            inbound,
+            "decision=\"limited\"",
+            inbound.counters.tcp_limited.get(),
+        );
+    }
+    family(
+        out,
+        "meshlimit_bucket_tokens",
+        "gauge",
+        "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection).",
+    );
+    for inbound in inbounds.iter() {
+        let plan = inbound.plan.load();
+        if let Some(http) = &plan.http {
             sample(
                 out,
-                "meshlimit_tcp_connections_total",
+                "meshlimit_bucket_tokens",
                 inbound,
-                "decision=\"allowed\"",
-                inbound.counters.tcp_allowed.get(),
-            );
-            sample(
-                out,
-                "meshlimit_tcp_connections_total",
-                inbound,
-                "decision=\"limited\"",
-                inbound.counters.tcp_limited.get(),
+                "limit=\"http\"",
+                http.bucket.peek(now_ns),
             );
         }
-        family(
-            out,
-            "meshlimit_bucket_tokens",
-            "gauge",
-            "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection).",
-        );
-        for inbound in inbounds.iter() {
-            let plan = inbound.plan.load();
-            if let Some(http) = &plan.http {
-                sample(
-                    out,
-                    "meshlimit_bucket_tokens",
-                    inbound,
-                    "limit=\"http\"",
-                    http.bucket.peek(now_ns),
-                );
-            }
-            if let Some(tcp) = &plan.tcp {
-                sample(
-                    out,
-                    "meshlimit_bucket_tokens",
-                    inbound,
-                    "limit=\"tcp\"",
-                    tcp.peek(now_ns),
-                );
-            }
+        if let Some(tcp) = &plan.tcp {
+            sample(
+                out,
+                "meshlimit_bucket_tokens",
+                inbound,
+                "limit=\"tcp\"",
+                tcp.peek(now_ns),
+            );
         }
     }
 }

@@ -62,14 +62,13 @@ pub(crate) fn compile(
         }),
         _ => None,
     };
-    let tcp = match &limits.tcp {
-        Some(tcp) => Some(carry(
+    let tcp = limits.tcp.as_ref().map(|tcp| {
+        carry(
             previous.and_then(|p| p.tcp.as_ref()),
             tcp.connection_rate.settings(),
             now_ns,
-        )),
-        None => None,
-    };
+        )
+    });
     InboundPlan {
         protocol: limits.protocol,
         upstream,

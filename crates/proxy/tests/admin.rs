@@ -102,7 +102,9 @@ async fn not_ready_while_an_inbound_cannot_listen() {
     let status = h.status.borrow().clone();
     assert!(status.listeners.is_empty());
     assert!(
-        status.problems[0].contains("cannot listen on 127.0.0.1:"),
+        status.problems[0]
+            .to_string()
+            .contains("cannot listen on 127.0.0.1:"),
         "{:?}",
         status.problems
     );

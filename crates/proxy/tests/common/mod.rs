@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlimit_bucket::FakeClock;
+use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::{
     DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, Protocol, Rate, RejectHeaders, TcpLimit,
 };
@@ -145,7 +146,7 @@ pub fn dataplane(
 
 pub struct Harness {
     pub proxy: Proxy,
-    pub limits: watch::Sender<Vec<DataplaneLimits>>,
+    pub limits: watch::Sender<Versioned<Vec<DataplaneLimits>>>,
     pub clock: FakeClock,
     pub status: watch::Receiver<Status>,
 }
@@ -153,7 +154,7 @@ pub struct Harness {
 impl Harness {
     pub async fn start(config: Vec<DataplaneLimits>, options: ProxyOptions) -> Harness {
         let clock = FakeClock::new(1_000_000_000);
-        let (limits, receiver) = watch::channel(config);
+        let (limits, receiver) = watch::channel(Versioned::new(1, config));
         let proxy = Proxy::spawn(options, Arc::new(clock.clone()), receiver);
         let mut status = proxy.status();
         status.wait_for(|s| s.generation >= 1).await.unwrap();
@@ -176,10 +177,10 @@ impl Harness {
 
     /// Applies `config` and waits until the proxy has.
     pub async fn apply(&mut self, config: Vec<DataplaneLimits>) -> Status {
-        let generation = self.status.borrow().generation;
-        self.limits.send_replace(config);
+        let version = self.limits.borrow().version.unwrap_or(0) + 1;
+        self.limits.send_replace(Versioned::new(version, config));
         self.status
-            .wait_for(|s| s.generation > generation)
+            .wait_for(|s| s.version >= Some(version))
             .await
             .unwrap()
             .clone()
