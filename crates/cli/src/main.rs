@@ -3,9 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
+mod kernel;
+mod report;
+mod watch;
 
 #[derive(Parser)]
 #[command(
@@ -62,19 +66,27 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cp_on_command_line = matches.value_source("cp") == Some(ValueSource::CommandLine);
+    let cp_from_env = matches.value_source("cp") == Some(ValueSource::EnvVariable);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
     let ctx = cmd::Context {
         cp: cli.cp,
         token: cli.token,
+        cp_on_command_line,
+        cp_from_env,
     };
     let result = match cli.command {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Run(args) => cmd::run::run(args),
-        Command::Agent(args) => cmd::agent::run(args),
+        Command::Agent(args) => cmd::agent::run(&ctx, args),
         Command::ControlPlane(args) => cmd::control_plane::run(args),
-        Command::Dataplane(args) => cmd::dataplane::run(args),
+        Command::Dataplane(args) => cmd::dataplane::run(&ctx, args),
         Command::Apply(args) => cmd::apply::run(&ctx, args),
         Command::Get(args) => cmd::get::run(&ctx, args),
         Command::Describe(args) => cmd::describe::run(&ctx, args),

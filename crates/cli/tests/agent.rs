@@ -15,8 +15,8 @@ use std::time::Duration;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
-use meshlimit_control_plane::client::Client;
-use meshlimit_control_plane::wire::SourceFile;
+use meshlimit_control_plane_client::client::Client;
+use meshlimit_control_plane_client::wire::SourceFile;
 use sandbox::Sandbox;
 
 const PORT: u16 = 7001;

@@ -22,8 +22,8 @@ mod net;
 
 use net::{backend, free_port};
 
-use meshlimit_control_plane::client::Client;
-use meshlimit_control_plane::wire::{SourceFile, StatusResponse};
+use meshlimit_control_plane_client::client::Client;
+use meshlimit_control_plane_client::wire::{SourceFile, StatusResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a test waits for something that normally takes milliseconds.
@@ -783,7 +783,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
     )
     .expect_err("invalid");
     assert_eq!(invalid.status(), Some(400));
-    let meshlimit_control_plane::client::ClientError::Api { body, .. } = invalid else {
+    let meshlimit_control_plane_client::client::ClientError::Api { body, .. } = invalid else {
         panic!("an API error")
     };
     assert_eq!(
@@ -1036,7 +1036,7 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
     rt.block_on(client.report_dataplane(
         "default",
         "web-2",
-        &meshlimit_control_plane::wire::DataplaneReport {
+        &meshlimit_control_plane_client::wire::DataplaneReport {
             version: Some(1),
             inbounds: Vec::new(),
         },

@@ -1,7 +1,6 @@
-//! The client side of the API: what the CLI verbs, `meshlimit dataplane` and the kernel agent
-//! use. [`follow_dataplane`] and [`follow_kernel`] keep a watch stream open for good: they
-//! reconnect with jittered, capped exponential backoff and report every change to a callback,
-//! so a caller keeps enforcing its last good limits while the control plane is away.
+//! A small client of the REST API: plain requests with a timeout, errors in the API's problem
+//! format, and [`EventStream`], the lines of a `?watch=true` stream (which [`crate::follow`]
+//! keeps open).
 
 use std::time::Duration;
 
@@ -13,11 +12,10 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use meshlimit_policy::Kind;
-use meshlimit_policy::effective::{DataplaneLimits, KernelLimit};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model;
+use crate::paths::{self, resource_path, segment};
 use crate::wire::{
     AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, Page, Selection,
     SourceFile, StatusResponse, StreamEvent, WriteResult,
@@ -55,32 +53,6 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: HyperClient<HttpConnector, Full<Bytes>>,
-}
-
-/// Percent-encodes one path segment.
-pub fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// The API path of one resource.
-pub fn resource_path(kind: Kind, mesh: &str, name: &str) -> String {
-    match kind {
-        Kind::Mesh => format!("/meshes/{}", segment(name)),
-        _ => format!(
-            "/meshes/{}/{}/{}",
-            segment(mesh),
-            model::collection(kind),
-            segment(name)
-        ),
-    }
 }
 
 impl Client {
@@ -277,8 +249,8 @@ impl Client {
     ) -> Result<Vec<serde_json::Value>, ClientError> {
         let mut path = match (kind, mesh) {
             (Kind::Mesh, _) => "/meshes".to_string(),
-            (_, Some(mesh)) => format!("/meshes/{}/{}", segment(mesh), model::collection(kind)),
-            (_, None) => format!("/{}", model::collection(kind)),
+            (_, Some(mesh)) => format!("/meshes/{}/{}", segment(mesh), paths::collection(kind)),
+            (_, None) => format!("/{}", paths::collection(kind)),
         };
         let mut items = Vec::new();
         loop {
@@ -437,158 +409,5 @@ impl<T: DeserializeOwned> EventStream<T> {
                 }
             }
         }
-    }
-}
-
-/// Exponential backoff with "equal jitter": each delay is half the capped exponential step plus a
-/// random share of the other half, so many data planes do not reconnect in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = step / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// How a follower behaves.
-#[derive(Debug, Clone)]
-pub struct FollowConfig {
-    /// No line for this long (heartbeats come every 5 s) means the connection is dead.
-    pub idle_timeout: Duration,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-}
-
-impl Default for FollowConfig {
-    fn default() -> Self {
-        FollowConfig {
-            idle_timeout: Duration::from_secs(15),
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What a follower tells its caller.
-#[derive(Debug, Clone)]
-pub enum Followed<T> {
-    /// New limits as of store `version` (`None`: the control plane has no such data plane yet).
-    Limits { version: u64, limits: Option<T> },
-    /// The store moved to `version` without changing these limits.
-    Version(u64),
-    /// The stream broke; the follower retries after `retry_in`. Keep enforcing what you have.
-    Disconnected { error: String, retry_in: Duration },
-}
-
-/// Follows `path` forever, calling `on_event` for every change. Never returns; run it in a task.
-pub async fn follow<T, F>(client: &Client, path: &str, config: &FollowConfig, mut on_event: F)
-where
-    T: DeserializeOwned,
-    F: FnMut(Followed<T>),
-{
-    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
-    loop {
-        let error = match client.watch::<T>(path).await {
-            Err(e) => e.to_string(),
-            Ok(mut stream) => loop {
-                match tokio::time::timeout(config.idle_timeout, stream.next()).await {
-                    Err(_) => {
-                        break format!("no heartbeat for {:?}", config.idle_timeout);
-                    }
-                    Ok(Err(e)) => break e.to_string(),
-                    Ok(Ok(None)) => break "the control plane closed the stream".to_string(),
-                    Ok(Ok(Some(event))) => {
-                        backoff.reset();
-                        on_event(match event {
-                            StreamEvent::Limits { version, limits } => {
-                                Followed::Limits { version, limits }
-                            }
-                            StreamEvent::Heartbeat { version } => Followed::Version(version),
-                        });
-                    }
-                }
-            },
-        };
-        let retry_in = backoff.next_delay();
-        on_event(Followed::Disconnected { error, retry_in });
-        tokio::time::sleep(retry_in).await;
-    }
-}
-
-/// Follows one dataplane's effective limits.
-pub async fn follow_dataplane<F>(
-    client: &Client,
-    mesh: &str,
-    name: &str,
-    config: &FollowConfig,
-    on_event: F,
-) where
-    F: FnMut(Followed<DataplaneLimits>),
-{
-    let path = format!(
-        "{}/limits?watch=true",
-        resource_path(Kind::Dataplane, mesh, name)
-    );
-    follow(client, &path, config, on_event).await;
-}
-
-/// Follows every kernel limit, as kernel agent `agent`.
-pub async fn follow_kernel<F>(client: &Client, agent: &str, config: &FollowConfig, on_event: F)
-where
-    F: FnMut(Followed<Vec<KernelLimit>>),
-{
-    let path = format!("/kernel-limits?watch=true&agent={}", segment(agent));
-    follow(client, &path, config, on_event).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_capped() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let delays: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();
-        for (i, d) in delays.iter().enumerate() {
-            let step = Duration::from_millis(100)
-                .saturating_mul(1 << i)
-                .min(Duration::from_secs(5));
-            assert!(
-                *d >= step / 2 && *d <= step,
-                "attempt {i}: {d:?} vs step {step:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn segments_are_percent_encoded() {
-        assert_eq!(segment("web-1.default"), "web-1.default");
-        assert_eq!(segment("a b/c"), "a%20b%2Fc");
     }
 }

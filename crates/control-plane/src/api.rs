@@ -1,7 +1,8 @@
 //! The REST API, in Kuma's style (`/meshes/{mesh}/{collection}/{name}`), plus the bulk apply,
-//! the limit streams data planes follow, and the status they report. `openapi.yaml` (next to
-//! this crate's manifest) documents every route; [`error_response`] is the one place errors
-//! become HTTP statuses.
+//! the limit streams data planes follow, the status they report, and (`GET /xds`) the status of
+//! the `meshlimit_xds` server when the process hosts one. `openapi.yaml` (next to this crate's
+//! manifest) documents every route; [`error_response`] is the one place errors become HTTP
+//! statuses.
 
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use meshlimit_policy::{Kind, Problem, Resource};
+use meshlimit_xds::{XdsHandle, XdsStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::model;
-use crate::state::{ControlPlane, CpError, Entry, Snapshot};
+use crate::state::{ControlPlane, CpError};
+use crate::store_state::{Entry, StoreState};
 use crate::stream;
 use crate::wire::{
     AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, InvalidParameter,
@@ -34,8 +37,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// How often a quiet watch stream sends a heartbeat line.
     pub heartbeat: Duration,
-    /// What `GET /xds` answers when the process serves xDS; without it, 404.
-    pub xds_status: Option<XdsStatusSource>,
+    /// The xDS server this process runs, whose status `GET /xds` answers; without it, 404.
+    pub xds: Option<XdsHandle>,
 }
 
 impl Default for ApiConfig {
@@ -44,19 +47,8 @@ impl Default for ApiConfig {
             token: None,
             max_body_bytes: 4 * 1024 * 1024,
             heartbeat: Duration::from_secs(5),
-            xds_status: None,
+            xds: None,
         }
-    }
-}
-
-/// The state of the xDS server, as JSON, read at each `GET /xds` (the xDS server lives in
-/// another crate, which this one does not depend on).
-#[derive(Clone)]
-pub struct XdsStatusSource(pub std::sync::Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
-
-impl std::fmt::Debug for XdsStatusSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("XdsStatusSource")
     }
 }
 
@@ -192,10 +184,13 @@ fn error_response(error: ApiError) -> Response {
         ApiError::Cp(e @ CpError::NotFound { .. }) => {
             (StatusCode::NOT_FOUND, "Not found", e.to_string(), vec![])
         }
-        ApiError::Cp(CpError::Conflict(detail)) => {
-            (StatusCode::CONFLICT, "Conflict", detail, vec![])
-        }
-        ApiError::Cp(e @ (CpError::Store(_) | CpError::Internal(_))) => {
+        ApiError::Cp(CpError::Conflict(conflict)) => (
+            StatusCode::CONFLICT,
+            "Conflict",
+            conflict.to_string(),
+            vec![],
+        ),
+        ApiError::Cp(e @ (CpError::Store(_) | CpError::Canonical(_) | CpError::Internal(_))) => {
             tracing::error!("request failed: {e}");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -470,7 +465,7 @@ async fn get_mesh(
     match (mesh.as_str(), implicit_default_mesh()) {
         ("default", Some(default)) => Ok(render(&headers, StatusCode::OK, &default)),
         _ => Err(CpError::NotFound {
-            kind: "Mesh".into(),
+            kind: Kind::Mesh,
             mesh: String::new(),
             name: mesh,
         }
@@ -531,14 +526,14 @@ async fn list_all(
 
 /// The stored resource, or the 404 that names it.
 fn stored<'a>(
-    snapshot: &'a Snapshot,
+    snapshot: &'a StoreState,
     kind: Kind,
     mesh: &str,
     name: &str,
 ) -> Result<&'a Entry, ApiError> {
     snapshot.get(kind, mesh, name).ok_or_else(|| {
         CpError::NotFound {
-            kind: model::kind_name(kind).into(),
+            kind,
             mesh: mesh.into(),
             name: name.into(),
         }
@@ -712,14 +707,19 @@ async fn dataplane_limits(
         )));
     }
     if query.watch {
-        return Ok(stream::dataplane(&state, mesh, name));
+        return Ok(stream::dataplane(
+            &state.cp,
+            state.config.heartbeat,
+            mesh,
+            name,
+        ));
     }
     let snapshot = state.cp.snapshot();
     let limits = snapshot
         .effective(&mesh, &name)
         .cloned()
         .ok_or_else(|| CpError::NotFound {
-            kind: "Dataplane".into(),
+            kind: Kind::Dataplane,
             mesh: mesh.clone(),
             name: name.clone(),
         })?;
@@ -736,7 +736,7 @@ async fn kernel_limits(
     Query(query): Query<WatchQuery>,
 ) -> Response {
     if query.watch {
-        return stream::kernel(&state, query.agent);
+        return stream::kernel(&state.cp, state.config.heartbeat, query.agent);
     }
     let snapshot = state.cp.snapshot();
     let event: KernelEvent = StreamEvent::Limits {
@@ -793,12 +793,15 @@ async fn xds_status(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(XdsStatusSource(source)) = &state.config.xds_status else {
+    let Some(xds) = &state.config.xds else {
         return Err(ApiError::NotFound(
             "xDS is not served: start the control plane with --xds".into(),
         ));
     };
-    Ok(render(&headers, StatusCode::OK, &source()))
+    let status = XdsStatus {
+        nodes: xds.status(),
+    };
+    Ok(render(&headers, StatusCode::OK, &status))
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::state::Snapshot;
+use crate::store_state::StoreState;
 use crate::wire::{
     AgentReport, AgentStatus, DataplaneReport, DataplaneStatus, DestinationStatus, InboundStatus,
     SeriesStats, StatusResponse,
@@ -225,7 +225,7 @@ impl Insights {
     }
 
     /// Every Dataplane resource of `snapshot` and every peer seen, with their stats.
-    pub fn status(&self, snapshot: &Snapshot) -> StatusResponse {
+    pub fn status(&self, snapshot: &StoreState) -> StatusResponse {
         let now = Instant::now();
         let registry = self.lock();
         let mut names: Vec<(String, String)> = snapshot.effective.keys().cloned().collect();

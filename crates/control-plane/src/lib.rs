@@ -1,29 +1,35 @@
 //! The meshlimit control plane: a crash-safe store of resources (redb), a REST API in Kuma's
 //! style, and the streams data planes and kernel agents follow to receive their effective limits.
 //!
-//! Start reading at [`state::ControlPlane`] (every write: validate as a whole, commit in one
-//! transaction, publish a snapshot), then [`api::router`] (routes and the one error-to-status
-//! function) and [`stream`] (the watch streams). [`client`] is the other side: what the CLI and
-//! the data planes use to talk to it, including the reconnecting follower.
+//! Start reading at [`state::ControlPlane`] (every write in phases: canonical forms, diff against
+//! the current state, validation as a whole, one durable commit, publication of the new
+//! [`StoreState`]), then [`api::router`] (routes and the one error-to-status function) and
+//! [`stream`] (the watch streams). [`follow`] feeds data paths in the same process
+//! (`meshlimit run`, the xDS server) from the store, in the same shape as the remote followers
+//! of `meshlimit-control-plane-client`, the crate data planes link (the wire types are there).
+//!
+//! Modules use each other one way. In the order `store`, `model`, `store_state`, `insights`,
+//! `select`, `state`, `follow`, `stream`, `api`, each uses only modules before it: the store
+//! knows nothing of resources, a [`StoreState`] nothing of writes, nothing below `stream` of HTTP.
 
 pub mod api;
-pub mod client;
+pub mod follow;
 pub mod insights;
 pub mod model;
 pub mod select;
 pub mod state;
 pub mod store;
+pub mod store_state;
 mod stream;
-pub mod wire;
+
+pub use meshlimit_control_plane_client::{DEFAULT_API_ADDR, wire};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use api::{ApiConfig, XdsStatusSource, router};
-pub use state::{ControlPlane, CpError, Snapshot};
-
-/// The API address when none is given: loopback only.
-pub const DEFAULT_API_ADDR: &str = "127.0.0.1:5681";
+pub use api::{ApiConfig, router};
+pub use state::{CanonicalError, Conflict, ControlPlane, CpError};
+pub use store_state::StoreState;
 
 /// Where the store lives when no `--store` is given: `$XDG_DATA_HOME/meshlimit/store.redb`, else
 /// `$HOME/.local/share/meshlimit/store.redb`, else `./meshlimit-store.redb`.

@@ -5,30 +5,7 @@ use meshlimit_policy::{Kind, Problem, Resource};
 
 use crate::store::Key;
 
-/// The kind's name as resources spell it (`MeshRateLimit`).
-pub fn kind_name(kind: Kind) -> &'static str {
-    kind.as_str()
-}
-
-/// The kind's collection in URLs (`/meshes/{mesh}/meshratelimits`).
-pub fn collection(kind: Kind) -> &'static str {
-    match kind {
-        Kind::MeshRateLimit => "meshratelimits",
-        Kind::RateLimit => "ratelimits",
-        Kind::Dataplane => "dataplanes",
-        Kind::Mesh => "meshes",
-    }
-}
-
-/// The mesh-scoped kinds a URL may name (`Mesh` has its own top-level collection).
-pub fn kind_of_collection(segment: &str) -> Option<Kind> {
-    match segment {
-        "meshratelimits" => Some(Kind::MeshRateLimit),
-        "ratelimits" => Some(Kind::RateLimit),
-        "dataplanes" => Some(Kind::Dataplane),
-        _ => None,
-    }
-}
+pub use meshlimit_control_plane_client::paths::{collection, kind_of_collection};
 
 /// Meshes are stored under the empty mesh: they are the namespaces, not inside one.
 pub fn key(kind: Kind, mesh: &str, name: &str) -> Key {
@@ -38,7 +15,7 @@ pub fn key(kind: Kind, mesh: &str, name: &str) -> Key {
         } else {
             mesh.to_string()
         },
-        kind: kind_name(kind).to_string(),
+        kind,
         name: name.to_string(),
     }
 }
@@ -77,5 +54,5 @@ pub fn parse_one(file: &str, text: &str) -> Result<Resource, Vec<Problem>> {
 pub fn problem(file: &str, resource: &Resource, message: impl Into<String>) -> Problem {
     Problem::new("", message)
         .at(file, 0)
-        .of(kind_name(resource.kind()), resource.name())
+        .of(resource.kind().as_str(), resource.name())
 }

@@ -4,15 +4,16 @@
 use meshlimit_policy::Resource;
 use meshlimit_policy::effective::{DataplaneLimits, KernelLimit};
 
-use crate::state::Snapshot;
+use crate::store_state::StoreState;
 
 /// The dataplanes (with only the inbounds concerned) and kernel destinations `resource` selects.
 pub fn selected(
-    snapshot: &Snapshot,
+    snapshot: &StoreState,
     resource: &Resource,
 ) -> (Vec<DataplaneLimits>, Vec<KernelLimit>) {
     match resource {
-        Resource::MeshRateLimit(..) => {
+        Resource::MeshRateLimit(..) | Resource::MeshGlobalRateLimit(..) => {
+            let global = matches!(resource, Resource::MeshGlobalRateLimit(..));
             let dataplanes = snapshot
                 .effective
                 .values()
@@ -21,7 +22,15 @@ pub fn selected(
                     let inbounds: Vec<_> = dp
                         .inbounds
                         .iter()
-                        .filter(|i| i.policies.iter().any(|p| p == resource.name()))
+                        .filter(|i| {
+                            // A global limit records its contributors apart.
+                            let policies = match (&i.global, global) {
+                                (Some(g), true) => &g.policies,
+                                (None, true) => return false,
+                                (_, false) => &i.policies,
+                            };
+                            policies.iter().any(|p| p == resource.name())
+                        })
                         .cloned()
                         .collect();
                     (!inbounds.is_empty()).then(|| DataplaneLimits {
@@ -62,22 +71,52 @@ pub fn selected(
     }
 }
 
-/// The services a `RateLimit` names (`spec.service`, or `spec.services[].name`), read from its
-/// serialized form so this crate does not depend on the policy crate's internals.
+/// The services a `RateLimit` names (`spec.service`, or `spec.services[].name`); nothing for
+/// other kinds.
 pub fn rate_limit_services(resource: &Resource) -> Vec<String> {
-    let Ok(value) = serde_json::to_value(resource) else {
-        return Vec::new();
-    };
-    let spec = &value["spec"];
-    let mut services = Vec::new();
-    if let Some(service) = spec["service"].as_str() {
-        services.push(service.to_string());
+    match resource {
+        Resource::RateLimit(rl) => rl.services.iter().map(|s| s.name.clone()).collect(),
+        _ => Vec::new(),
     }
-    if let Some(list) = spec["services"].as_array() {
-        services.extend(
-            list.iter()
-                .filter_map(|s| s["name"].as_str().map(str::to_string)),
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> Resource {
+        crate::model::parse_one("test.yaml", text).expect("valid")
     }
-    services
+
+    #[test]
+    fn a_rate_limit_names_its_services_in_either_form() {
+        let single = one("apiVersion: kmesh.net/v1alpha1
+kind: RateLimit
+metadata:
+  name: one
+spec:
+  service: redis
+  rules:
+    - {maxTokens: 20, tokensPerFill: 2, fillInterval: 1000000000}
+");
+        assert_eq!(rate_limit_services(&single), ["redis"]);
+
+        let listed = one("apiVersion: kmesh.net/v1alpha1
+kind: RateLimit
+metadata:
+  name: many
+spec:
+  services:
+    - name: redis
+      rules:
+        - {maxTokens: 20, tokensPerFill: 2, fillInterval: 1000000000}
+    - name: postgres
+      rules:
+        - {maxTokens: 5, tokensPerFill: 1, fillInterval: 1000000000}
+");
+        assert_eq!(rate_limit_services(&listed), ["redis", "postgres"]);
+
+        let mesh = one("type: Mesh\nname: demo\n");
+        assert!(rate_limit_services(&mesh).is_empty());
+    }
 }

@@ -1,22 +1,23 @@
-//! The control plane's state: the store, the current validated snapshot of every resource, and
-//! the channel that tells streams and the xDS server about each new snapshot.
+//! The control plane's core: the store, the current [`StoreState`], and the channel that tells
+//! streams and the xDS server about each new one.
 //!
-//! Every write goes through one path ([`ControlPlane::write`]): parse, build the would-be
-//! `ResourceSet` of stored + new resources (so cross-resource errors are caught), commit the
-//! changes in one durable transaction, then publish the new snapshot. A write that fails any step
-//! changes nothing.
+//! Every write goes through one path, [`ControlPlane::write`], in phases: [`canonical_forms`]
+//! (each resource in the form the store keeps), [`diff`] (what changes against the current
+//! state), [`validate`] (the would-be state as a whole, so cross-resource errors are caught),
+//! then the commit in one durable transaction and [`ControlPlane::publish`]. A write that fails
+//! any phase changes nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use meshlimit_policy::effective::{DataplaneLimits, KernelLimit};
-use meshlimit_policy::{Kind, Origin, Parsed, Problem, Resource, ResourceSet};
+use meshlimit_policy::{Kind, Origin, Parsed, Problem, Resource};
 use tokio::sync::watch;
 
 use crate::insights::Insights;
 use crate::model;
 use crate::store::{Change, Key, Store, StoreError};
+use crate::store_state::{Entry, StoreState};
 use crate::wire::{Action, Applied, SourceFile, WriteResult};
 
 /// Why a read or write was refused. The API turns each variant into one HTTP status.
@@ -28,19 +29,65 @@ pub enum CpError {
     /// 404.
     #[error("{kind} {mesh}/{name} not found")]
     NotFound {
-        kind: String,
+        kind: Kind,
         mesh: String,
         name: String,
     },
     /// 409: the request disagrees with the URL or with the stored version.
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// 500: the store failed; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// 500: a resource that does not survive its own serialization (a bug; nothing is stored).
     #[error("internal error: {0}")]
+    Canonical(#[from] CanonicalError),
+    /// 500: anything else that is not the request's fault.
+    #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a write disagrees with its URL or with what is stored (409).
+#[derive(Debug, thiserror::Error)]
+pub enum Conflict {
+    #[error("the body is a {body} but the URL names a {url}")]
+    WrongKind { body: Kind, url: Kind },
+    #[error("the body's name {body:?} differs from the URL's {url:?}")]
+    WrongName { body: String, url: String },
+    #[error("the body's mesh {body:?} differs from the URL's {url:?}")]
+    WrongMesh { body: String, url: String },
+    /// `If-Match` named another version than the stored one.
+    #[error(
+        "{} {}/{} is at version {}, not {expected}: read it again and retry",
+        .key.kind, .key.mesh, .key.name, stored_version(.stored)
+    )]
+    StaleVersion {
+        key: Key,
+        stored: Option<u64>,
+        expected: u64,
+    },
+    /// An apply that removes a mesh and keeps resources in it.
+    #[error("mesh {mesh:?} would be deleted while resources remain in it")]
+    MeshInUse { mesh: String },
+    #[error("mesh {mesh:?} still holds {inside} resource(s): delete them first")]
+    MeshNotEmpty { mesh: String, inside: usize },
+    /// A delete after which the resources that stay no longer validate together.
+    #[error(
+        "the remaining resources would be inconsistent: {}",
+        problems_summary(.0)
+    )]
+    Inconsistent(Vec<Problem>),
+}
+
+/// Why a resource has no canonical form (a bug in its serialization; nothing is stored).
+#[derive(Debug, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("{0}")]
+    Serialize(#[from] serde_yaml_ng::Error),
+    #[error("canonical form does not parse: {}", problems_summary(.0))]
+    Unparsable(Vec<Problem>),
+    #[error("canonical form is not stable for {kind} {name}")]
+    Unstable { kind: Kind, name: String },
 }
 
 fn problems_summary(problems: &[Problem]) -> String {
@@ -51,87 +98,15 @@ fn problems_summary(problems: &[Problem]) -> String {
         .join("; ")
 }
 
-/// One stored resource with the store version that last wrote it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub resource: Resource,
-    pub version: u64,
-    pub yaml: String,
-    /// Where it came from, for problems found across resources.
-    pub origin: Origin,
-}
-
-/// Everything as of one store version. Immutable; a write publishes a new one.
-pub struct Snapshot {
-    pub version: u64,
-    pub entries: BTreeMap<Key, Entry>,
-    pub set: ResourceSet,
-    /// `(mesh, dataplane) -> effective limits`.
-    pub effective: BTreeMap<(String, String), DataplaneLimits>,
-    pub kernel: Vec<KernelLimit>,
-}
-
-impl Snapshot {
-    fn build(version: u64, entries: BTreeMap<Key, Entry>) -> Result<Snapshot, Vec<Problem>> {
-        let set = ResourceSet::from_parsed(Parsed {
-            resources: entries.values().map(|e| e.resource.clone()).collect(),
-            origins: entries.values().map(|e| e.origin.clone()).collect(),
-            ..Parsed::default()
-        })?;
-        let effective = set
-            .all_effective()
-            .into_iter()
-            .map(|limits| ((limits.mesh.clone(), limits.dataplane.clone()), limits))
-            .collect();
-        let kernel = set.kernel_limits();
-        Ok(Snapshot {
-            version,
-            entries,
-            set,
-            effective,
-            kernel,
-        })
-    }
-
-    pub fn get(&self, kind: Kind, mesh: &str, name: &str) -> Option<&Entry> {
-        self.entries.get(&model::key(kind, mesh, name))
-    }
-
-    /// The resources of one kind, in one mesh or (with `None`) in all, ordered by mesh and name.
-    pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Vec<&Entry> {
-        let kind_name = model::kind_name(kind);
-        self.entries
-            .iter()
-            .filter(|(k, _)| k.kind == kind_name && mesh.is_none_or(|m| k.mesh == m))
-            .map(|(_, e)| e)
-            .collect()
-    }
-
-    /// The meshes: every `Mesh` resource, plus the implicit `default`.
-    pub fn mesh_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .list(Kind::Mesh, None)
-            .into_iter()
-            .map(|e| e.resource.name().to_string())
-            .collect();
-        if !names.iter().any(|n| n == "default") {
-            names.push("default".to_string());
-        }
-        names.sort();
-        names
-    }
-
-    pub fn effective(&self, mesh: &str, dataplane: &str) -> Option<&DataplaneLimits> {
-        self.effective
-            .get(&(mesh.to_string(), dataplane.to_string()))
-    }
+fn stored_version(stored: &Option<u64>) -> String {
+    stored.map_or_else(|| "none (it does not exist)".to_string(), |v| v.to_string())
 }
 
 struct Inner {
     store: Store,
-    /// Serializes writers so that each validates against the snapshot it commits over.
+    /// Serializes writers so that each validates against the state it commits over.
     writer: Mutex<()>,
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: watch::Sender<Arc<StoreState>>,
     insights: Insights,
 }
 
@@ -141,11 +116,30 @@ pub struct ControlPlane {
     inner: Arc<Inner>,
 }
 
-/// A write before it is committed.
-enum Write {
+/// A write before it is committed; `R` is each resource as given, then in canonical form.
+enum Write<R> {
     /// Create or update these resources, and delete those of these keys that are stored.
-    Upsert(Vec<(Resource, Origin)>, Vec<Key>),
+    Upsert(Vec<R>, Vec<Key>),
     Delete(Key),
+}
+
+/// A resource in the form the store keeps: its canonical YAML, and the resource that YAML
+/// parses to (what a restart loads).
+#[derive(Debug)]
+struct Canonical {
+    key: Key,
+    resource: Resource,
+    yaml: String,
+    origin: Origin,
+}
+
+/// What a write changes, before the result is validated as a whole.
+#[derive(Debug)]
+struct Diff {
+    /// Every resource after the write; those it puts are at version 0 until committed.
+    entries: BTreeMap<Key, Entry>,
+    changes: Vec<Change>,
+    results: Vec<Applied>,
 }
 
 impl ControlPlane {
@@ -179,8 +173,8 @@ impl ControlPlane {
         if !problems.is_empty() {
             return Err(CpError::Invalid(problems));
         }
-        let snapshot = Snapshot::build(version, entries).map_err(CpError::Invalid)?;
-        let (tx, _) = watch::channel(Arc::new(snapshot));
+        let state = StoreState::build(version, entries).map_err(CpError::Invalid)?;
+        let (tx, _) = watch::channel(Arc::new(state));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
                 store,
@@ -191,13 +185,13 @@ impl ControlPlane {
         })
     }
 
-    /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    /// The current state.
+    pub fn snapshot(&self) -> Arc<StoreState> {
         self.inner.tx.borrow().clone()
     }
 
-    /// A receiver that sees every new snapshot (the newest one when several land at once).
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    /// A receiver that sees every new state (the newest one when several land at once).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<StoreState>> {
         self.inner.tx.subscribe()
     }
 
@@ -261,23 +255,7 @@ impl ControlPlane {
                 (r, origin)
             })
             .collect();
-        let mut seen: BTreeMap<Key, &Origin> = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (resource, origin) in &resources {
-            if let Some(first) = seen.insert(model::key_of(resource), origin) {
-                problems.push(
-                    model::problem(
-                        &origin.file,
-                        resource,
-                        format!(
-                            "defined twice in one apply (also {}: document {})",
-                            first.file, first.document
-                        ),
-                    )
-                    .at(&origin.file, origin.document),
-                );
-            }
-        }
+        let problems = duplicates(&resources);
         if !problems.is_empty() {
             return Err(CpError::Invalid(problems));
         }
@@ -300,25 +278,25 @@ impl ControlPlane {
         let label = format!("{}/{mesh}/{name}", model::collection(kind));
         let resource = model::parse_one(&label, body).map_err(CpError::Invalid)?;
         if resource.kind() != kind {
-            return Err(CpError::Conflict(format!(
-                "the body is a {} but the URL names a {}",
-                model::kind_name(resource.kind()),
-                model::kind_name(kind)
-            )));
+            return Err(Conflict::WrongKind {
+                body: resource.kind(),
+                url: kind,
+            }
+            .into());
         }
         if resource.name() != name {
-            return Err(CpError::Conflict(format!(
-                "the body's name {:?} differs from the URL's {:?}",
-                resource.name(),
-                name
-            )));
+            return Err(Conflict::WrongName {
+                body: resource.name().to_string(),
+                url: name.to_string(),
+            }
+            .into());
         }
         if kind != Kind::Mesh && resource.mesh() != mesh {
-            return Err(CpError::Conflict(format!(
-                "the body's mesh {:?} differs from the URL's {:?}",
-                resource.mesh(),
-                mesh
-            )));
+            return Err(Conflict::WrongMesh {
+                body: resource.mesh().to_string(),
+                url: mesh.to_string(),
+            }
+            .into());
         }
         let origin = Origin {
             file: label,
@@ -345,103 +323,23 @@ impl ControlPlane {
         )
     }
 
+    /// The one write path: canonical forms → diff → validate → commit → publish.
     fn write(
         &self,
-        write: Write,
+        write: Write<(Resource, Origin)>,
         if_version: Option<u64>,
         dry_run: bool,
     ) -> Result<WriteResult, CpError> {
-        // A poisoned lock only means another writer panicked; the snapshot is still consistent.
-        let _guard = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let write = canonical_forms(write)?;
+        let deleting = matches!(write, Write::Delete(_));
+        let _guard = self.lock_writer();
         let current = self.snapshot();
-        let mut entries = current.entries.clone();
-        let mut changes = Vec::new();
-        let mut results = Vec::new();
-        let delete_only = matches!(write, Write::Delete(_));
-        match write {
-            Write::Upsert(resources, remove) => {
-                for (resource, origin) in resources {
-                    let key = model::key_of(&resource);
-                    let existing = entries.get(&key);
-                    check_version(&key, existing.map(|e| e.version), if_version)?;
-                    let yaml = canonical_yaml(&resource)?;
-                    let action = match existing {
-                        None => Action::Created,
-                        Some(e) if e.yaml == yaml => Action::Unchanged,
-                        Some(_) => Action::Configured,
-                    };
-                    results.push(applied(&key, action));
-                    if action != Action::Unchanged {
-                        changes.push(Change::Put {
-                            key: key.clone(),
-                            yaml: yaml.clone(),
-                        });
-                        entries.insert(
-                            key,
-                            Entry {
-                                resource,
-                                version: 0, // set once the commit assigns the version
-                                yaml,
-                                origin,
-                            },
-                        );
-                    }
-                }
-                for key in remove {
-                    if entries.remove(&key).is_some() {
-                        results.push(applied(&key, Action::Deleted));
-                        changes.push(Change::Delete { key });
-                    }
-                }
-                for change in &changes {
-                    if let Change::Delete { key } = change
-                        && key.kind == model::kind_name(Kind::Mesh)
-                        && entries.keys().any(|k| k.mesh == key.name)
-                    {
-                        return Err(CpError::Conflict(format!(
-                            "mesh {:?} would be deleted while resources remain in it",
-                            key.name
-                        )));
-                    }
-                }
-            }
-            Write::Delete(key) => {
-                let Some(existing) = entries.get(&key) else {
-                    return Err(CpError::NotFound {
-                        kind: key.kind.clone(),
-                        mesh: key.mesh.clone(),
-                        name: key.name.clone(),
-                    });
-                };
-                check_version(&key, Some(existing.version), if_version)?;
-                if key.kind == model::kind_name(Kind::Mesh) {
-                    let inside = entries.keys().filter(|k| k.mesh == key.name).count();
-                    if inside > 0 {
-                        return Err(CpError::Conflict(format!(
-                            "mesh {:?} still holds {inside} resource(s): delete them first",
-                            key.name
-                        )));
-                    }
-                }
-                entries.remove(&key);
-                results.push(applied(&key, Action::Deleted));
-                changes.push(Change::Delete { key });
-            }
-        }
-        let mut next = Snapshot::build(current.version, entries).map_err(|problems| {
-            if delete_only {
-                CpError::Conflict(format!(
-                    "the remaining resources would be inconsistent: {}",
-                    problems_summary(&problems)
-                ))
-            } else {
-                CpError::Invalid(problems)
-            }
-        })?;
+        let Diff {
+            entries,
+            changes,
+            results,
+        } = diff(&current.entries, write, if_version)?;
+        let next = validate(current.version, entries, deleting)?;
         if dry_run || changes.is_empty() {
             return Ok(WriteResult {
                 version: current.version,
@@ -451,15 +349,7 @@ impl ControlPlane {
             });
         }
         let version = self.inner.store.commit(current.version, &changes)?;
-        next.version = version;
-        for change in &changes {
-            if let Change::Put { key, .. } = change
-                && let Some(entry) = next.entries.get_mut(key)
-            {
-                entry.version = version;
-            }
-        }
-        self.inner.tx.send_replace(Arc::new(next));
+        self.publish(stamp(next, version, &changes));
         Ok(WriteResult {
             version,
             dry_run: false,
@@ -467,6 +357,190 @@ impl ControlPlane {
             warnings: Vec::new(),
         })
     }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        // A poisoned lock only means another writer panicked; the state is still consistent.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The last phase of a write: every subscriber (streams, followers, xDS) sees `next`.
+    fn publish(&self, next: StoreState) {
+        self.inner.tx.send_replace(Arc::new(next));
+    }
+}
+
+/// Resources named twice in one apply (the second would silently win otherwise).
+fn duplicates(resources: &[(Resource, Origin)]) -> Vec<Problem> {
+    let mut seen: BTreeMap<Key, &Origin> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (resource, origin) in resources {
+        if let Some(first) = seen.insert(model::key_of(resource), origin) {
+            problems.push(
+                model::problem(
+                    &origin.file,
+                    resource,
+                    format!(
+                        "defined twice in one apply (also {}: document {})",
+                        first.file, first.document
+                    ),
+                )
+                .at(&origin.file, origin.document),
+            );
+        }
+    }
+    problems
+}
+
+/// Phase 1 (pure): every resource of the write in the form the store keeps.
+fn canonical_forms(write: Write<(Resource, Origin)>) -> Result<Write<Canonical>, CanonicalError> {
+    Ok(match write {
+        Write::Upsert(resources, remove) => Write::Upsert(
+            resources
+                .into_iter()
+                .map(|(resource, origin)| canonical(resource, origin))
+                .collect::<Result<_, _>>()?,
+            remove,
+        ),
+        Write::Delete(key) => Write::Delete(key),
+    })
+}
+
+/// The YAML the store keeps, parsed once: it must give back the same resource, so that the
+/// store can always be loaded again and a restart serves what was acknowledged.
+fn canonical(resource: Resource, origin: Origin) -> Result<Canonical, CanonicalError> {
+    let yaml = model::to_yaml(&resource)?;
+    let parsed = model::parse_one("canonical form", &yaml).map_err(CanonicalError::Unparsable)?;
+    if parsed != resource {
+        return Err(CanonicalError::Unstable {
+            kind: resource.kind(),
+            name: resource.name().to_string(),
+        });
+    }
+    Ok(Canonical {
+        key: model::key_of(&parsed),
+        resource: parsed,
+        yaml,
+        origin,
+    })
+}
+
+/// Phase 2 (pure): what `write` changes in `entries`, refusing stale `If-Match` versions,
+/// deletes of what is not stored, and meshes deleted while resources remain in them.
+fn diff(
+    entries: &BTreeMap<Key, Entry>,
+    write: Write<Canonical>,
+    if_version: Option<u64>,
+) -> Result<Diff, CpError> {
+    let mut entries = entries.clone();
+    let mut changes = Vec::new();
+    let mut results = Vec::new();
+    match write {
+        Write::Upsert(resources, remove) => {
+            for new in resources {
+                let existing = entries.get(&new.key);
+                check_version(&new.key, existing.map(|e| e.version), if_version)?;
+                let action = match existing {
+                    None => Action::Created,
+                    Some(e) if e.yaml == new.yaml => Action::Unchanged,
+                    Some(_) => Action::Configured,
+                };
+                results.push(applied(&new.key, action));
+                if action != Action::Unchanged {
+                    changes.push(Change::Put {
+                        key: new.key.clone(),
+                        yaml: new.yaml.clone(),
+                    });
+                    entries.insert(
+                        new.key,
+                        Entry {
+                            resource: new.resource,
+                            version: 0,
+                            yaml: new.yaml,
+                            origin: new.origin,
+                        },
+                    );
+                }
+            }
+            for key in remove {
+                if entries.remove(&key).is_some() {
+                    results.push(applied(&key, Action::Deleted));
+                    changes.push(Change::Delete { key });
+                }
+            }
+            for change in &changes {
+                if let Change::Delete { key } = change
+                    && key.kind == Kind::Mesh
+                    && entries.keys().any(|k| k.mesh == key.name)
+                {
+                    return Err(Conflict::MeshInUse {
+                        mesh: key.name.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Write::Delete(key) => {
+            let Some(existing) = entries.get(&key) else {
+                return Err(CpError::NotFound {
+                    kind: key.kind,
+                    mesh: key.mesh,
+                    name: key.name,
+                });
+            };
+            check_version(&key, Some(existing.version), if_version)?;
+            if key.kind == Kind::Mesh {
+                let inside = entries.keys().filter(|k| k.mesh == key.name).count();
+                if inside > 0 {
+                    return Err(Conflict::MeshNotEmpty {
+                        mesh: key.name,
+                        inside,
+                    }
+                    .into());
+                }
+            }
+            entries.remove(&key);
+            results.push(applied(&key, Action::Deleted));
+            changes.push(Change::Delete { key });
+        }
+    }
+    Ok(Diff {
+        entries,
+        changes,
+        results,
+    })
+}
+
+/// Phase 3 (pure): the state after the write, validated as a whole. Its problems are the
+/// request's (400) for an upsert, and a conflict with what stays stored (409) for a delete.
+fn validate(
+    version: u64,
+    entries: BTreeMap<Key, Entry>,
+    deleting: bool,
+) -> Result<StoreState, CpError> {
+    StoreState::build(version, entries).map_err(|problems| {
+        if deleting {
+            Conflict::Inconsistent(problems).into()
+        } else {
+            CpError::Invalid(problems)
+        }
+    })
+}
+
+/// After the commit (pure): the new state carries the version the store assigned, on itself
+/// and on every resource the write put.
+fn stamp(mut next: StoreState, version: u64, changes: &[Change]) -> StoreState {
+    next.version = version;
+    for change in changes {
+        if let Change::Put { key, .. } = change
+            && let Some(entry) = next.entries.get_mut(key)
+        {
+            entry.version = version;
+        }
+    }
+    next
 }
 
 /// Stored resources are named by their key in problems found across resources.
@@ -479,46 +553,23 @@ fn stored_origin(label: &str) -> Origin {
 
 fn applied(key: &Key, action: Action) -> Applied {
     Applied {
-        kind: key.kind.clone(),
+        kind: key.kind.as_str().to_string(),
         mesh: key.mesh.clone(),
         name: key.name.clone(),
         action,
     }
 }
 
-fn check_version(key: &Key, stored: Option<u64>, expected: Option<u64>) -> Result<(), CpError> {
+fn check_version(key: &Key, stored: Option<u64>, expected: Option<u64>) -> Result<(), Conflict> {
     match (expected, stored) {
         (None, _) => Ok(()),
         (Some(want), Some(have)) if want == have => Ok(()),
-        (Some(want), have) => Err(CpError::Conflict(format!(
-            "{} {}/{} is at version {}, not {want}: read it again and retry",
-            key.kind,
-            key.mesh,
-            key.name,
-            have.map_or_else(|| "none (it does not exist)".to_string(), |v| v.to_string())
-        ))),
+        (Some(expected), stored) => Err(Conflict::StaleVersion {
+            key: key.clone(),
+            stored,
+            expected,
+        }),
     }
-}
-
-/// The YAML the store keeps, checked to parse back to the same YAML so that the store can always
-/// be loaded again.
-fn canonical_yaml(resource: &Resource) -> Result<String, CpError> {
-    let yaml = model::to_yaml(resource).map_err(|e| CpError::Internal(e.to_string()))?;
-    let again = model::parse_one("canonical form", &yaml).map_err(|p| {
-        CpError::Internal(format!(
-            "canonical form does not parse: {}",
-            problems_summary(&p)
-        ))
-    })?;
-    let yaml_again = model::to_yaml(&again).map_err(|e| CpError::Internal(e.to_string()))?;
-    if yaml_again != yaml {
-        return Err(CpError::Internal(format!(
-            "canonical form is not stable for {} {}",
-            model::kind_name(resource.kind()),
-            resource.name()
-        )));
-    }
-    Ok(yaml)
 }
 
 #[cfg(test)]
@@ -749,5 +800,169 @@ spec:
             .unwrap();
         assert_eq!(deleted.results[0].action, Action::Deleted);
         assert!(cp.snapshot().entries.is_empty());
+    }
+
+    /// The stored entries `texts` give, at version 1 (what `diff` compares against).
+    fn stored(texts: &[&str]) -> BTreeMap<Key, Entry> {
+        texts
+            .iter()
+            .map(|text| {
+                let resource = model::parse_one("stored.yaml", text).unwrap();
+                let c = canonical(resource, stored_origin("stored")).unwrap();
+                let entry = Entry {
+                    resource: c.resource,
+                    version: 1,
+                    yaml: c.yaml,
+                    origin: c.origin,
+                };
+                (c.key, entry)
+            })
+            .collect()
+    }
+
+    fn upsert(texts: &[&str], remove: Vec<Key>) -> Write<Canonical> {
+        let resources = texts
+            .iter()
+            .map(|text| {
+                let resource = model::parse_one("new.yaml", text).unwrap();
+                canonical(resource, stored_origin("new.yaml")).unwrap()
+            })
+            .collect();
+        Write::Upsert(resources, remove)
+    }
+
+    fn actions(diff: &Diff) -> Vec<(&str, Action)> {
+        diff.results
+            .iter()
+            .map(|r| (r.name.as_str(), r.action))
+            .collect()
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_text_stored_and_the_resource_it_parses_to() {
+        let resource = model::parse_one("p.yaml", &policy("web", 3)).unwrap();
+        let c = canonical(resource.clone(), stored_origin("p.yaml")).unwrap();
+        assert_eq!(c.key, model::key(Kind::MeshRateLimit, "default", "web"));
+        assert_eq!(c.resource, resource);
+        assert_eq!(model::parse_one("again", &c.yaml).unwrap(), resource);
+    }
+
+    #[test]
+    fn diff_names_each_action_and_puts_only_what_changed() {
+        let entries = stored(&[DP, &policy("same", 1), &policy("edited", 1)]);
+        let diff = diff(
+            &entries,
+            upsert(
+                &[&policy("same", 1), &policy("edited", 2), &policy("new", 1)],
+                vec![
+                    model::key(Kind::Dataplane, "default", "web-1"),
+                    model::key(Kind::Dataplane, "default", "never-stored"),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            actions(&diff),
+            [
+                ("same", Action::Unchanged),
+                ("edited", Action::Configured),
+                ("new", Action::Created),
+                ("web-1", Action::Deleted),
+            ]
+        );
+        let changed: Vec<&str> = diff
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Put { key, .. } | Change::Delete { key } => key.name.as_str(),
+            })
+            .collect();
+        assert_eq!(changed, ["edited", "new", "web-1"]);
+        assert_eq!(diff.entries.len(), 3);
+        let same = &diff.entries[&model::key(Kind::MeshRateLimit, "default", "same")];
+        assert_eq!(same.version, 1, "an unchanged resource keeps its version");
+    }
+
+    #[test]
+    fn diff_refuses_stale_versions_missing_resources_and_meshes_in_use() {
+        let mesh = "type: Mesh\nname: demo\n";
+        let in_demo = policy("p", 1).replace("mesh: default", "mesh: demo");
+        let entries = stored(&[mesh, &in_demo]);
+        let p = model::key(Kind::MeshRateLimit, "demo", "p");
+        let demo = model::key(Kind::Mesh, "", "demo");
+
+        let stale = diff(&entries, Write::Delete(p.clone()), Some(7)).unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                CpError::Conflict(Conflict::StaleVersion {
+                    stored: Some(1),
+                    expected: 7,
+                    ..
+                })
+            ),
+            "{stale}"
+        );
+        assert_eq!(
+            stale.to_string(),
+            "MeshRateLimit demo/p is at version 1, not 7: read it again and retry"
+        );
+
+        let missing = diff(
+            &entries,
+            Write::Delete(model::key(Kind::Dataplane, "demo", "x")),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(missing.to_string(), "Dataplane demo/x not found");
+
+        let not_empty = diff(&entries, Write::Delete(demo.clone()), None).unwrap_err();
+        assert_eq!(
+            not_empty.to_string(),
+            "mesh \"demo\" still holds 1 resource(s): delete them first"
+        );
+
+        let in_use = diff(&entries, upsert(&[], vec![demo]), None).unwrap_err();
+        assert_eq!(
+            in_use.to_string(),
+            "mesh \"demo\" would be deleted while resources remain in it"
+        );
+
+        let deleted = diff(&entries, Write::Delete(p), Some(1)).unwrap();
+        assert_eq!(actions(&deleted), [("p", Action::Deleted)]);
+    }
+
+    #[test]
+    fn validate_blames_the_request_for_an_upsert_and_what_stays_for_a_delete() {
+        let elsewhere = policy("p", 1).replace("mesh: default", "mesh: nowhere");
+        let entries = stored(&[&elsewhere]);
+        let upserting = validate(1, entries.clone(), false).err();
+        assert!(
+            matches!(upserting, Some(CpError::Invalid(_))),
+            "{upserting:?}"
+        );
+        let deleting = validate(1, entries, true).err();
+        assert!(
+            matches!(deleting, Some(CpError::Conflict(Conflict::Inconsistent(_)))),
+            "{deleting:?}"
+        );
+        assert!(validate(1, stored(&[DP]), true).is_ok());
+    }
+
+    #[test]
+    fn stamp_gives_the_committed_version_to_the_state_and_what_was_put() {
+        let entries = stored(&[DP, &policy("kept", 1)]);
+        let diff = diff(&entries, upsert(&[&policy("new", 1)], Vec::new()), None).unwrap();
+        let next = validate(1, diff.entries, false).unwrap();
+        let next = stamp(next, 2, &diff.changes);
+        assert_eq!(next.version, 2);
+        let version = |name: &str| {
+            next.get(Kind::MeshRateLimit, "default", name)
+                .unwrap()
+                .version
+        };
+        assert_eq!(version("new"), 2);
+        assert_eq!(version("kept"), 1);
     }
 }

@@ -1,13 +1,16 @@
 //! The durable store: one redb file holding every resource and the store version.
 //!
-//! Keys are `(mesh, kind, name)`; a value is `(version, yaml)`: the store version that last wrote
-//! the resource and its canonical YAML (the policy crate's serialization, which parses back to the
-//! same resource). A change of any size is one write transaction with immediate durability, so
-//! once [`Store::commit`] returns the change survives `kill -9` and power loss, and a crash before
-//! that leaves the previous state whole.
+//! Keys are `(mesh, kind, name)`, the kind by its name (`MeshRateLimit`), so a store file does
+//! not depend on how the policy crate numbers its kinds; a value is `(version, yaml)`: the store
+//! version that last wrote the resource and its canonical YAML (the policy crate's
+//! serialization, which parses back to the same resource). A change of any size is one write
+//! transaction with immediate durability, so once [`Store::commit`] returns the change survives
+//! `kill -9` and power loss, and a crash before that leaves the previous state whole.
 
+use std::cmp::Ordering;
 use std::path::Path;
 
+use meshlimit_policy::Kind;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// `(mesh, kind, name) -> (version, canonical YAML)`.
@@ -26,6 +29,16 @@ pub enum StoreError {
         source: redb::Error,
     },
     #[error(
+        "store {path}: {mesh}/{kind}/{name} has a kind this meshlimit does not know: was the \
+         store written by a newer version?"
+    )]
+    UnknownKind {
+        path: String,
+        mesh: String,
+        kind: String,
+        name: String,
+    },
+    #[error(
         "store {path}: version is {found}, expected {expected}: is another process writing this store?"
     )]
     Stale {
@@ -36,12 +49,37 @@ pub enum StoreError {
 }
 
 /// Where a resource lives in the store.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub mesh: String,
-    /// The kind's name as the policy crate spells it (`MeshRateLimit`, `RateLimit`, ...).
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
+}
+
+impl Key {
+    /// The key as the store file spells it.
+    fn as_tuple(&self) -> (&str, &str, &str) {
+        (&self.mesh, self.kind.as_str(), &self.name)
+    }
+}
+
+/// Keys sort as the store file sorts them (by the kind's name, not the enum's order), so that
+/// listings and cross-resource validation see resources in the order they are stored.
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        self.as_tuple().cmp(&other.as_tuple())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The kind a stored key names: exactly [`Kind::as_str`], which is what [`Store::commit`] writes.
+fn kind_named(name: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
 }
 
 /// One stored resource, as read back.
@@ -106,10 +144,18 @@ impl Store {
             let (k, v) = entry.map_err(|e| self.err(e))?;
             let (mesh, kind, name) = k.value();
             let (version, yaml) = v.value();
+            let Some(kind) = kind_named(kind) else {
+                return Err(StoreError::UnknownKind {
+                    path: self.path.clone(),
+                    mesh: mesh.to_string(),
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                });
+            };
             out.push(StoredResource {
                 key: Key {
                     mesh: mesh.to_string(),
-                    kind: kind.to_string(),
+                    kind,
                     name: name.to_string(),
                 },
                 version,
@@ -147,16 +193,11 @@ impl Store {
                 match change {
                     Change::Put { key, yaml } => {
                         table
-                            .insert(
-                                (key.mesh.as_str(), key.kind.as_str(), key.name.as_str()),
-                                (new_version, yaml.as_str()),
-                            )
+                            .insert(key.as_tuple(), (new_version, yaml.as_str()))
                             .map_err(|e| self.err(e))?;
                     }
                     Change::Delete { key } => {
-                        table
-                            .remove((key.mesh.as_str(), key.kind.as_str(), key.name.as_str()))
-                            .map_err(|e| self.err(e))?;
+                        table.remove(key.as_tuple()).map_err(|e| self.err(e))?;
                     }
                 }
             }
@@ -173,7 +214,7 @@ mod tests {
     fn key(name: &str) -> Key {
         Key {
             mesh: "default".into(),
-            kind: "MeshRateLimit".into(),
+            kind: Kind::MeshRateLimit,
             name: name.into(),
         }
     }
@@ -241,5 +282,59 @@ mod tests {
         let (version, resources) = store.load().unwrap();
         assert_eq!(version, 1);
         assert_eq!(resources.len(), 1);
+    }
+
+    #[test]
+    fn keys_keep_the_kind_by_name_on_disk_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .commit(
+                    0,
+                    &[Change::Put {
+                        key: key("a"),
+                        yaml: "x".into(),
+                    }],
+                )
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(RESOURCES).unwrap();
+        let stored = table.get(("default", "MeshRateLimit", "a")).unwrap();
+        assert_eq!(stored.map(|v| v.value().1.to_string()), Some("x".into()));
+
+        // By name (`Dataplane` < `Mesh` < `MeshRateLimit` ...), whatever the enum's order.
+        let mut keys: Vec<Key> = Kind::ALL
+            .into_iter()
+            .map(|kind| Key { kind, ..key("a") })
+            .collect();
+        keys.sort();
+        let names: Vec<&str> = keys.iter().map(|k| k.kind.as_str()).collect();
+        let mut by_name = names.clone();
+        by_name.sort_unstable();
+        assert_eq!(names, by_name);
+    }
+
+    #[test]
+    fn a_kind_this_version_does_not_know_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path).unwrap();
+        {
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(RESOURCES).unwrap();
+                table
+                    .insert(("default", "MeshTimeout", "t"), (1, "x"))
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = store.load().unwrap_err();
+        assert!(matches!(err, StoreError::UnknownKind { .. }), "{err}");
+        assert!(err.to_string().contains("default/MeshTimeout/t"), "{err}");
     }
 }

@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::api::AppState;
 use crate::insights::StreamGuard;
-use crate::state::Snapshot;
+use crate::state::ControlPlane;
+use crate::store_state::StoreState;
 use crate::wire::StreamEvent;
 
 struct Follow<T, F> {
-    rx: watch::Receiver<Arc<Snapshot>>,
+    rx: watch::Receiver<Arc<StoreState>>,
     select: F,
     last: Option<Option<T>>,
     heartbeat: Duration,
@@ -29,7 +29,7 @@ struct Follow<T, F> {
 impl<T, F> Follow<T, F>
 where
     T: Serialize + PartialEq,
-    F: Fn(&Snapshot) -> Option<T>,
+    F: Fn(&StoreState) -> Option<T>,
 {
     async fn next_line(&mut self) -> Option<Bytes> {
         if self.last.is_some() {
@@ -69,7 +69,7 @@ fn line<T: Serialize>(event: &StreamEvent<T>) -> Option<Bytes> {
 fn respond<T, F>(follow: Follow<T, F>) -> Response
 where
     T: Serialize + PartialEq + Send + 'static,
-    F: Fn(&Snapshot) -> Option<T> + Send + 'static,
+    F: Fn(&StoreState) -> Option<T> + Send + 'static,
 {
     let lines = futures_util::stream::unfold(follow, |mut follow| async move {
         let line = follow.next_line().await?;
@@ -86,26 +86,31 @@ where
 }
 
 /// The effective limits of one dataplane (`null` while no Dataplane resource has that name).
-pub(crate) fn dataplane(state: &AppState, mesh: String, name: String) -> Response {
-    let connected = state.cp.insights().dataplane_connected(&mesh, &name);
+pub(crate) fn dataplane(
+    cp: &ControlPlane,
+    heartbeat: Duration,
+    mesh: String,
+    name: String,
+) -> Response {
+    let connected = cp.insights().dataplane_connected(&mesh, &name);
     respond(Follow {
-        rx: state.cp.subscribe(),
-        select: move |s: &Snapshot| s.effective(&mesh, &name).cloned(),
+        rx: cp.subscribe(),
+        select: move |s: &StoreState| s.effective(&mesh, &name).cloned(),
         last: None,
-        heartbeat: state.config.heartbeat,
+        heartbeat,
         _connected: connected,
     })
 }
 
 /// Every kernel limit (a kernel agent enforces all of them on its host).
-pub(crate) fn kernel(state: &AppState, agent: Option<String>) -> Response {
+pub(crate) fn kernel(cp: &ControlPlane, heartbeat: Duration, agent: Option<String>) -> Response {
     let name = agent.unwrap_or_else(|| "anonymous".to_string());
-    let connected = state.cp.insights().agent_connected(&name);
+    let connected = cp.insights().agent_connected(&name);
     respond(Follow {
-        rx: state.cp.subscribe(),
-        select: |s: &Snapshot| Some(s.kernel.clone()),
+        rx: cp.subscribe(),
+        select: |s: &StoreState| Some(s.kernel.clone()),
         last: None,
-        heartbeat: state.config.heartbeat,
+        heartbeat,
         _connected: connected,
     })
 }

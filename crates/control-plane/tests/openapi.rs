@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use meshlimit_control_plane::client::{Client, ClientError};
 use meshlimit_control_plane::{ApiConfig, ControlPlane, api};
+use meshlimit_control_plane_client::{Client, ClientError};
 use serde_yaml_ng::Value;
 
 const METHODS: [&str; 4] = ["GET", "PUT", "POST", "DELETE"];

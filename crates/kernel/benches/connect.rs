@@ -54,7 +54,7 @@ fn main() {
     let rejecting = Server::start();
     let exhausted: SocketAddr = ([127, 0, 0, 1], 9).into();
     limiter
-        .set_limits(&[
+        .apply(&[
             // Never runs dry within a benchmark: every connect takes a token and gets through.
             limit(limited.addr, 1 << 40),
             limit(exhausted, 1),

@@ -4,13 +4,13 @@
 //! destination whose token bucket (one per client network namespace and destination, in an LRU
 //! map, interval refill, updated by compare-and-swap) is empty.
 //!
-//! Start with [`KernelLimiter`] (`limiter.rs`): `attach` a cgroup, `set_limits` from the policy
-//! engine's `KernelLimit`s, read `stats`/`counters`, and [`render_prometheus`] them. The types
-//! both sides share are in `shared.rs`; `arithmetic.rs` runs the program's token arithmetic
-//! with injected time so it can be checked against the userspace engine. [`agent`] is the
-//! long-running agent behind `meshlimit agent`.
+//! A library in three parts: the program, the `#[repr(C)]` types both sides share
+//! (`shared.rs`), and the loader. Start with [`KernelLimiter`] (`limiter.rs`): `attach` a
+//! cgroup, [`KernelLimiter::apply`] the policy engine's `KernelLimit`s, read `stats`/`counters`,
+//! and [`render_prometheus`] them. `arithmetic.rs` runs the program's token arithmetic with
+//! injected time so it can be checked against the userspace engine. Where the limits come from
+//! and how they are served is the caller's business (`meshlimit run` and `meshlimit agent`).
 
-pub mod agent;
 mod arithmetic;
 mod error;
 mod limiter;

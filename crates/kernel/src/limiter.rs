@@ -77,7 +77,7 @@ impl std::fmt::Debug for KernelLimiter {
 
 impl KernelLimiter {
     /// Attaches to the cgroup v2 directory `cgroup` (and so to every cgroup below it) with
-    /// default options. No destination is limited until [`KernelLimiter::set_limits`].
+    /// default options. No destination is limited until [`KernelLimiter::apply`].
     pub fn attach(cgroup: &Path) -> Result<KernelLimiter, KernelError> {
         KernelLimiter::attach_with(cgroup, LimiterOptions::default())
     }
@@ -135,7 +135,8 @@ impl KernelLimiter {
     /// Makes `limits` the whole set of limited destinations: adds new ones, rewrites changed
     /// settings (buckets keep their tokens, clamped to the new maximum) and removes the rest
     /// (their limit lifts at once and their buckets are dropped). An invalid set changes nothing.
-    pub fn set_limits(&mut self, limits: &[KernelLimit]) -> Result<(), KernelError> {
+    /// Returns how many destinations are limited now.
+    pub fn apply(&mut self, limits: &[KernelLimit]) -> Result<usize, KernelError> {
         let wanted = limits::validate(limits).map_err(KernelError::Limits)?;
         let plan = limits::plan(&self.current, &wanted);
 
@@ -169,7 +170,7 @@ impl KernelLimiter {
         }
         // Same settings, maybe a new service name.
         self.current = wanted;
-        Ok(())
+        Ok(self.current.len())
     }
 
     /// Per destination: connections allowed and limited, and tokens available now.

@@ -51,7 +51,7 @@ fn a_burst_gets_exactly_max_tokens_then_eperm() {
     let mut sb = sandbox();
     let server = sb.server("127.0.0.1:0");
     sb.limiter
-        .set_limits(&[limit("web", server.addr, 5, 1, HOUR_NS)])
+        .apply(&[limit("web", server.addr, 5, 1, HOUR_NS)])
         .unwrap();
 
     let addr = server.addr;
@@ -95,7 +95,7 @@ fn refill_restores_exactly_tokens_per_fill_per_interval() {
     let server = sb.server("127.0.0.1:0");
     let addr = server.addr;
     sb.limiter
-        .set_limits(&[limit("web", addr, 3, 2, INTERVAL)])
+        .apply(&[limit("web", addr, 3, 2, INTERVAL)])
         .unwrap();
 
     assert_eq!(sb.inside(move || connect_n(addr, 4)), (3, 1));
@@ -158,7 +158,7 @@ fn eight_threads_never_over_admit() {
     let server = sb.server("127.0.0.1:0");
     let addr = server.addr;
     sb.limiter
-        .set_limits(&[limit("web", addr, 40, 1, HOUR_NS)])
+        .apply(&[limit("web", addr, 40, 1, HOUR_NS)])
         .unwrap();
 
     let (connected, eperm) = sb.inside(move || {
@@ -199,12 +199,14 @@ fn ipv6_and_v4_mapped_destinations_are_limited() {
     let v4: SocketAddr = ([127, 0, 0, 1], port).into();
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
     let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-    sb.limiter
-        .set_limits(&[
+    let destinations = sb
+        .limiter
+        .apply(&[
             limit("v4", v4, 4, 1, HOUR_NS),
             limit("v6", v6, 2, 1, HOUR_NS),
         ])
         .unwrap();
+    assert_eq!(destinations, 2);
 
     let outcomes = sb.inside(move || {
         // IPv4 and v4-mapped IPv6 sockets share the 127.0.0.1 bucket.
@@ -228,9 +230,7 @@ fn other_cgroups_and_unlimited_destinations_are_untouched() {
     let limited = sb.server("127.0.0.1:0");
     let unlimited = sb.server("127.0.0.1:0");
     let (l, u) = (limited.addr, unlimited.addr);
-    sb.limiter
-        .set_limits(&[limit("web", l, 2, 1, HOUR_NS)])
-        .unwrap();
+    sb.limiter.apply(&[limit("web", l, 2, 1, HOUR_NS)]).unwrap();
 
     // Same netns, outside the cgroup: no limit at all.
     assert_eq!(run_in(&sb.netns, None, move || connect_n(l, 20)), (20, 0));
@@ -255,7 +255,7 @@ fn each_client_namespace_has_its_own_bucket() {
     let other = Netns::new();
     let other_server = run_in(&other, None, move || Server::bind(&addr.to_string()));
     sb.limiter
-        .set_limits(&[limit("web", addr, 3, 1, HOUR_NS)])
+        .apply(&[limit("web", addr, 3, 1, HOUR_NS)])
         .unwrap();
 
     assert_eq!(sb.inside(move || connect_n(addr, 5)), (3, 2));
@@ -283,16 +283,16 @@ fn removing_the_policy_lifts_the_limit_at_once() {
     let server = sb.server("127.0.0.1:0");
     let addr = server.addr;
     let policy = [limit("web", addr, 2, 1, HOUR_NS)];
-    sb.limiter.set_limits(&policy).unwrap();
+    assert_eq!(sb.limiter.apply(&policy).unwrap(), 1);
     assert_eq!(sb.inside(move || connect_n(addr, 3)), (2, 1));
 
-    sb.limiter.set_limits(&[]).unwrap();
+    assert_eq!(sb.limiter.apply(&[]).unwrap(), 0);
     assert_eq!(sb.inside(move || connect_n(addr, 10)), (10, 0));
     assert!(sb.limiter.buckets().unwrap().is_empty());
     assert!(sb.limiter.stats().unwrap().is_empty());
 
     // Back again: a fresh, full bucket.
-    sb.limiter.set_limits(&policy).unwrap();
+    sb.limiter.apply(&policy).unwrap();
     assert_eq!(sb.inside(move || connect_n(addr, 3)), (2, 1));
 }
 
@@ -302,11 +302,11 @@ fn changed_settings_keep_the_bucket_clamped_to_the_new_maximum() {
     let server = sb.server("127.0.0.1:0");
     let addr = server.addr;
     sb.limiter
-        .set_limits(&[limit("web", addr, 10, 1, HOUR_NS)])
+        .apply(&[limit("web", addr, 10, 1, HOUR_NS)])
         .unwrap();
     assert_eq!(sb.inside(move || connect_n(addr, 4)), (4, 0)); // 6 left
     sb.limiter
-        .set_limits(&[limit("web", addr, 3, 1, HOUR_NS)])
+        .apply(&[limit("web", addr, 3, 1, HOUR_NS)])
         .unwrap();
     assert_eq!(sb.inside(move || connect_n(addr, 5)), (3, 2));
 }
@@ -317,11 +317,11 @@ fn invalid_settings_are_refused_and_change_nothing() {
     let server = sb.server("127.0.0.1:0");
     let addr = server.addr;
     sb.limiter
-        .set_limits(&[limit("web", addr, 1, 1, HOUR_NS)])
+        .apply(&[limit("web", addr, 1, 1, HOUR_NS)])
         .unwrap();
     let err = sb
         .limiter
-        .set_limits(&[
+        .apply(&[
             limit("web", addr, 5, 1, HOUR_NS),
             limit("api", addr, 6, 1, HOUR_NS),
         ])
@@ -348,7 +348,7 @@ fn the_lru_bound_holds_with_more_keys_than_capacity() {
     let limits: Vec<_> = (0..64u16)
         .map(|i| limit("many", ([127, 0, 0, 1], 20_000 + i).into(), 1, 1, HOUR_NS))
         .collect();
-    sb.limiter.set_limits(&limits).unwrap();
+    sb.limiter.apply(&limits).unwrap();
 
     let outcomes = sb.inside(|| {
         (0..64u16)

@@ -1,9 +1,28 @@
 //! What one data-plane instance enforces, after matching and merging: the output of the
 //! policy engine and the input of every data path (proxy, kernel agent, xDS).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::quota::{HeaderValue, Quota, Rate, RejectStatus, TokenBucket};
+
+/// Data as of a store version: what a follower yields on its `watch` channel and a data path
+/// enforces. `version` is `None` until the first value arrived from the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub version: Option<u64>,
+    pub value: T,
+}
+
+impl<T> Versioned<T> {
+    pub fn new(version: u64, value: T) -> Versioned<T> {
+        Versioned {
+            version: Some(version),
+            value,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RejectHeaders {
@@ -30,6 +49,68 @@ pub struct TcpLimit {
     pub connection_rate: Rate,
 }
 
+/// What an instance does with a request over a global limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GlobalMode {
+    /// Reject it.
+    #[default]
+    Limit,
+    /// Let it through, and count it as rejected (to try a limit out).
+    Shadow,
+}
+
+/// What an instance does while the rate-limit service holding a global limit's counters
+/// cannot be reached (a meshlimit extension of Kong's `limitOnServiceFail`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureMode {
+    /// Admit every request (Envoy's default, and `limitOnServiceFail: false`).
+    #[default]
+    Open,
+    /// Reject every request (`limitOnServiceFail: true`).
+    Closed,
+    /// Enforce this instance's [`GlobalLimit::share`] locally.
+    LocalShare,
+}
+
+/// A `MeshGlobalRateLimit` on one inbound: a total for every instance of the service, and
+/// this instance's part of it. Present only when something is enforced.
+///
+/// With a `rate_limit_service` the instances count against one shared bucket, named `key`;
+/// without one (or, in [`FailureMode::LocalShare`], while it cannot be reached) each enforces
+/// `share` locally, and the shares of the live instances add up to `request_rate`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalLimit {
+    /// The inbound's `kuma.io/service` tag.
+    pub service: String,
+    /// The shared bucket: `mgrl/<mesh>/<policy>/<service>`, where `<policy>` is the
+    /// `MeshGlobalRateLimit` whose `requestRate` won the merge. Mesh and policy names cannot
+    /// hold `/`, so the service (which may) comes last. Every instance enforcing the same
+    /// rate from the same policy for the same service shares it, whatever its inbound port.
+    pub key: String,
+    /// The total, for all instances together.
+    pub request_rate: Rate,
+    /// This instance's part of the total, from [`crate::global::share`].
+    pub share: Rate,
+    /// How many live instances share `key`.
+    pub instances: u32,
+    /// This instance's place among them, ordered by (Dataplane name, inbound port).
+    pub index: u32,
+    pub mode: GlobalMode,
+    /// 429 when the policy leaves it unset.
+    pub status: RejectStatus,
+    pub headers: RejectHeaders,
+    /// The rate-limit service's URL; `None` when the shares are enforced locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<String>,
+    /// For a request to the rate-limit service (25ms when unset, as Kong's).
+    #[serde(with = "crate::duration::serde_go")]
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+    /// Names of the `MeshGlobalRateLimit`s that contributed, least specific first.
+    pub policies: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -50,6 +131,9 @@ pub struct InboundLimits {
     pub tcp: Option<TcpLimit>,
     /// Names of the policies that contributed, least specific first.
     pub policies: Vec<String>,
+    /// The `MeshGlobalRateLimit` on this inbound, if any (HTTP inbounds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalLimit>,
 }
 
 /// A `RateLimit` rule resolved to one destination (an inbound of some Dataplane). On the wire

@@ -8,12 +8,16 @@
 //!    are replaced whole; within one policy, later `from`/`rules` entries override earlier ones;
 //! 4. `rules` with `matches` apply only to the sources they match, over the catch-all ones,
 //!    ordered SNI < spiffeID Prefix < spiffeID Exact.
+//!
+//! `MeshGlobalRateLimit` policies are selected and ordered the same way ([`applying`] takes
+//! either) and merged by [`global_conf_for`]; [`enforced_global`] is what they enforce.
 
 use std::cmp::Reverse;
 
-use crate::effective::{HttpLimit, Protocol, RejectHeaders, TcpLimit};
+use crate::effective::{GlobalLimit, HttpLimit, Protocol, RejectHeaders, TcpLimit};
 use crate::model::{
-    Conf, Dataplane, Inbound, Local, Match, MatchType, MeshRateLimit, TargetRef, TargetRefKind,
+    Conf, DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT, Dataplane, GlobalConf, Inbound, Local, Match,
+    MatchType, MeshGlobalRateLimit, MeshRateLimit, OnRateLimit, TargetRef, TargetRefKind,
 };
 use crate::quota::RejectStatus;
 
@@ -86,17 +90,53 @@ pub fn specificity(target: &TargetRef) -> Specificity {
     }
 }
 
+/// A policy that a top-level targetRef attaches to inbounds.
+pub trait Targeted {
+    fn name(&self) -> &str;
+    fn mesh(&self) -> &str;
+    /// The top-level targetRef, `{kind: Mesh}` when omitted.
+    fn target(&self) -> TargetRef;
+}
+
+impl Targeted for MeshRateLimit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mesh(&self) -> &str {
+        &self.mesh
+    }
+
+    fn target(&self) -> TargetRef {
+        self.spec.target()
+    }
+}
+
+impl Targeted for MeshGlobalRateLimit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mesh(&self) -> &str {
+        &self.mesh
+    }
+
+    fn target(&self) -> TargetRef {
+        self.spec.target()
+    }
+}
+
 /// The policies that select this inbound, least specific first.
-pub fn applying<'a>(
-    policies: impl IntoIterator<Item = &'a MeshRateLimit>,
+pub fn applying<'a, P: Targeted + 'a>(
+    policies: impl IntoIterator<Item = &'a P>,
     dp: &Dataplane,
     inbound: &Inbound,
-) -> Vec<&'a MeshRateLimit> {
-    let mut out: Vec<&MeshRateLimit> = policies
+) -> Vec<&'a P> {
+    let mut out: Vec<&P> = policies
         .into_iter()
-        .filter(|p| p.mesh == dp.mesh && selects(&p.spec.target(), dp, inbound))
+        .filter(|p| p.mesh() == dp.mesh && selects(&p.target(), dp, inbound))
         .collect();
-    out.sort_by_key(|p| (specificity(&p.spec.target()), Reverse(p.name.clone())));
+    out.sort_by_cached_key(|p| (specificity(&p.target()), Reverse(p.name().to_string())));
     out
 }
 
@@ -124,20 +164,24 @@ fn merge_local(base: &mut Local, over: &Local) {
         let b = base.http.get_or_insert_with(Default::default);
         replace(&mut b.disabled, &o.disabled);
         replace(&mut b.request_rate, &o.request_rate);
-        if let Some(orl) = &o.on_rate_limit {
-            let borl = b.on_rate_limit.get_or_insert_with(Default::default);
-            replace(&mut borl.status, &orl.status);
-            if let Some(h) = &orl.headers {
-                let bh = borl.headers.get_or_insert_with(Default::default);
-                replace(&mut bh.set, &h.set);
-                replace(&mut bh.add, &h.add);
-            }
-        }
+        merge_on_rate_limit(&mut b.on_rate_limit, &o.on_rate_limit);
     }
     if let Some(o) = &over.tcp {
         let b = base.tcp.get_or_insert_with(Default::default);
         replace(&mut b.disabled, &o.disabled);
         replace(&mut b.connection_rate, &o.connection_rate);
+    }
+}
+
+fn merge_on_rate_limit(base: &mut Option<OnRateLimit>, over: &Option<OnRateLimit>) {
+    if let Some(orl) = over {
+        let borl = base.get_or_insert_with(Default::default);
+        replace(&mut borl.status, &orl.status);
+        if let Some(h) = &orl.headers {
+            let bh = borl.headers.get_or_insert_with(Default::default);
+            replace(&mut bh.set, &h.set);
+            replace(&mut bh.add, &h.add);
+        }
     }
 }
 
@@ -238,4 +282,106 @@ pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, 
         }
     }
     (conf, names)
+}
+
+/// The confs a `MeshGlobalRateLimit` contributes, in its own order: `from[]` entries (all of
+/// kind Mesh) and then `rules[]` (a policy has one or the other).
+pub fn global_confs(policy: &MeshGlobalRateLimit) -> impl Iterator<Item = &GlobalConf> {
+    let from = policy.spec.from.iter().map(|f| &f.default);
+    from.chain(policy.spec.rules.iter().map(|r| &r.default))
+}
+
+/// Merges `over` into `base` as [`merge`] does: a field set in `over` wins; the rate, the
+/// header lists and the URL are replaced whole. `failureMode` and `limitOnServiceFail` are
+/// one field: whichever `over` sets replaces both (kept as `failure_mode`).
+pub fn merge_global(base: &mut GlobalConf, over: &GlobalConf) {
+    if let Some(o) = &over.http {
+        let b = base.http.get_or_insert_with(Default::default);
+        replace(&mut b.disabled, &o.disabled);
+        replace(&mut b.request_rate, &o.request_rate);
+        merge_on_rate_limit(&mut b.on_rate_limit, &o.on_rate_limit);
+    }
+    replace(&mut base.mode, &over.mode);
+    if let Some(o) = over.rate_limit_service() {
+        let b = base
+            .backend
+            .get_or_insert_with(Default::default)
+            .rate_limit_service
+            .get_or_insert_with(Default::default);
+        replace(&mut b.url, &o.url);
+        replace(&mut b.timeout, &o.timeout);
+    }
+    replace(&mut base.failure_mode, &over.failure());
+}
+
+/// The merged `MeshGlobalRateLimit` conf of an inbound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergedGlobal {
+    pub conf: GlobalConf,
+    /// The policies that contributed, least specific first.
+    pub policies: Vec<String>,
+    /// The policy whose `requestRate` won: it names the shared bucket.
+    pub rate_from: Option<String>,
+}
+
+/// Merges the confs of the applying policies (least specific first, as [`applying`] orders
+/// them), each policy's in its own order.
+pub fn global_conf_for(policies: &[&MeshGlobalRateLimit]) -> MergedGlobal {
+    let mut merged = MergedGlobal::default();
+    for p in policies {
+        for c in global_confs(p) {
+            merge_global(&mut merged.conf, c);
+            if !merged.policies.contains(&p.name) {
+                merged.policies.push(p.name.clone());
+            }
+            if c.http.as_ref().is_some_and(|h| h.request_rate.is_some()) {
+                merged.rate_from = Some(p.name.clone());
+            }
+        }
+    }
+    merged
+}
+
+/// What a merged conf enforces on an inbound of this protocol and service, as if the inbound
+/// were the service's only instance (`share` is the whole total); `ResourceSet` divides it
+/// among the live instances. HTTP inbounds only; nothing when disabled or without a rate.
+pub fn enforced_global(
+    merged: &MergedGlobal,
+    protocol: Protocol,
+    mesh: &str,
+    service: &str,
+) -> Option<GlobalLimit> {
+    if protocol != Protocol::Http {
+        return None;
+    }
+    let conf = &merged.conf;
+    let http = conf.http.as_ref()?;
+    if http.disabled == Some(true) {
+        return None;
+    }
+    let request_rate = http.request_rate?;
+    let owner = merged.rate_from.as_deref()?;
+    let orl = http.on_rate_limit.clone().unwrap_or_default();
+    let headers = orl.headers.unwrap_or_default();
+    let service_conf = conf.rate_limit_service();
+    Some(GlobalLimit {
+        service: service.to_string(),
+        key: crate::global::key(mesh, owner, service),
+        request_rate,
+        share: request_rate,
+        instances: 1,
+        index: 0,
+        mode: conf.mode.unwrap_or_default(),
+        status: orl.status.unwrap_or(RejectStatus::DEFAULT),
+        headers: RejectHeaders {
+            set: headers.set.unwrap_or_default(),
+            add: headers.add.unwrap_or_default(),
+        },
+        rate_limit_service: service_conf.and_then(|s| s.url.clone()),
+        timeout: service_conf
+            .and_then(|s| s.timeout)
+            .unwrap_or(DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT),
+        failure_mode: conf.failure().unwrap_or_default(),
+        policies: merged.policies.clone(),
+    })
 }

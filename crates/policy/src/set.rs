@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::effective::{DataplaneLimits, InboundLimits, KernelLimit};
+use crate::effective::{DataplaneLimits, GlobalLimit, InboundLimits, KernelLimit};
+use crate::global::share;
 use crate::matching::{self, Source};
 use crate::model::{
-    DEFAULT_MESH, Dataplane, Form, Kind, Match, MeshRateLimit, RateLimit, Resource,
+    DEFAULT_MESH, Dataplane, Form, Inbound, Kind, Match, MeshGlobalRateLimit, MeshRateLimit,
+    RateLimit, Resource,
 };
 use crate::parse::{Origin, Parsed};
 use crate::problem::Problem;
@@ -65,6 +67,13 @@ impl ResourceSet {
         })
     }
 
+    fn mesh_global_rate_limits(&self) -> impl Iterator<Item = &MeshGlobalRateLimit> {
+        self.resources.iter().filter_map(|r| match r {
+            Resource::MeshGlobalRateLimit(p) => Some(p),
+            _ => None,
+        })
+    }
+
     fn dataplanes(&self) -> impl Iterator<Item = &Dataplane> {
         self.resources.iter().filter_map(|r| match r {
             Resource::Dataplane(d) => Some(d),
@@ -85,22 +94,32 @@ impl ResourceSet {
 
     /// What one Dataplane enforces; `None` when there is no such Dataplane in that mesh.
     pub fn effective(&self, mesh: &str, dataplane: &str) -> Option<DataplaneLimits> {
-        self.dataplane(mesh, dataplane).map(|dp| self.limits_of(dp))
+        let dp = self.dataplane(mesh, dataplane)?;
+        Some(self.limits_of(dp, &self.global_instances(mesh)))
     }
 
     /// What every Dataplane enforces, in the order they were given.
     pub fn all_effective(&self) -> Vec<DataplaneLimits> {
-        self.dataplanes().map(|dp| self.limits_of(dp)).collect()
+        let mut instances: HashMap<&str, GlobalInstances<'_>> = HashMap::new();
+        self.dataplanes()
+            .map(|dp| {
+                let of_mesh = instances
+                    .entry(&dp.mesh)
+                    .or_insert_with(|| self.global_instances(&dp.mesh));
+                self.limits_of(dp, of_mesh)
+            })
+            .collect()
     }
 
-    fn limits_of(&self, dp: &Dataplane) -> DataplaneLimits {
+    fn limits_of(&self, dp: &Dataplane, instances: &GlobalInstances<'_>) -> DataplaneLimits {
         let inbounds = dp
             .networking
             .inbound
             .iter()
             .map(|inbound| {
                 let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
-                inbound_limits(inbound, &policies, None)
+                let global = self.global_of(dp, inbound, instances);
+                inbound_limits(inbound, &policies, None, global)
             })
             .collect();
         DataplaneLimits {
@@ -118,9 +137,11 @@ impl ResourceSet {
         let Some(dp) = self.dataplane(mesh, dataplane) else {
             return Vec::new();
         };
+        let instances = self.global_instances(mesh);
         let mut out = Vec::new();
         for inbound in &dp.networking.inbound {
             let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
+            let global = self.global_of(dp, inbound, &instances);
             let mut seen = Vec::new();
             for p in &policies {
                 for rule in &p.spec.rules {
@@ -142,7 +163,12 @@ impl ResourceSet {
                         out.push(SourceLimits {
                             port: inbound.port,
                             matched: m.clone(),
-                            limits: inbound_limits(inbound, &policies, Some(&source)),
+                            limits: inbound_limits(
+                                inbound,
+                                &policies,
+                                Some(&source),
+                                global.clone(),
+                            ),
                         });
                     }
                 }
@@ -162,7 +188,60 @@ impl ResourceSet {
         let dp = self.dataplane(mesh, dataplane)?;
         let inbound = dp.networking.inbound.iter().find(|i| i.port == port)?;
         let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
-        Some(inbound_limits(inbound, &policies, Some(source)))
+        let global = self.global_of(dp, inbound, &self.global_instances(mesh));
+        Some(inbound_limits(inbound, &policies, Some(source), global))
+    }
+
+    /// The `MeshGlobalRateLimit` of one inbound as if it were the service's only instance.
+    fn global_alone(&self, dp: &Dataplane, inbound: &Inbound) -> Option<GlobalLimit> {
+        let policies = matching::applying(self.mesh_global_rate_limits(), dp, inbound);
+        if policies.is_empty() {
+            return None;
+        }
+        let merged = matching::global_conf_for(&policies);
+        matching::enforced_global(&merged, inbound.protocol(), &dp.mesh, inbound.service())
+    }
+
+    /// The instances enforcing each global limit of a mesh: every inbound whose limit has
+    /// that key, ordered by (Dataplane name, inbound port) so that every instance computes
+    /// the same order from the same set, whatever order the resources came in.
+    fn global_instances(&self, mesh: &str) -> GlobalInstances<'_> {
+        let mut out: GlobalInstances<'_> = HashMap::new();
+        if self.mesh_global_rate_limits().next().is_none() {
+            return out;
+        }
+        for dp in self.dataplanes().filter(|d| d.mesh == mesh) {
+            for inbound in &dp.networking.inbound {
+                if let Some(limit) = self.global_alone(dp, inbound) {
+                    out.entry(limit.key)
+                        .or_default()
+                        .push((dp.name.as_str(), inbound.port));
+                }
+            }
+        }
+        for peers in out.values_mut() {
+            peers.sort_unstable();
+        }
+        out
+    }
+
+    /// The global limit of an inbound, with this instance's share of the total.
+    fn global_of(
+        &self,
+        dp: &Dataplane,
+        inbound: &Inbound,
+        instances: &GlobalInstances<'_>,
+    ) -> Option<GlobalLimit> {
+        let mut limit = self.global_alone(dp, inbound)?;
+        let me = (dp.name.as_str(), inbound.port);
+        let (count, index) = instances
+            .get(&limit.key)
+            .and_then(|peers| Some((peers.len(), peers.binary_search(&me).ok()?)))
+            .unwrap_or((1, 0));
+        limit.instances = u32::try_from(count).unwrap_or(u32::MAX);
+        limit.index = u32::try_from(index).unwrap_or(u32::MAX);
+        limit.share = share(limit.request_rate, limit.instances, limit.index);
+        Some(limit)
     }
 
     /// Every `RateLimit` resolved to the inbounds, in the same mesh, whose `kuma.io/service`
@@ -202,10 +281,14 @@ impl ResourceSet {
     }
 }
 
+/// For each global limit's key, the (Dataplane name, inbound port) of its instances, in order.
+type GlobalInstances<'a> = HashMap<String, Vec<(&'a str, u16)>>;
+
 fn inbound_limits(
-    inbound: &crate::model::Inbound,
+    inbound: &Inbound,
     policies: &[&MeshRateLimit],
     source: Option<&Source>,
+    global: Option<GlobalLimit>,
 ) -> InboundLimits {
     let (conf, names) = matching::conf_for(policies, source);
     let protocol = inbound.protocol();
@@ -218,6 +301,7 @@ fn inbound_limits(
         http,
         tcp,
         policies: names,
+        global,
     }
 }
 
@@ -234,11 +318,15 @@ fn consistency(resources: &[Resource], origins: Option<&[Origin]>) -> Vec<Proble
     };
     let name_path = |r: &Resource| match r {
         Resource::MeshRateLimit(p) if p.form == Form::Kubernetes => "metadata.name",
+        Resource::MeshGlobalRateLimit(p) if p.form == Form::Kubernetes => "metadata.name",
         Resource::RateLimit(_) => "metadata.name",
         _ => "name",
     };
     let mesh_path = |r: &Resource| match r {
         Resource::MeshRateLimit(p) if p.form == Form::Kubernetes => {
+            "metadata.labels[\"kuma.io/mesh\"]"
+        }
+        Resource::MeshGlobalRateLimit(p) if p.form == Form::Kubernetes => {
             "metadata.labels[\"kuma.io/mesh\"]"
         }
         Resource::RateLimit(_) => "metadata.labels[\"kuma.io/mesh\"]",

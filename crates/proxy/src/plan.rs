@@ -148,6 +148,7 @@ mod tests {
                 connection_rate: Rate::new(2, interval).expect("valid rate"),
             }),
             policies: vec!["p".into()],
+            global: None,
         }
     }
 

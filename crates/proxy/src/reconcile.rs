@@ -214,6 +214,7 @@ mod tests {
             http: None,
             tcp: None,
             policies: Vec::new(),
+            global: None,
         }
     }
 

@@ -1,5 +1,6 @@
-//! One ADS stream, state of the world, as a plain state machine: requests and snapshot changes
-//! in, responses and status events out. No I/O, so every ACK/NACK rule is unit-tested here.
+//! One ADS stream, state of the world, as a plain state machine: requests and node-table
+//! updates in, responses and status events out. No I/O, so every ACK/NACK rule is unit-tested
+//! here.
 //!
 //! The rules (xDS protocol, "ACK/NACK and resource type instance version"):
 //! - a request with an empty `response_nonce` subscribes (or re-subscribes) to a type: it is
@@ -7,7 +8,7 @@
 //! - a request whose nonce is not the last one sent for its type is stale and ignored;
 //! - a request with the last nonce ACKs (no `error_detail`) or NACKs (`error_detail` set) that
 //!   response; neither is answered — a NACKed version is not resent, the next update is;
-//! - when the snapshot changes, every subscribed type whose version moved is sent again,
+//! - when the node table changes, every subscribed type whose version moved is sent again,
 //!   clusters before listeners so that listeners never name a cluster Envoy lacks.
 
 use std::collections::BTreeMap;
@@ -15,8 +16,8 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
+use crate::node_table::NodeTable;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
-use crate::snapshot::Snapshot;
 
 /// Identifies this server in every response (Envoy shows it in `/config_dump`).
 const CONTROL_PLANE: &str = "meshlimit";
@@ -75,7 +76,7 @@ impl AdsStream {
     pub fn on_request(
         &mut self,
         request: DiscoveryRequest,
-        snapshot: &Snapshot,
+        table: &NodeTable,
     ) -> Result<Outcome, ProtocolError> {
         let mut outcome = Outcome::default();
         let node = match &self.node {
@@ -99,14 +100,14 @@ impl AdsStream {
             ));
         }
         if request.response_nonce.is_empty() {
-            let response = self.respond(&node, &type_url, snapshot);
+            let response = self.respond(&node, &type_url, table);
             outcome.events.push(sent(&response));
             outcome.responses.push(response);
             return Ok(outcome);
         }
         let Some(subscription) = self.subscriptions.get(&type_url) else {
             // A nonce we never sent (e.g. from a previous stream): subscribe afresh.
-            let response = self.respond(&node, &type_url, snapshot);
+            let response = self.respond(&node, &type_url, table);
             outcome.events.push(sent(&response));
             outcome.responses.push(response);
             return Ok(outcome);
@@ -130,7 +131,7 @@ impl AdsStream {
     }
 
     /// Sends every subscribed type whose version differs from the last one sent.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Outcome {
+    pub fn on_update(&mut self, table: &NodeTable) -> Outcome {
         let mut outcome = Outcome::default();
         let Some(node) = self.node.clone() else {
             return outcome;
@@ -147,13 +148,13 @@ impl AdsStream {
                 .cloned(),
         );
         for type_url in order {
-            let current = snapshot.version(&node, &type_url);
+            let current = table.version(&node, &type_url);
             let changed = self
                 .subscriptions
                 .get(&type_url)
                 .is_some_and(|s| s.last_version != current);
             if changed {
-                let response = self.respond(&node, &type_url, snapshot);
+                let response = self.respond(&node, &type_url, table);
                 outcome.events.push(sent(&response));
                 outcome.responses.push(response);
             }
@@ -161,8 +162,8 @@ impl AdsStream {
         outcome
     }
 
-    fn respond(&mut self, node: &str, type_url: &str, snapshot: &Snapshot) -> DiscoveryResponse {
-        let current = snapshot.get(node, type_url);
+    fn respond(&mut self, node: &str, type_url: &str, table: &NodeTable) -> DiscoveryResponse {
+        let current = table.get(node, type_url);
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         self.subscriptions.insert(
@@ -217,6 +218,7 @@ mod tests {
                     connection_rate: Rate::new(num, Duration::from_secs(1)).expect("valid rate"),
                 }),
                 policies: vec![],
+                global: None,
             }],
             kernel: vec![],
         }
@@ -254,10 +256,10 @@ mod tests {
 
     #[test]
     fn subscribe_then_ack() {
-        let snapshot = Snapshot::default().next(&[limits(1)]);
+        let table = NodeTable::default().next(&[limits(1)]);
         let mut stream = AdsStream::default();
         let out = stream
-            .on_request(first(CLUSTER_TYPE), &snapshot)
+            .on_request(first(CLUSTER_TYPE), &table)
             .expect("served");
         assert_eq!(stream.node(), Some("default.db-1"));
         assert_eq!(out.responses.len(), 1);
@@ -269,7 +271,7 @@ mod tests {
 
         let nonce = response.nonce.clone();
         let out = stream
-            .on_request(request(CLUSTER_TYPE, "1", &nonce), &snapshot)
+            .on_request(request(CLUSTER_TYPE, "1", &nonce), &table)
             .expect("served");
         assert!(out.responses.is_empty(), "an ACK is not answered");
         assert_eq!(
@@ -283,14 +285,14 @@ mod tests {
 
     #[test]
     fn nack_is_reported_with_the_rejected_version_and_not_resent() {
-        let snapshot = Snapshot::default().next(&[limits(1)]);
+        let table = NodeTable::default().next(&[limits(1)]);
         let mut stream = AdsStream::default();
         let out = stream
-            .on_request(first(LISTENER_TYPE), &snapshot)
+            .on_request(first(LISTENER_TYPE), &table)
             .expect("served");
         let nonce = out.responses[0].nonce.clone();
         let out = stream
-            .on_request(nack(LISTENER_TYPE, "", &nonce, "bad listener"), &snapshot)
+            .on_request(nack(LISTENER_TYPE, "", &nonce, "bad listener"), &table)
             .expect("served");
         assert!(out.responses.is_empty());
         assert_eq!(
@@ -303,14 +305,14 @@ mod tests {
             }]
         );
         assert!(
-            stream.on_snapshot(&snapshot).responses.is_empty(),
-            "same snapshot, nothing to send"
+            stream.on_update(&table).responses.is_empty(),
+            "same table, nothing to send"
         );
     }
 
     #[test]
     fn stale_nonces_are_ignored() {
-        let s1 = Snapshot::default().next(&[limits(1)]);
+        let s1 = NodeTable::default().next(&[limits(1)]);
         let mut stream = AdsStream::default();
         let old = stream
             .on_request(first(LISTENER_TYPE), &s1)
@@ -319,7 +321,7 @@ mod tests {
             .nonce
             .clone();
         let s2 = s1.next(&[limits(2)]);
-        let pushed = stream.on_snapshot(&s2);
+        let pushed = stream.on_update(&s2);
         assert_eq!(pushed.responses.len(), 1);
         assert_eq!(pushed.responses[0].version_info, "2");
         let out = stream
@@ -330,7 +332,7 @@ mod tests {
 
     #[test]
     fn updates_send_clusters_before_listeners_and_only_what_changed() {
-        let s1 = Snapshot::default().next(&[limits(1)]);
+        let s1 = NodeTable::default().next(&[limits(1)]);
         let mut stream = AdsStream::default();
         stream
             .on_request(first(LISTENER_TYPE), &s1)
@@ -343,7 +345,7 @@ mod tests {
         moved.inbounds[0].service_port = 9002;
         let s2 = s1.next(&[moved]);
         let types: Vec<_> = stream
-            .on_snapshot(&s2)
+            .on_update(&s2)
             .responses
             .iter()
             .map(|r| r.type_url.clone())
@@ -356,7 +358,7 @@ mod tests {
             l
         }]);
         let types: Vec<_> = stream
-            .on_snapshot(&s3)
+            .on_update(&s3)
             .responses
             .iter()
             .map(|r| r.type_url.clone())
@@ -368,20 +370,20 @@ mod tests {
     fn a_first_request_without_node_is_refused() {
         let mut stream = AdsStream::default();
         let err = stream
-            .on_request(request(LISTENER_TYPE, "", ""), &Snapshot::default())
+            .on_request(request(LISTENER_TYPE, "", ""), &NodeTable::default())
             .expect_err("refused");
         assert!(err.0.contains("node.id"), "{err:?}");
     }
 
     #[test]
     fn unknown_node_gets_empty_resources() {
-        let snapshot = Snapshot::default().next(&[limits(1)]);
+        let table = NodeTable::default().next(&[limits(1)]);
         let mut stream = AdsStream::default();
         let mut req = first(LISTENER_TYPE);
         if let Some(node) = req.node.as_mut() {
             node.id = "default.nobody".into();
         }
-        let out = stream.on_request(req, &snapshot).expect("served");
+        let out = stream.on_request(req, &table).expect("served");
         assert!(out.responses[0].resources.is_empty());
         assert_eq!(out.responses[0].version_info, "0");
     }

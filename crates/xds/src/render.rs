@@ -530,6 +530,7 @@ mod tests {
                     }),
                     tcp: None,
                     policies: vec![],
+                    global: None,
                 },
                 InboundLimits {
                     port: 9000,
@@ -542,6 +543,7 @@ mod tests {
                             .expect("valid rate"),
                     }),
                     policies: vec![],
+                    global: None,
                 },
             ],
             kernel: vec![],

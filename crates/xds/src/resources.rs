@@ -403,6 +403,7 @@ mod tests {
             http: None,
             tcp: None,
             policies: vec![],
+            global: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The gRPC edge: Envoy's `AggregatedDiscoveryService` over tonic. Each stream runs the
-//! [`crate::protocol`] state machine against the latest snapshot, which a `watch` channel
-//! delivers; [`XdsHandle::update`] replaces the snapshot.
+//! [`crate::protocol`] state machine against the latest node table (every node's encoded
+//! resources), which a `watch` channel delivers; [`XdsHandle::update`] replaces the table and
+//! [`XdsHandle::follow`] keeps replacing it from a stream of limits.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::DataplaneLimits;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -19,9 +21,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::node_table::NodeTable;
 use crate::protocol::{AdsStream, Event, Outcome};
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
-use crate::snapshot::Snapshot;
 use crate::status::{Nack, NodeStatus, TypeStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +43,14 @@ pub struct XdsHandle {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for XdsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsHandle").finish_non_exhaustive()
+    }
+}
+
 struct Shared {
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    table: watch::Sender<Arc<NodeTable>>,
     /// Set on shutdown: every stream ends, so a graceful stop does not wait forever.
     closing: watch::Sender<bool>,
     /// Per node id: what its streams sent, acknowledged and rejected.
@@ -53,9 +61,9 @@ impl XdsServer {
     /// A server with no Dataplane yet: Envoys that connect get empty configurations until
     /// the first [`XdsHandle::update`].
     pub fn new() -> (XdsServer, XdsHandle) {
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        let (table, _) = watch::channel(Arc::new(NodeTable::default()));
         let shared = Arc::new(Shared {
-            snapshot,
+            table,
             closing: watch::Sender::new(false),
             records: Mutex::new(BTreeMap::new()),
         });
@@ -105,22 +113,35 @@ impl XdsHandle {
     /// Replaces every Dataplane's limits; connected Envoys whose resources changed get them
     /// at once. Dataplanes absent from `limits` lose their listeners and clusters.
     pub fn update(&self, limits: Vec<DataplaneLimits>) {
-        self.shared.snapshot.send_modify(|snapshot| {
-            *snapshot = Arc::new(snapshot.next(&limits));
+        self.shared.table.send_modify(|table| {
+            *table = Arc::new(table.next(&limits));
             tracing::info!(
-                generation = snapshot.generation,
+                generation = table.generation,
                 dataplanes = limits.len(),
                 "xDS snapshot updated"
             );
         });
     }
 
+    /// Serves the limits `limits` carries, from its current value on: each new value (every
+    /// store version, the newest when several land at once) replaces them as
+    /// [`XdsHandle::update`] does. Ends when the sender is gone; spawn it next to the server.
+    pub async fn follow(self, mut limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>) {
+        loop {
+            let current = limits.borrow_and_update().value.clone();
+            self.update(current);
+            if limits.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Every node the server knows (a Dataplane of the last update) or has heard from, sorted
     /// by node id.
     pub fn status(&self) -> Vec<NodeStatus> {
-        let snapshot = self.shared.snapshot.borrow().clone();
+        let table = self.shared.table.borrow().clone();
         let mut records = self.shared.records().clone();
-        for (id, node) in &snapshot.nodes {
+        for (id, node) in &table.nodes {
             if node.known {
                 records
                     .entry(id.clone())
@@ -130,9 +151,9 @@ impl XdsHandle {
         records
             .into_values()
             .map(|mut status| {
-                status.known = snapshot.nodes.get(&status.node).is_some_and(|n| n.known);
-                status.listeners.current_version = snapshot.version(&status.node, LISTENER_TYPE);
-                status.clusters.current_version = snapshot.version(&status.node, CLUSTER_TYPE);
+                status.known = table.nodes.get(&status.node).is_some_and(|n| n.known);
+                status.listeners.current_version = table.version(&status.node, LISTENER_TYPE);
+                status.clusters.current_version = table.version(&status.node, CLUSTER_TYPE);
                 status
             })
             .collect()
@@ -162,12 +183,7 @@ impl Shared {
             match event {
                 Event::Connected => {
                     status.streams += 1;
-                    let known = self
-                        .snapshot
-                        .borrow()
-                        .nodes
-                        .get(node)
-                        .is_some_and(|n| n.known);
+                    let known = self.table.borrow().nodes.get(node).is_some_and(|n| n.known);
                     if known {
                         tracing::info!(node, "Envoy connected");
                     } else {
@@ -268,7 +284,7 @@ async fn run_stream(
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let mut snapshots = shared.snapshot.subscribe();
+    let mut tables = shared.table.subscribe();
     let mut closing = shared.closing.subscribe();
     let mut stream = AdsStream::default();
     'stream: loop {
@@ -279,9 +295,9 @@ async fn run_stream(
             _ = closing.changed() => continue,
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    let snapshot = snapshots.borrow_and_update().clone();
+                    let table = tables.borrow_and_update().clone();
                     stream
-                        .on_request(request, &snapshot)
+                        .on_request(request, &table)
                         .map_err(|e| Status::invalid_argument(e.0))
                 }
                 Ok(None) => break,
@@ -290,12 +306,12 @@ async fn run_stream(
                     break;
                 }
             },
-            changed = snapshots.changed() => {
+            changed = tables.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
-                Ok(stream.on_snapshot(&snapshot))
+                let table = tables.borrow_and_update().clone();
+                Ok(stream.on_update(&table))
             }
         };
         let outcome = match outcome {
@@ -334,6 +350,32 @@ mod tests {
             inbounds: vec![],
             kernel: vec![],
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn follow_serves_every_value_until_the_sender_is_gone() {
+        let (_server, handle) = XdsServer::new();
+        let (tx, rx) = watch::channel(Versioned::new(1, vec![dataplane("a")]));
+        let following = tokio::spawn(handle.clone().follow(rx));
+        // On one thread, yielding lets the follower run until it waits for the next value.
+        tokio::task::yield_now().await;
+        let nodes = |handle: &XdsHandle| -> Vec<(String, bool)> {
+            handle
+                .status()
+                .into_iter()
+                .map(|s| (s.node, s.known))
+                .collect()
+        };
+        assert_eq!(nodes(&handle), [("default.a".to_string(), true)]);
+
+        tx.send_replace(Versioned::new(2, vec![dataplane("b")]));
+        tokio::task::yield_now().await;
+        assert_eq!(nodes(&handle), [("default.b".to_string(), true)]);
+
+        drop(tx);
+        following
+            .await
+            .expect("the follower ends without panicking");
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 
 use meshlimit_bucket::MonotonicClock;
-use meshlimit_policy::{DataplaneLimits, ResourceSet, parse_documents};
+use meshlimit_policy::{DataplaneLimits, ResourceSet, Versioned, parse_documents};
 use meshlimit_proxy::{Proxy, ProxyOptions};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,7 +143,7 @@ async fn the_proxy_and_envoy_admit_the_same_requests_and_connections() {
         );
     }
 
-    let (_sender, receiver) = watch::channel(vec![via_proxy]);
+    let (_sender, receiver) = watch::channel(Versioned::new(1, vec![via_proxy]));
     let proxy = Proxy::spawn(ProxyOptions::default(), Arc::new(MonotonicClock), receiver);
     proxy
         .status()

@@ -7,24 +7,35 @@
 //!   reconnects with jittered, capped exponential backoff. Every `--report-interval` it reports
 //!   the store version it enforces and its counters per destination, which `get
 //!   ratelimit-stats`, `top` and `diagnose` show.
+//!
+//! One flow either way: the source yields a `watch` of versioned limits, [`Kernel::enforce`]
+//! consumes it, and [`follow`] (one loop) prints what is enforced, polls the directory or sends
+//! the reports, until SIGINT or SIGTERM.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use meshlimit_control_plane::client::{Client, FollowConfig, Followed, follow_kernel};
-use meshlimit_control_plane::wire::{AgentReport, DestinationCounters};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use meshlimit_control_plane_client::Client;
+use meshlimit_control_plane_client::follow::{FollowConfig, Followed, Link, follow_kernel};
+use meshlimit_control_plane_client::wire::AgentReport;
 use meshlimit_kernel::LimiterOptions;
-use meshlimit_kernel::agent::{self, Agent, AgentConfig};
+use meshlimit_policy::effective::KernelLimit;
+use meshlimit_policy::{ResourceSet, Versioned, load_paths};
+use meshlimit_proxy::Admin;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
 
-use super::dataplane::{cp_on_command_line, global_options};
+use super::Context;
+use crate::kernel::{Enforced, Kernel};
+use crate::watch::Watcher;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,9 +65,8 @@ pub struct Args {
     report_interval: f64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let cp_given = cp_on_command_line(std::env::args().skip(1));
-    let cp_from_env = std::env::var_os("MESHLIMIT_CP").is_some_and(|v| !v.is_empty());
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    let (cp_given, cp_from_env) = (ctx.cp_on_command_line, ctx.cp_from_env);
     if args.resources.is_some() && cp_given {
         anyhow::bail!(
             "--resources and --cp are mutually exclusive: the agent takes its limits either \
@@ -69,178 +79,337 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              --cp URL (a control plane)"
         );
     }
-    let cgroup = match &args.cgroup {
-        Some(path) => path.clone(),
-        None => meshlimit_kernel::cgroup2_root()?,
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(agent(ctx, args))
+}
+
+/// The phases: signals, source, attach, enforce, admin endpoint; then follow until a signal
+/// and detach.
+async fn agent(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    // First, so that a signal at any later point is a clean stop.
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+
+    let prepared = Prepared::new(ctx, &args)?;
     let options = LimiterOptions {
         bucket_capacity: args.buckets,
     };
-    match &args.resources {
-        Some(resources) => from_directory(resources.clone(), cgroup, &args, options),
-        None => from_control_plane(cgroup, &args, options),
-    }
-}
+    let kernel = Kernel::attach(args.cgroup.clone(), options)?;
+    let (mut source, limits) = prepared.follow();
+    let enforced = kernel.enforce(limits);
+    let listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot serve the admin endpoint on {}", args.admin))?;
+    let admin_addr = listener.local_addr()?;
+    let routes = admin_routes(&kernel);
+    let admin = tokio::spawn(async move { axum::serve(listener, routes).await });
+    say(&source.attached(&kernel, admin_addr));
 
-fn from_directory(
-    resources: PathBuf,
-    cgroup: PathBuf,
-    args: &Args,
-    limiter: LimiterOptions,
-) -> anyhow::Result<ExitCode> {
-    let config = AgentConfig {
-        resources,
-        cgroup,
-        admin: args.admin,
-        poll: Duration::from_millis(args.poll_ms.max(10)),
-        limiter,
-    };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    agent::shutdown_on_signals(&shutdown).context("installing signal handlers")?;
-    agent::run(&config, &shutdown, &mut |event| say(&event.to_string()))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn from_control_plane(
-    cgroup: PathBuf,
-    args: &Args,
-    limiter: LimiterOptions,
-) -> anyhow::Result<ExitCode> {
-    let ctx = global_options(std::env::args().skip(1));
-    let client = Client::new(&ctx.cp, ctx.token)?;
-    let report_interval = Duration::try_from_secs_f64(args.report_interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--report-interval must be a positive number of seconds"))?;
-    let name = match &args.name {
-        Some(name) if !name.trim().is_empty() => name.trim().to_string(),
-        Some(_) => anyhow::bail!("--name must not be empty"),
-        None => host_name(),
-    };
-    let agent = Agent::start(&cgroup, args.admin, limiter)?;
-    say(&format!(
-        "attached to cgroup {}; following {} as {name:?}; admin on http://{}",
-        cgroup.display(),
-        client.base(),
-        agent.admin_addr()
-    ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(follow(agent, client, name, report_interval))
-}
-
-/// What the agent enforces now, as the control plane should hear it.
-struct Enforcing {
-    /// The store version of the limits in the kernel (`None` before the first).
-    version: Option<u64>,
-    /// The last limits the stream sent could not be applied: heartbeats do not move `version`.
-    behind: bool,
-}
-
-async fn follow(
-    agent: Agent,
-    client: Client,
-    name: String,
-    report_interval: Duration,
-) -> anyhow::Result<ExitCode> {
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    {
-        let (client, name) = (client.clone(), name.clone());
-        tokio::spawn(async move {
-            follow_kernel(&client, &name, &FollowConfig::default(), |event| {
-                let _ = events_tx.send(event);
-            })
-            .await;
-        });
-    }
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut enforcing = Enforcing {
-        version: None,
-        behind: false,
-    };
-    let mut ticker = tokio::time::interval(report_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let stop = async {
         tokio::select! {
-            Some(event) = events.recv() => match event {
-                Followed::Limits { version, limits } => {
-                    // A few map writes: done inline, so the limits are in the kernel before
-                    // the next event is read.
-                    match agent.apply(&limits.unwrap_or_default()) {
-                        Ok(destinations) => {
-                            say(&format!(
-                                "enforcing store version {version}: limits on {destinations} destination(s)"
-                            ));
-                            enforcing = Enforcing { version: Some(version), behind: false };
-                        }
-                        Err(err) => {
-                            say(&format!(
-                                "store version {version} not applied, previous limits kept: {err}"
-                            ));
-                            enforcing.behind = true;
-                        }
-                    }
-                    send_report(&client, &agent, &name, enforcing.version, true);
-                }
-                Followed::Version(version) => {
-                    if !enforcing.behind && enforcing.version.is_some_and(|v| v != version) {
-                        enforcing.version = Some(version);
-                        send_report(&client, &agent, &name, enforcing.version, true);
-                    }
-                }
-                Followed::Disconnected { error, retry_in } => say(&format!(
-                    "control plane unreachable ({error}); enforcing the last limits (store \
-                     version {}); retrying in {retry_in:?}",
-                    enforcing.version.map_or_else(|| "none".to_string(), |v| v.to_string())
-                )),
-            },
-            _ = ticker.tick() => send_report(&client, &agent, &name, enforcing.version, true),
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
+    };
+    let version = follow(&mut source, &kernel, enforced, stop).await;
+
+    admin.abort();
+    kernel.detach();
+    if let Source::ControlPlane { reports, .. } = &source {
+        // Tell the control plane the programs are gone (best effort).
+        reports.send_last(kernel.report(version)).await;
     }
-    // Tell the control plane the programs are going away (best effort), then detach.
-    let last = report(&agent, enforcing.version, false);
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.report_agent(&name, &last)).await;
-    agent.stop();
     say("detached");
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(agent: &Agent, version: Option<u64>, attached: bool) -> AgentReport {
-    let destinations = agent
-        .stats()
-        .map(|rows| {
-            rows.into_iter()
-                .map(|row| DestinationCounters {
-                    service: row.service,
-                    address: row.address,
-                    port: row.port,
-                    total: row.total,
-                    allowed: row.allowed,
-                    limited: row.limited,
-                    tokens_available: Some(row.tokens_available),
-                })
-                .collect()
+/// A source before it is followed: what can be refused (the resources, the options of the
+/// client) is checked before the kernel is touched.
+enum Prepared {
+    Directory(Directory),
+    // Boxed: the client is large, and there is one of these per process.
+    ControlPlane(Box<Reports>),
+}
+
+impl Prepared {
+    fn new(ctx: &Context, args: &Args) -> anyhow::Result<Prepared> {
+        Ok(match &args.resources {
+            Some(dir) => {
+                let poll = Duration::from_millis(args.poll_ms.max(10));
+                Prepared::Directory(Directory::open(dir, poll)?)
+            }
+            None => Prepared::ControlPlane(Box::new(Reports::new(ctx, args)?)),
         })
-        .unwrap_or_default();
-    AgentReport {
-        version,
-        attached,
-        destinations,
+    }
+
+    /// Starts following: the source for the event loop, and the limits for the kernel.
+    fn follow(self) -> (Source, watch::Receiver<Versioned<Vec<KernelLimit>>>) {
+        match self {
+            Prepared::Directory(directory) => {
+                let limits = directory.limits.subscribe();
+                (Source::Directory(directory), limits)
+            }
+            Prepared::ControlPlane(reports) => {
+                let Followed { limits, link } =
+                    follow_kernel(&reports.client, &reports.name, FollowConfig::default());
+                (Source::ControlPlane { reports, link }, limits)
+            }
+        }
     }
 }
 
-/// Reports in the background: a slow or absent control plane never delays enforcement.
-fn send_report(client: &Client, agent: &Agent, name: &str, version: Option<u64>, attached: bool) {
-    let report = report(agent, version, attached);
-    let (client, name) = (client.clone(), name.to_string());
-    tokio::spawn(async move {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), client.report_agent(&name, &report)).await;
-    });
+/// Prints each change of what is enforced, polls the directory or sends the reports, until
+/// `stop`. Returns the store version enforced last.
+async fn follow(
+    source: &mut Source,
+    kernel: &Kernel,
+    mut enforced: watch::Receiver<Enforced>,
+    stop: impl Future<Output = ()>,
+) -> Option<u64> {
+    tokio::pin!(stop);
+    let mut last = Enforced::default();
+    loop {
+        let now = enforced.borrow_and_update().clone();
+        if now != last {
+            source.enforced(&last, &now, kernel);
+            last = now;
+        }
+        tokio::select! {
+            Ok(()) = enforced.changed() => {}
+            () = source.next(kernel, &last) => {}
+            () = &mut stop => return last.version,
+        }
+    }
+}
+
+/// Where the limits come from, as the event loop sees it.
+enum Source {
+    Directory(Directory),
+    ControlPlane {
+        reports: Box<Reports>,
+        link: watch::Receiver<Link>,
+    },
+}
+
+impl Source {
+    /// The line that says the agent is up; the admin address comes last.
+    fn attached(&self, kernel: &Kernel, admin: SocketAddr) -> String {
+        let cgroup = kernel.cgroup().unwrap_or_default();
+        match self {
+            Source::Directory(_) => format!(
+                "attached to cgroup {}; admin on http://{admin}",
+                cgroup.display()
+            ),
+            Source::ControlPlane { reports, .. } => format!(
+                "attached to cgroup {}; following {} as {:?}; admin on http://{admin}",
+                cgroup.display(),
+                reports.client.base(),
+                reports.name
+            ),
+        }
+    }
+
+    /// Says what changed from `last` to `now`; the control plane hears it at once.
+    fn enforced(&self, last: &Enforced, now: &Enforced, kernel: &Kernel) {
+        let refused = now.refused.as_ref().filter(|_| now.refused != last.refused);
+        match self {
+            Source::Directory(_) => {
+                if let Some(refused) = refused {
+                    say(&format!(
+                        "change ignored, previous limits kept:\n  {}",
+                        refused.reason
+                    ));
+                } else if now.version != last.version {
+                    say(&format!(
+                        "enforcing limits on {} destination(s)",
+                        now.destinations
+                    ));
+                }
+            }
+            Source::ControlPlane { reports, .. } => {
+                if let Some(refused) = refused {
+                    say(&format!(
+                        "store version {} not applied, previous limits kept: {}",
+                        refused.version, refused.reason
+                    ));
+                } else if now.applied != last.applied
+                    && let Some(version) = now.applied
+                {
+                    say(&format!(
+                        "enforcing store version {version}: limits on {} destination(s)",
+                        now.destinations
+                    ));
+                }
+                reports.send(kernel.report(now.version));
+            }
+        }
+    }
+
+    /// Waits for the source's own next step and takes it: a directory poll, a change of the
+    /// link to the control plane, or a report.
+    async fn next(&mut self, kernel: &Kernel, enforced: &Enforced) {
+        match self {
+            Source::Directory(directory) => {
+                directory.poll.tick().await;
+                if let Err(problems) = directory.reload() {
+                    say(&format!(
+                        "change ignored, previous limits kept:\n  {}",
+                        problems.join("\n  ")
+                    ));
+                }
+            }
+            Source::ControlPlane { reports, link } => tokio::select! {
+                Ok(()) = link.changed() => {
+                    if let Link::Disconnected { error, retry_in } = link.borrow_and_update().clone() {
+                        say(&format!(
+                            "control plane unreachable ({error}); enforcing the last limits \
+                             (store version {}); retrying in {retry_in:?}",
+                            enforced.version.map_or_else(|| "none".to_string(), |v| v.to_string())
+                        ));
+                    }
+                }
+                _ = reports.ticker.tick() => reports.send(kernel.report(enforced.version)),
+            },
+        }
+    }
+}
+
+/// `--resources DIR`: its `RateLimit`s, reloaded once an edit has settled. Each load that
+/// validates is the next local version (1, 2, …); one that does not changes nothing.
+struct Directory {
+    path: PathBuf,
+    watcher: Watcher,
+    poll: Interval,
+    limits: watch::Sender<Versioned<Vec<KernelLimit>>>,
+    version: u64,
+}
+
+impl Directory {
+    /// Loads `path` as version 1; fails with every problem when it does not validate.
+    fn open(path: &Path, poll: Duration) -> anyhow::Result<Directory> {
+        // Taken before the load, so that an edit made while loading is still noticed.
+        let watcher = Watcher::new(path);
+        let first = load(path).map_err(|problems| {
+            anyhow::anyhow!(
+                "invalid resources in {}:\n  {}",
+                path.display(),
+                problems.join("\n  ")
+            )
+        })?;
+        let mut poll = tokio::time::interval(poll);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Directory {
+            path: path.to_owned(),
+            watcher,
+            poll,
+            limits: watch::channel(Versioned::new(1, first)).0,
+            version: 1,
+        })
+    }
+
+    /// After a settled edit, publishes the directory's limits as the next version. A few
+    /// `stat`s per poll, and a parse after an edit: small enough to run on the runtime.
+    fn reload(&mut self) -> Result<(), Vec<String>> {
+        if !self.watcher.settled_change() {
+            return Ok(());
+        }
+        let limits = load(&self.path)?;
+        self.version += 1;
+        self.limits
+            .send_replace(Versioned::new(self.version, limits));
+        Ok(())
+    }
+}
+
+/// The kernel limits of the resources at `path`, or every problem.
+fn load(path: &Path) -> Result<Vec<KernelLimit>, Vec<String>> {
+    let to_strings = |problems: Vec<meshlimit_policy::Problem>| {
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    let parsed = load_paths(&[path]).map_err(to_strings)?;
+    let set = ResourceSet::from_parsed(parsed).map_err(to_strings)?;
+    Ok(set.kernel_limits())
+}
+
+/// `--cp URL`: where and how often the agent reports.
+struct Reports {
+    client: Client,
+    name: String,
+    ticker: Interval,
+}
+
+impl Reports {
+    fn new(ctx: &Context, args: &Args) -> anyhow::Result<Reports> {
+        let client = Client::new(&ctx.cp, ctx.token.clone())?;
+        let interval = Duration::try_from_secs_f64(args.report_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--report-interval must be a positive number of seconds")
+            })?;
+        let name = match &args.name {
+            Some(name) if !name.trim().is_empty() => name.trim().to_string(),
+            Some(_) => anyhow::bail!("--name must not be empty"),
+            None => host_name(),
+        };
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Reports {
+            client,
+            name,
+            ticker,
+        })
+    }
+
+    /// In the background: a slow or absent control plane never delays enforcement.
+    fn send(&self, report: AgentReport) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), client.report_agent(&name, &report))
+                    .await;
+        });
+    }
+
+    /// The last report, waited for briefly: the process is about to exit.
+    async fn send_last(&self, report: AgentReport) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.client.report_agent(&self.name, &report),
+        )
+        .await;
+    }
+}
+
+/// `/metrics` from the same admin routes as `meshlimit run`, and `/stats`: one JSON row per
+/// limited destination.
+fn admin_routes(kernel: &Kernel) -> axum::Router {
+    let stats = kernel.clone();
+    Admin::new()
+        .with_metrics(Arc::new(kernel.clone()))
+        .router()
+        .route(
+            "/stats",
+            axum::routing::get(move || {
+                let kernel = stats.clone();
+                async move { stats_json(&kernel) }
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /metrics or /stats\n") })
+}
+
+fn stats_json(kernel: &Kernel) -> Response {
+    let json = kernel
+        .stats()
+        .map_err(|error| error.to_string())
+        .and_then(|rows| serde_json::to_string_pretty(&rows).map_err(|error| error.to_string()));
+    match json {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
+    }
 }
 
 /// The kernel's host name, else `agent`.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use meshlimit_control_plane::wire::SourceFile;
+use meshlimit_control_plane_client::wire::SourceFile;
 
 use super::Context;
 use super::get::output::{block_on, client, explain, kind_slash_name};

@@ -133,14 +133,12 @@ async fn serve(
             ""
         }
     );
-    if let Some(xds) = &xds {
-        config.xds_status = Some(xds::status_source(xds.handle.clone()));
-    }
+    // `GET /xds` shows what each Envoy accepted and rejected, guarded like every route.
+    config.xds = xds.as_ref().map(|xds| xds.handle.clone());
     let router = meshlimit_control_plane::router(cp.clone(), config);
-    let snapshots = cp.subscribe();
     let serve_xds = async move {
         match xds {
-            Some(xds) => xds.serve(snapshots).await,
+            Some(xds) => xds.serve(&cp).await,
             None => std::future::pending().await,
         }
     };

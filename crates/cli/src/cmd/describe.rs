@@ -28,7 +28,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let (value, selection) = block_on(async {
         let value = client.get_resource(kind, &args.mesh, &args.name).await?;
         let selection = client.selection(kind, &args.mesh, &args.name).await?;
-        Ok::<_, meshlimit_control_plane::client::ClientError>((value, selection))
+        Ok::<_, meshlimit_control_plane_client::client::ClientError>((value, selection))
     })?
     .map_err(explain)?;
     let resource = resource_of(&value)?;
@@ -58,7 +58,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
                 out.push_str(&kernel_section(&dp.kernel));
             }
         }
-        Kind::MeshRateLimit | Kind::Mesh => {
+        Kind::MeshRateLimit | Kind::MeshGlobalRateLimit | Kind::Mesh => {
             let inbounds: usize = selection.dataplanes.iter().map(|d| d.inbounds.len()).sum();
             if inbounds == 0 {
                 out.push_str(

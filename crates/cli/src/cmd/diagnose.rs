@@ -8,12 +8,10 @@
 
 use std::process::ExitCode;
 
-use meshlimit_control_plane::client::{Client, ClientError};
-use meshlimit_control_plane::wire::{Selection, StatusResponse};
-use meshlimit_policy::duration::parse_go;
-use meshlimit_policy::effective::{DataplaneLimits, KernelLimit, Rate};
+use meshlimit_control_plane_client::client::{Client, ClientError};
+use meshlimit_control_plane_client::wire::{Selection, StatusResponse};
+use meshlimit_policy::effective::{DataplaneLimits, KernelLimit, Protocol, Rate};
 use meshlimit_policy::{Kind, Resource};
-use serde_json::Value;
 
 use super::Context;
 use super::get::output::{block_on, client, explain, per_second, resource_of};
@@ -43,7 +41,7 @@ const CONSTANT_REJECTION: f64 = 0.10;
 /// Everything the checks look at, read once.
 struct Facts {
     status: StatusResponse,
-    policies: Vec<(Resource, Value, Selection)>,
+    policies: Vec<(Resource, Selection)>,
     rate_limits: Vec<(Resource, Selection)>,
     effective: Vec<DataplaneLimits>,
     kernel: Vec<KernelLimit>,
@@ -59,7 +57,7 @@ async fn gather(client: &Client, dataplane: Option<(&str, &str)>) -> Result<Fact
         let selection = client
             .selection(Kind::MeshRateLimit, resource.mesh(), resource.name())
             .await?;
-        policies.push((resource, value, selection));
+        policies.push((resource, selection));
     }
     let mut rate_limits = Vec::new();
     for value in client.list(Kind::RateLimit, None).await? {
@@ -77,7 +75,7 @@ async fn gather(client: &Client, dataplane: Option<(&str, &str)>) -> Result<Fact
             continue;
         }
         match client.dataplane_limits(&dp.mesh, &dp.name).await {
-            Ok(meshlimit_control_plane::wire::StreamEvent::Limits {
+            Ok(meshlimit_control_plane_client::wire::StreamEvent::Limits {
                 limits: Some(limits),
                 ..
             }) => effective.push(limits),
@@ -87,13 +85,13 @@ async fn gather(client: &Client, dataplane: Option<(&str, &str)>) -> Result<Fact
         }
     }
     let kernel = match client
-        .get_json::<meshlimit_control_plane::wire::KernelEvent>("/kernel-limits")
+        .get_json::<meshlimit_control_plane_client::wire::KernelEvent>("/kernel-limits")
         .await?
     {
-        meshlimit_control_plane::wire::StreamEvent::Limits { limits, .. } => {
+        meshlimit_control_plane_client::wire::StreamEvent::Limits { limits, .. } => {
             limits.unwrap_or_default()
         }
-        meshlimit_control_plane::wire::StreamEvent::Heartbeat { .. } => Vec::new(),
+        meshlimit_control_plane_client::wire::StreamEvent::Heartbeat { .. } => Vec::new(),
     };
     Ok(Facts {
         status,
@@ -172,23 +170,24 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn check_selection(facts: &Facts, focus: Option<(&str, &str)>, report: &mut Report) {
-    for (policy, value, selection) in &facts.policies {
+    for (policy, selection) in &facts.policies {
         if focus.is_some_and(|(mesh, _)| policy.mesh() != mesh) {
             continue;
         }
         let inbounds: usize = selection.dataplanes.iter().map(|d| d.inbounds.len()).sum();
         if inbounds == 0 {
-            let target = &value["spec"]["targetRef"];
+            let target = match policy {
+                Resource::MeshRateLimit(m) => m.spec.target_ref.as_ref(),
+                _ => None,
+            };
             report.problem(
                 format!(
                     "MeshRateLimit {}/{} selects no dataplane inbound (targetRef {})",
                     policy.mesh(),
                     policy.name(),
-                    if target.is_null() {
-                        "Mesh".to_string()
-                    } else {
-                        target.to_string()
-                    }
+                    target
+                        .and_then(|t| serde_json::to_string(t).ok())
+                        .unwrap_or_else(|| "Mesh".to_string())
                 ),
                 "match spec.targetRef to a Dataplane's name, labels, tags or kuma.io/service \
                  (see `meshlimit get dp -A -o yaml`), or delete the policy"
@@ -223,22 +222,21 @@ fn check_selection(facts: &Facts, focus: Option<(&str, &str)>, report: &mut Repo
 }
 
 /// The rates a policy sets for one protocol, in any of its confs.
-fn policy_rates(value: &Value, protocol: &str, field: &str) -> Vec<Rate> {
-    let spec = &value["spec"];
-    let mut out = Vec::new();
-    for list in ["rules", "from", "to"] {
-        for item in spec[list].as_array().into_iter().flatten() {
-            let rate = &item["default"]["local"][protocol][field];
-            if let (Some(num), Some(Ok(interval))) = (
-                rate["num"].as_u64().and_then(|n| u32::try_from(n).ok()),
-                rate["interval"].as_str().map(parse_go),
-            ) && let Ok(rate) = Rate::new(num, interval)
-            {
-                out.push(rate);
-            }
-        }
-    }
-    out
+fn policy_rates(policy: &Resource, protocol: Protocol) -> Vec<Rate> {
+    let Resource::MeshRateLimit(m) = policy else {
+        return Vec::new();
+    };
+    let spec = &m.spec;
+    spec.rules
+        .iter()
+        .map(|r| &r.default)
+        .chain(spec.from.iter().map(|f| &f.default))
+        .chain(spec.to.iter().map(|t| &t.default))
+        .filter_map(|conf| match protocol {
+            Protocol::Http => conf.local.http.as_ref()?.request_rate,
+            Protocol::Tcp => conf.local.tcp.as_ref()?.connection_rate,
+        })
+        .collect()
 }
 
 fn check_shadowing(facts: &Facts, report: &mut Report) {
@@ -250,26 +248,28 @@ fn check_shadowing(facts: &Facts, report: &mut Report) {
             }
             let winner = inbound.policies.last().cloned().unwrap_or_default();
             for name in &inbound.policies[..inbound.policies.len() - 1] {
-                let Some((_, value, _)) = facts
+                let Some((policy, _)) = facts
                     .policies
                     .iter()
-                    .find(|(p, _, _)| p.mesh() == dp.mesh && p.name() == name)
+                    .find(|(p, _)| p.mesh() == dp.mesh && p.name() == name)
                 else {
                     continue;
                 };
-                for (protocol, field, effective) in [
+                for (protocol, effective) in [
                     (
-                        "http",
-                        "requestRate",
+                        Protocol::Http,
                         inbound.http.as_ref().map(|h| h.request_rate),
                     ),
                     (
-                        "tcp",
-                        "connectionRate",
+                        Protocol::Tcp,
                         inbound.tcp.as_ref().map(|t| t.connection_rate),
                     ),
                 ] {
-                    let own = policy_rates(value, protocol, field);
+                    let own = policy_rates(policy, protocol);
+                    let protocol = match protocol {
+                        Protocol::Http => "http",
+                        Protocol::Tcp => "tcp",
+                    };
                     if own.is_empty() || effective.is_some_and(|e| own.contains(&e)) {
                         continue;
                     }

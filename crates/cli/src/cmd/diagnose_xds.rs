@@ -2,7 +2,7 @@
 //! configuration the control plane holds for it? Reads `GET /xds`; a control plane started
 //! without `--xds` answers 404, which leaves nothing to check.
 
-use meshlimit_control_plane::client::Client;
+use meshlimit_control_plane_client::client::Client;
 use meshlimit_xds::{NodeStatus, TypeStatus, XdsStatus, node_id};
 
 use super::get::output::{block_on, explain};

@@ -16,11 +16,14 @@ pub mod simulate;
 pub mod top;
 pub mod validate;
 
-/// Global options every subcommand may use.
-#[allow(dead_code)] // read by the control-plane client commands as they land
+/// Global options every subcommand may use, as clap parsed them.
 pub struct Context {
     /// Control-plane API URL.
     pub cp: String,
     /// Token for a control plane that requires one.
     pub token: Option<String>,
+    /// `--cp` itself is on the command line (not only its default or `MESHLIMIT_CP`).
+    pub cp_on_command_line: bool,
+    /// `--cp` came from `MESHLIMIT_CP`.
+    pub cp_from_env: bool,
 }

@@ -24,7 +24,6 @@
 //! detached on SIGTERM or Ctrl-C.
 
 mod directory;
-mod kernel;
 mod report;
 
 use std::io::IsTerminal;
@@ -38,16 +37,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use meshlimit_bucket::MonotonicClock;
 use meshlimit_control_plane::{
-    ApiConfig, ControlPlane, CpError, DEFAULT_API_ADDR, Snapshot, default_store_path, needs_token,
+    ApiConfig, ControlPlane, CpError, DEFAULT_API_ADDR, default_store_path, follow, needs_token,
 };
 use meshlimit_kernel::LimiterOptions;
+use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::DataplaneLimits;
-use meshlimit_policy::watch::Watcher;
 use meshlimit_proxy::{Admin, Proxy, ProxyOptions};
 use tokio::sync::watch;
 
+use crate::kernel::{Enforced, Kernel};
+use crate::watch::Watcher;
 use directory::Directory;
-use kernel::Kernel;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -212,11 +212,9 @@ fn open_store(store: &Path) -> anyhow::Result<ControlPlane> {
     })
 }
 
-/// The proxies' configuration of one store version: every Dataplane's effective limits.
-fn dataplane_limits(snapshot: &Snapshot) -> Vec<DataplaneLimits> {
-    snapshot.effective.values().cloned().collect()
-}
-
+/// The phases of `meshlimit run` once the store is open: the data paths follow the store, one
+/// listener serves the API and the admin routes, the counters are reported, the resource
+/// directory is followed; then it waits for a signal and drains.
 async fn serve(
     args: &Args,
     cp: ControlPlane,
@@ -225,122 +223,20 @@ async fn serve(
     kernel: Option<Kernel>,
     store: &Path,
 ) -> anyhow::Result<()> {
-    let options = ProxyOptions {
-        max_request_header_bytes: args.max_request_header_bytes,
-        max_request_body_bytes: args.max_request_body_bytes,
-        rate_limit_headers: args.rate_limit_headers,
-        drain_timeout: args.drain_timeout,
-        ..ProxyOptions::default()
-    };
     let listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin))?;
     let bound = listener.local_addr()?;
 
-    // The proxies and the kernel follow the store from the snapshot they start with.
-    let mut snapshots = cp.subscribe();
-    let first = snapshots.borrow_and_update().clone();
-    if let Some(kernel) = &kernel
-        && let Err(error) = kernel.set_limits(&first.kernel)
-    {
-        tracing::error!("kernel limits of store version {}: {error}", first.version);
-    }
-    if kernel.is_none() && !first.kernel.is_empty() {
-        tracing::warn!(
-            "{} kernel destination(s) of RateLimit resources are not enforced here: the kernel \
-             limiter is not attached",
-            first.kernel.len()
-        );
-    }
-    let (limits, receiver) = watch::channel(dataplane_limits(&first));
-    let enforcing = limits.subscribe();
-    let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), receiver);
-    let (enforced_tx, enforced) = watch::channel(first.version);
-    tracing::info!(
-        version = first.version,
-        resources = first.entries.len(),
-        dataplanes = first.effective.len(),
-        kernel_destinations = first.kernel.len(),
-        "enforcing the store"
-    );
-    {
-        let kernel = kernel.clone();
-        tokio::spawn(async move {
-            while snapshots.changed().await.is_ok() {
-                let snapshot = snapshots.borrow_and_update().clone();
-                let wanted = dataplane_limits(&snapshot);
-                limits.send_if_modified(|current| {
-                    let changed = *current != wanted;
-                    if changed {
-                        *current = wanted;
-                    }
-                    changed
-                });
-                if kernel.is_none() && !snapshot.kernel.is_empty() {
-                    tracing::warn!(
-                        "{} kernel destination(s) of RateLimit resources are not enforced here: \
-                         the kernel limiter is not attached",
-                        snapshot.kernel.len()
-                    );
-                }
-                if let Some(kernel) = &kernel
-                    && let Err(error) = kernel.set_limits(&snapshot.kernel)
-                {
-                    tracing::error!(
-                        "kernel limits of store version {}: {error}; the previous ones stay",
-                        snapshot.version
-                    );
-                }
-                tracing::info!(
-                    version = snapshot.version,
-                    dataplanes = snapshot.effective.len(),
-                    kernel_destinations = snapshot.kernel.len(),
-                    "store changed: enforcing"
-                );
-                enforced_tx.send_replace(snapshot.version);
-            }
-        });
-    }
-
-    let mut admin = Admin::for_proxy(&proxy).with_token(token.clone());
-    if let Some(kernel) = &kernel {
-        admin = admin.with_metrics(Arc::new(kernel.clone()));
-    }
-    let config = ApiConfig {
-        token,
-        ..ApiConfig::default()
+    let limits = follow::dataplanes(&cp);
+    let proxy = start_proxy(args, &cp, limits.clone());
+    let kernel_enforced = start_kernel(&cp, kernel.as_ref());
+    let server = {
+        let router = router(&cp, &proxy, kernel.as_ref(), token);
+        announce(args, bound, store)?;
+        tokio::spawn(meshlimit_control_plane::serve(listener, router))
     };
-    let router = meshlimit_control_plane::router(cp.clone(), config).merge(admin.router());
-    let url = format!("http://{bound}");
-    if let Some(path) = &args.address_file {
-        // Write then rename, so a reader never sees half a URL.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, format!("{url}\n"))
-            .and_then(|()| std::fs::rename(&partial, path))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    tracing::info!(address = %bound, store = %store.display(), "admin listening");
-    let server = tokio::spawn(meshlimit_control_plane::serve(listener, router));
-
-    let reporting = {
-        let mut reporter = report::Reporter::new(
-            cp.clone(),
-            proxy.stats(),
-            kernel.clone().map(|k| (report::agent_name(), k)),
-        );
-        let interval = args.report_interval;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let version = *enforced.borrow();
-                let limits = enforcing.borrow().clone();
-                reporter.report(version, &limits);
-            }
-        })
-    };
-
+    let reporting = start_reporting(args, &cp, &proxy, limits, kernel.clone(), kernel_enforced);
     let stop_watching = Arc::new(AtomicBool::new(false));
     if let Some((directory, watcher)) = seeded {
         let (cp, stop) = (cp.clone(), Arc::clone(&stop_watching));
@@ -363,6 +259,156 @@ async fn serve(
     proxy.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The proxies follow every store version: each Dataplane's effective limits.
+fn start_proxy(
+    args: &Args,
+    cp: &ControlPlane,
+    limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
+) -> Proxy {
+    let options = ProxyOptions {
+        max_request_header_bytes: args.max_request_header_bytes,
+        max_request_body_bytes: args.max_request_body_bytes,
+        rate_limit_headers: args.rate_limit_headers,
+        drain_timeout: args.drain_timeout,
+        ..ProxyOptions::default()
+    };
+    let first = limits.borrow().clone();
+    let snapshot = cp.snapshot();
+    tracing::info!(
+        version = first.version,
+        resources = snapshot.entries.len(),
+        dataplanes = first.value.len(),
+        kernel_destinations = snapshot.kernel.len(),
+        "enforcing the store"
+    );
+    let mut changes = limits.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let now = changes.borrow_and_update().clone();
+            tracing::info!(
+                version = now.version,
+                dataplanes = now.value.len(),
+                "store changed: enforcing"
+            );
+        }
+    });
+    Proxy::spawn(options, Arc::new(MonotonicClock), limits)
+}
+
+/// The kernel limiter follows every store version's `RateLimit` destinations; without it, says
+/// what goes unenforced. Returns what the kernel enforces.
+fn start_kernel(cp: &ControlPlane, kernel: Option<&Kernel>) -> watch::Receiver<Enforced> {
+    let limits = follow::kernel(cp);
+    match kernel {
+        Some(kernel) => {
+            let enforced = kernel.enforce(limits);
+            let mut changes = enforced.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(refused) = &changes.borrow_and_update().refused {
+                        tracing::error!(
+                            "kernel limits of store version {}: {}; the previous ones stay",
+                            refused.version,
+                            refused.reason
+                        );
+                    }
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            enforced
+        }
+        None => {
+            let mut limits = limits;
+            let unenforced = |version| Enforced {
+                version,
+                ..Enforced::default()
+            };
+            let (tx, rx) = watch::channel(unenforced(limits.borrow().version));
+            tokio::spawn(async move {
+                loop {
+                    let now = limits.borrow_and_update().clone();
+                    if !now.value.is_empty() {
+                        tracing::warn!(
+                            "{} kernel destination(s) of RateLimit resources are not enforced \
+                             here: the kernel limiter is not attached",
+                            now.value.len()
+                        );
+                    }
+                    tx.send_replace(unenforced(now.version));
+                    if limits.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        }
+    }
+}
+
+/// The control plane's REST API and the admin routes (`/metrics`, `/ready`, `/config`) on one
+/// listener, behind one token.
+fn router(
+    cp: &ControlPlane,
+    proxy: &Proxy,
+    kernel: Option<&Kernel>,
+    token: Option<String>,
+) -> axum::Router {
+    let mut admin = Admin::for_proxy(proxy).with_token(token.clone());
+    if let Some(kernel) = kernel {
+        admin = admin.with_metrics(Arc::new(kernel.clone()));
+    }
+    let config = ApiConfig {
+        token,
+        ..ApiConfig::default()
+    };
+    meshlimit_control_plane::router(cp.clone(), config).merge(admin.router())
+}
+
+/// Says where the listener is, in the log and (with `--address-file`) in a file.
+fn announce(args: &Args, bound: SocketAddr, store: &Path) -> anyhow::Result<()> {
+    if let Some(path) = &args.address_file {
+        // Write then rename, so a reader never sees half a URL.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("http://{bound}\n"))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    tracing::info!(address = %bound, store = %store.display(), "admin listening");
+    Ok(())
+}
+
+/// Every `--report-interval`, the counters of what is enforced go to the control plane's stats.
+fn start_reporting(
+    args: &Args,
+    cp: &ControlPlane,
+    proxy: &Proxy,
+    limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
+    kernel: Option<Kernel>,
+    kernel_enforced: watch::Receiver<Enforced>,
+) -> tokio::task::JoinHandle<()> {
+    let mut reporter = report::Reporter::new(
+        cp.clone(),
+        proxy.stats(),
+        kernel.map(|k| (report::agent_name(), k)),
+    );
+    let status = proxy.status();
+    let interval = args.report_interval;
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            // What the proxy applied last, with the limits of that version.
+            let version = status.borrow().version.unwrap_or_default();
+            let kernel_version = kernel_enforced.borrow().version;
+            let limits = limits.borrow().value.clone();
+            reporter.report(version, kernel_version, &limits);
+        }
+    })
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use meshlimit_control_plane::wire::{SeriesStats, StatusResponse};
+use meshlimit_control_plane_client::wire::{SeriesStats, StatusResponse};
 
 use super::Context;
 use super::get::output::{Table, client, explain, per_second};

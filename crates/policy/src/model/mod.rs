@@ -8,11 +8,13 @@ use serde::ser::{Serialize, Serializer};
 
 pub mod dataplane;
 pub mod mesh;
+pub mod mesh_global_rate_limit;
 pub mod mesh_rate_limit;
 pub mod rate_limit;
 
 pub use dataplane::{Dataplane, Gateway, GatewayType, Inbound, Networking, Outbound};
 pub use mesh::{DEFAULT_MESH, Mesh};
+pub use mesh_global_rate_limit::*;
 pub use mesh_rate_limit::*;
 pub use rate_limit::{RateLimit, ServiceRules};
 
@@ -29,6 +31,7 @@ pub enum Form {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
     MeshRateLimit(MeshRateLimit),
+    MeshGlobalRateLimit(MeshGlobalRateLimit),
     RateLimit(RateLimit),
     Dataplane(Dataplane),
     Mesh(Mesh),
@@ -38,6 +41,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::MeshRateLimit(_) => Kind::MeshRateLimit,
+            Resource::MeshGlobalRateLimit(_) => Kind::MeshGlobalRateLimit,
             Resource::RateLimit(_) => Kind::RateLimit,
             Resource::Dataplane(_) => Kind::Dataplane,
             Resource::Mesh(_) => Kind::Mesh,
@@ -47,6 +51,7 @@ impl Resource {
     pub fn name(&self) -> &str {
         match self {
             Resource::MeshRateLimit(r) => &r.name,
+            Resource::MeshGlobalRateLimit(r) => &r.name,
             Resource::RateLimit(r) => &r.name,
             Resource::Dataplane(r) => &r.name,
             Resource::Mesh(r) => &r.name,
@@ -57,6 +62,7 @@ impl Resource {
     pub fn mesh(&self) -> &str {
         match self {
             Resource::MeshRateLimit(r) => &r.mesh,
+            Resource::MeshGlobalRateLimit(r) => &r.mesh,
             Resource::RateLimit(r) => &r.mesh,
             Resource::Dataplane(r) => &r.mesh,
             Resource::Mesh(r) => &r.name,
@@ -68,14 +74,16 @@ impl Resource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     MeshRateLimit,
+    MeshGlobalRateLimit,
     RateLimit,
     Dataplane,
     Mesh,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::MeshRateLimit,
+        Kind::MeshGlobalRateLimit,
         Kind::RateLimit,
         Kind::Dataplane,
         Kind::Mesh,
@@ -84,6 +92,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::MeshRateLimit => "MeshRateLimit",
+            Kind::MeshGlobalRateLimit => "MeshGlobalRateLimit",
             Kind::RateLimit => "RateLimit",
             Kind::Dataplane => "Dataplane",
             Kind::Mesh => "Mesh",
@@ -105,7 +114,7 @@ impl fmt::Display for UnknownKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown resource kind '{}' (expected meshratelimit, ratelimit, dataplane or mesh)",
+            "unknown resource kind '{}' (expected meshratelimit, meshglobalratelimit, ratelimit, dataplane or mesh)",
             self.0
         )
     }
@@ -116,11 +125,14 @@ impl std::error::Error for UnknownKind {}
 impl FromStr for Kind {
     type Err = UnknownKind;
 
-    /// Accepts `meshratelimit(s)`/`mrl`, `ratelimit(s)`/`rl`, `dataplane(s)`/`dp`, `mesh(es)`,
-    /// in any case.
+    /// Accepts `meshratelimit(s)`/`mrl`, `meshglobalratelimit(s)`/`mgrl`, `ratelimit(s)`/`rl`,
+    /// `dataplane(s)`/`dp`, `mesh(es)`, in any case.
     fn from_str(s: &str) -> Result<Kind, UnknownKind> {
         match s.to_ascii_lowercase().as_str() {
             "meshratelimit" | "meshratelimits" | "mrl" => Ok(Kind::MeshRateLimit),
+            "meshglobalratelimit" | "meshglobalratelimits" | "mgrl" => {
+                Ok(Kind::MeshGlobalRateLimit)
+            }
             "ratelimit" | "ratelimits" | "rl" => Ok(Kind::RateLimit),
             "dataplane" | "dataplanes" | "dp" => Ok(Kind::Dataplane),
             "mesh" | "meshes" => Ok(Kind::Mesh),
@@ -178,32 +190,63 @@ enum RateLimitSpec<'a> {
     },
 }
 
+/// A kuma.io policy, in the form it was read from.
+fn policy<S: Serializer, T: Serialize>(
+    s: S,
+    kind: &'static str,
+    form: Form,
+    mesh: &str,
+    metadata: Metadata<'_>,
+    spec: &T,
+) -> Result<S::Ok, S::Error> {
+    match form {
+        Form::Universal => Universal {
+            kind,
+            mesh: Some(mesh),
+            name: metadata.name,
+            labels: metadata.labels,
+            spec: Some(spec),
+            networking: None,
+        }
+        .serialize(s),
+        Form::Kubernetes => Kubernetes {
+            api_version: KUMA_API,
+            kind,
+            metadata,
+            spec,
+        }
+        .serialize(s),
+    }
+}
+
 impl Serialize for Resource {
     /// Writes the resource back in the form it was read from, so the output parses again.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Resource::MeshRateLimit(r) => match r.form {
-                Form::Universal => Universal {
-                    kind: "MeshRateLimit",
-                    mesh: Some(&r.mesh),
+            Resource::MeshRateLimit(r) => policy(
+                s,
+                "MeshRateLimit",
+                r.form,
+                &r.mesh,
+                Metadata {
                     name: &r.name,
+                    namespace: r.namespace.as_deref(),
                     labels: &r.labels,
-                    spec: Some(&r.spec),
-                    networking: None,
-                }
-                .serialize(s),
-                Form::Kubernetes => Kubernetes {
-                    api_version: KUMA_API,
-                    kind: "MeshRateLimit",
-                    metadata: Metadata {
-                        name: &r.name,
-                        namespace: r.namespace.as_deref(),
-                        labels: &r.labels,
-                    },
-                    spec: &r.spec,
-                }
-                .serialize(s),
-            },
+                },
+                &r.spec,
+            ),
+            Resource::MeshGlobalRateLimit(r) => policy(
+                s,
+                "MeshGlobalRateLimit",
+                r.form,
+                &r.mesh,
+                Metadata {
+                    name: &r.name,
+                    namespace: r.namespace.as_deref(),
+                    labels: &r.labels,
+                },
+                &r.spec,
+            ),
             Resource::RateLimit(r) => {
                 let spec = match (r.listed, r.services.as_slice()) {
                     (false, [one]) => RateLimitSpec::One {
@@ -258,6 +301,9 @@ mod tests {
             ("meshratelimit", Kind::MeshRateLimit),
             ("MeshRateLimits", Kind::MeshRateLimit),
             ("mrl", Kind::MeshRateLimit),
+            ("meshglobalratelimit", Kind::MeshGlobalRateLimit),
+            ("MeshGlobalRateLimits", Kind::MeshGlobalRateLimit),
+            ("mgrl", Kind::MeshGlobalRateLimit),
             ("ratelimit", Kind::RateLimit),
             ("ratelimits", Kind::RateLimit),
             ("rl", Kind::RateLimit),

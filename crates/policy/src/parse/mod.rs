@@ -7,13 +7,18 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::model::{DEFAULT_MESH, Dataplane, Form, Kind, Mesh, MeshRateLimit, RateLimit, Resource};
+use crate::model::{
+    DEFAULT_MESH, Dataplane, Form, Kind, Mesh, MeshGlobalRateLimit, MeshRateLimit, RateLimit,
+    Resource,
+};
 use crate::problem::Problem;
 use crate::tree::{self, Report, field};
 
 mod dataplane;
+mod mesh_global_rate_limit;
 mod mesh_rate_limit;
 mod rate_limit;
+mod shared;
 
 /// Files larger than this are refused before parsing: real policy files are a few kilobytes,
 /// and the bound keeps memory and time predictable for anything fed to the parser (the YAML
@@ -125,7 +130,7 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Parsed, Vec<Problem>> {
 }
 
 /// Whether `load_paths` reads `path` when it lies in a given directory: a `*.yaml` / `*.yml` file.
-pub(crate) fn is_resource_file(path: &Path) -> bool {
+pub fn is_resource_file(path: &Path) -> bool {
     path.is_file()
         && matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -234,6 +239,7 @@ fn universal(
     };
     let kind = match type_name.as_str() {
         "MeshRateLimit" => Kind::MeshRateLimit,
+        "MeshGlobalRateLimit" => Kind::MeshGlobalRateLimit,
         "Dataplane" => Kind::Dataplane,
         "Mesh" => Kind::Mesh,
         "RateLimit" => {
@@ -244,15 +250,22 @@ fn universal(
             return (None, None, None);
         }
         other => {
-            let hint = tree::nearest(other, &["MeshRateLimit", "Dataplane", "Mesh"])
-                .map(|n| format!(" (did you mean '{n}'?)"))
-                .unwrap_or_else(|| " (expected MeshRateLimit, Dataplane or Mesh)".into());
+            let hint = tree::nearest(
+                other,
+                &["MeshRateLimit", "MeshGlobalRateLimit", "Dataplane", "Mesh"],
+            )
+            .map(|n| format!(" (did you mean '{n}'?)"))
+            .unwrap_or_else(|| {
+                " (expected MeshRateLimit, MeshGlobalRateLimit, Dataplane or Mesh)".into()
+            });
             report.error("type", format!("value '{other}' is not supported{hint}"));
             return (None, None, None);
         }
     };
     let allowed: &[&str] = match kind {
-        Kind::MeshRateLimit => &["type", "mesh", "name", "labels", "spec"],
+        Kind::MeshRateLimit | Kind::MeshGlobalRateLimit => {
+            &["type", "mesh", "name", "labels", "spec"]
+        }
         Kind::Dataplane => &["type", "mesh", "name", "labels", "networking"],
         _ => &["type", "name", "labels"],
     };
@@ -274,6 +287,19 @@ fn universal(
             let spec = body(report, &f, "spec", mesh_rate_limit::spec);
             (|| {
                 Some(Resource::MeshRateLimit(MeshRateLimit {
+                    name: name.clone()?,
+                    mesh: mesh?,
+                    namespace: None,
+                    labels: labels?,
+                    form: Form::Universal,
+                    spec: spec?,
+                }))
+            })()
+        }
+        Kind::MeshGlobalRateLimit => {
+            let spec = body(report, &f, "spec", mesh_global_rate_limit::spec);
+            (|| {
+                Some(Resource::MeshGlobalRateLimit(MeshGlobalRateLimit {
                     name: name.clone()?,
                     mesh: mesh?,
                     namespace: None,
@@ -329,20 +355,25 @@ fn kubernetes(
     };
     let kind = match (api.as_str(), kind_name.as_str()) {
         ("kuma.io/v1alpha1", "MeshRateLimit") => Kind::MeshRateLimit,
+        ("kuma.io/v1alpha1", "MeshGlobalRateLimit") => Kind::MeshGlobalRateLimit,
         ("kmesh.net/v1alpha1", "RateLimit") => Kind::RateLimit,
         (_, "MeshRateLimit") => {
             report.error("apiVersion", format!("value '{api}' is not supported for kind MeshRateLimit (expected kuma.io/v1alpha1)"));
             return (Some(Kind::MeshRateLimit), None, None);
+        }
+        (_, "MeshGlobalRateLimit") => {
+            report.error("apiVersion", format!("value '{api}' is not supported for kind MeshGlobalRateLimit (expected kuma.io/v1alpha1)"));
+            return (Some(Kind::MeshGlobalRateLimit), None, None);
         }
         (_, "RateLimit") => {
             report.error("apiVersion", format!("value '{api}' is not supported for kind RateLimit (expected kmesh.net/v1alpha1)"));
             return (Some(Kind::RateLimit), None, None);
         }
         (_, other) => {
-            let hint = tree::nearest(other, &["MeshRateLimit", "RateLimit"])
+            let hint = tree::nearest(other, &["MeshRateLimit", "MeshGlobalRateLimit", "RateLimit"])
                 .map(|n| format!(" (did you mean '{n}'?)"))
                 .unwrap_or_else(|| {
-                    " (the Kubernetes form is read for MeshRateLimit and RateLimit; write Dataplane and Mesh in the universal form with 'type')".into()
+                    " (the Kubernetes form is read for MeshRateLimit, MeshGlobalRateLimit and RateLimit; write Dataplane and Mesh in the universal form with 'type')".into()
                 });
             report.error("kind", format!("value '{other}' is not supported{hint}"));
             return (None, None, None);
@@ -383,6 +414,19 @@ fn kubernetes(
             let spec = body(report, &f, "spec", mesh_rate_limit::spec);
             (|| {
                 Some(Resource::MeshRateLimit(MeshRateLimit {
+                    name: name.clone()?,
+                    mesh,
+                    namespace: namespace?,
+                    labels: labels?,
+                    form: Form::Kubernetes,
+                    spec: spec?,
+                }))
+            })()
+        }
+        Kind::MeshGlobalRateLimit => {
+            let spec = body(report, &f, "spec", mesh_global_rate_limit::spec);
+            (|| {
+                Some(Resource::MeshGlobalRateLimit(MeshGlobalRateLimit {
                     name: name.clone()?,
                     mesh,
                     namespace: namespace?,

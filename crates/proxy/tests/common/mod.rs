@@ -139,6 +139,7 @@ pub fn dataplane(
             http,
             tcp,
             policies: vec!["test-policy".into()],
+            global: None,
         }],
         kernel: vec![],
     }

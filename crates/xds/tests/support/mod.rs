@@ -419,6 +419,7 @@ pub fn inbound(port: u16, service_port: u16, protocol: Protocol) -> InboundLimit
         http: None,
         tcp: None,
         policies: vec!["test".into()],
+        global: None,
     }
 }
 

@@ -3,13 +3,11 @@
 //! Dataplane, and `GET /xds` on the API, which shows what each Envoy accepted and rejected.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use meshlimit_control_plane::{Snapshot, XdsStatusSource};
-use meshlimit_xds::{XdsHandle, XdsServer, XdsStatus};
+use meshlimit_control_plane::{ControlPlane, follow};
+use meshlimit_xds::{XdsHandle, XdsServer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Whether `--xds ADDR` may be served: loopback always, anything else only when the user says
 /// so, because xDS has no token (anyone who reaches it learns the limits and the topology).
@@ -48,38 +46,15 @@ impl Xds {
         })
     }
 
-    /// Serves ADS with every committed snapshot pushed to the connected Envoys. Returns only
-    /// when the server fails.
-    pub async fn serve(self, snapshots: watch::Receiver<Arc<Snapshot>>) -> anyhow::Result<()> {
-        tokio::spawn(follow(snapshots, self.handle.clone()));
+    /// Serves ADS with the limits of every committed store version pushed to the connected
+    /// Envoys. Returns only when the server fails.
+    pub async fn serve(self, cp: &ControlPlane) -> anyhow::Result<()> {
+        tokio::spawn(self.handle.clone().follow(follow::dataplanes(cp)));
         self.server
             .serve(self.listener)
             .await
             .context("serving xDS")
     }
-}
-
-/// Replaces the server's limits with each new snapshot's (the newest one when several commits
-/// land at once); the server resends only what changed for each node.
-async fn follow(mut snapshots: watch::Receiver<Arc<Snapshot>>, handle: XdsHandle) {
-    loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        handle.update(snapshot.effective.values().cloned().collect());
-        if snapshots.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// What `GET /xds` on the API answers (guarded by the API token like every route): every Envoy
-/// node, what it was sent, acknowledged and rejected.
-pub fn status_source(handle: XdsHandle) -> XdsStatusSource {
-    XdsStatusSource(Arc::new(move || {
-        serde_json::to_value(XdsStatus {
-            nodes: handle.status(),
-        })
-        .unwrap_or_default()
-    }))
 }
 
 #[cfg(test)]

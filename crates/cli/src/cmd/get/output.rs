@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
-use meshlimit_control_plane::client::{Client, ClientError};
 use meshlimit_control_plane::model;
+use meshlimit_control_plane_client::client::{Client, ClientError};
 use meshlimit_policy::{Kind, Resource};
 use serde_json::Value;
 
@@ -122,6 +122,7 @@ pub fn headers(kind: Kind, all_meshes: bool) -> Vec<&'static str> {
     };
     headers.extend_from_slice(match kind {
         Kind::MeshRateLimit => &["NAME", "TARGETREF", "HTTP", "TCP"][..],
+        Kind::MeshGlobalRateLimit => &["NAME", "TARGETREF", "HTTP", "MODE"][..],
         Kind::RateLimit => &["NAME", "SERVICES", "BUCKET"][..],
         Kind::Dataplane => &["NAME", "ADDRESS", "INBOUNDS"][..],
         Kind::Mesh => &["NAME"][..],
@@ -139,7 +140,7 @@ pub fn summary(resource: &Resource, json: &Value, all_meshes: bool) -> Vec<Strin
     row.push(resource.name().to_string());
     let spec = &json["spec"];
     match resource.kind() {
-        Kind::MeshRateLimit => {
+        Kind::MeshRateLimit | Kind::MeshGlobalRateLimit => {
             let target = &spec["targetRef"];
             let mut target_text = target["kind"].as_str().unwrap_or("Mesh").to_string();
             if let Some(name) = target["name"].as_str() {
@@ -151,8 +152,13 @@ pub fn summary(resource: &Resource, json: &Value, all_meshes: bool) -> Vec<Strin
                 target_text.push_str(section);
             }
             row.push(target_text);
-            row.push(rates(spec, "http", "requestRate"));
-            row.push(rates(spec, "tcp", "connectionRate"));
+            if resource.kind() == Kind::MeshRateLimit {
+                row.push(rates(spec, &["local", "http"], "requestRate"));
+                row.push(rates(spec, &["local", "tcp"], "connectionRate"));
+            } else {
+                row.push(rates(spec, &["http"], "requestRate"));
+                row.push(modes(spec));
+            }
         }
         Kind::RateLimit => {
             let services = meshlimit_control_plane::select::rate_limit_services(resource);
@@ -190,11 +196,14 @@ pub fn summary(resource: &Resource, json: &Value, all_meshes: bool) -> Vec<Strin
 }
 
 /// `100/1s`, one per conf that sets the rate (`disabled` when a conf turns it off), `-` if none.
-fn rates(spec: &Value, protocol: &str, field: &str) -> String {
+/// The rates of every entry, at `conf_path` under each entry's `default`.
+fn rates(spec: &Value, conf_path: &[&str], field: &str) -> String {
     let mut out = Vec::new();
     for list in ["rules", "from", "to"] {
         for item in spec[list].as_array().into_iter().flatten() {
-            let conf = &item["default"]["local"][protocol];
+            let conf = conf_path
+                .iter()
+                .fold(&item["default"], |value, key| &value[*key]);
             if conf["disabled"].as_bool() == Some(true) {
                 out.push("disabled".to_string());
             } else if let (Some(num), Some(interval)) = (
@@ -207,6 +216,24 @@ fn rates(spec: &Value, protocol: &str, field: &str) -> String {
     }
     if out.is_empty() {
         "-".to_string()
+    } else {
+        out.join(",")
+    }
+}
+
+/// The `mode` of every entry of a `MeshGlobalRateLimit` (`Limit` when unset).
+fn modes(spec: &Value) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for list in ["rules", "from", "to"] {
+        for item in spec[list].as_array().into_iter().flatten() {
+            let mode = item["default"]["mode"].as_str().unwrap_or("Limit");
+            if !out.contains(&mode) {
+                out.push(mode);
+            }
+        }
+    }
+    if out.is_empty() {
+        "Limit".to_string()
     } else {
         out.join(",")
     }
@@ -255,7 +282,10 @@ mod tests {
             "rules": [{"default": {"local": {"http": {"requestRate": {"num": 5, "interval": "10s"}}}}}],
             "from": [{"default": {"local": {"http": {"disabled": true}}}}],
         });
-        assert_eq!(rates(&spec, "http", "requestRate"), "5/10s,disabled");
-        assert_eq!(rates(&spec, "tcp", "connectionRate"), "-");
+        assert_eq!(
+            rates(&spec, &["local", "http"], "requestRate"),
+            "5/10s,disabled"
+        );
+        assert_eq!(rates(&spec, &["local", "tcp"], "connectionRate"), "-");
     }
 }

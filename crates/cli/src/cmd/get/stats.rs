@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use meshlimit_control_plane::wire::{SeriesStats, StatusResponse};
+use meshlimit_control_plane_client::wire::{SeriesStats, StatusResponse};
 
 use super::Format;
 use super::output::{Table, client, explain, per_second};

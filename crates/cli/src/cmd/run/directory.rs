@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshlimit_control_plane::store::Key;
-use meshlimit_control_plane::wire::{Action, WriteResult};
 use meshlimit_control_plane::{ControlPlane, CpError, model};
-use meshlimit_policy::watch::Watcher;
+use meshlimit_control_plane_client::wire::{Action, WriteResult};
 use meshlimit_policy::{Problem, load_paths};
+
+use crate::watch::Watcher;
 
 /// A resource directory and what it has put in the store.
 pub struct Directory {
@@ -69,7 +70,7 @@ impl Directory {
         let resources: Vec<serde_json::Value> = self
             .owned
             .iter()
-            .map(|k| serde_json::json!({"kind": k.kind, "mesh": k.mesh, "name": k.name}))
+            .map(|k| serde_json::json!({"kind": k.kind.as_str(), "mesh": k.mesh, "name": k.name}))
             .collect();
         let text = serde_json::json!({
             "directory": canonical(&self.path),
@@ -93,7 +94,7 @@ fn read_record(record: &Path, directory: &Path) -> Option<BTreeSet<Key>> {
         .iter()
         .filter_map(|r| {
             Some(Key {
-                kind: r["kind"].as_str()?.to_string(),
+                kind: r["kind"].as_str()?.parse().ok()?,
                 mesh: r["mesh"].as_str()?.to_string(),
                 name: r["name"].as_str()?.to_string(),
             })
@@ -173,7 +174,7 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         let store = temp.path().join("store.redb");
         let key = Key {
-            kind: "MeshRateLimit".into(),
+            kind: meshlimit_policy::Kind::MeshRateLimit,
             mesh: "default".into(),
             name: "web".into(),
         };

@@ -1,11 +1,12 @@
 //! Notices edits to resource files by polling names, sizes and modification times: portable,
 //! no inotify limits, and cheap for a directory of policy files. Watches exactly the files
-//! [`crate::load_paths`] reads. Used by `meshlimit run` and `meshlimit agent`.
+//! [`meshlimit_policy::load_paths`] reads (the same [`is_resource_file`] filter). Used by
+//! `meshlimit run` and `meshlimit agent`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::parse::is_resource_file;
+use meshlimit_policy::is_resource_file;
 
 pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 

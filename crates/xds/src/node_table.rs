@@ -11,7 +11,7 @@ use crate::resources::{self, CLUSTER_TYPE, LISTENER_TYPE, to_any};
 
 /// Resources of one type for one node, at one version.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Versioned {
+pub(crate) struct TypedResources {
     pub version: String,
     pub resources: Vec<Any>,
 }
@@ -20,13 +20,13 @@ pub(crate) struct Versioned {
 pub(crate) struct NodeResources {
     /// The last update held a Dataplane with this node id.
     pub known: bool,
-    pub listeners: Versioned,
-    pub clusters: Versioned,
+    pub listeners: TypedResources,
+    pub clusters: TypedResources,
 }
 
 /// Everything the server holds, replaced whole by each update.
 #[derive(Debug, Default)]
-pub(crate) struct Snapshot {
+pub(crate) struct NodeTable {
     /// Counts updates; a changed resource set takes the generation as its version.
     pub generation: u64,
     /// Nodes of the current and of earlier updates (a removed Dataplane's node keeps an empty
@@ -37,9 +37,9 @@ pub(crate) struct Snapshot {
 /// The version of a node that never had resources.
 pub(crate) const EMPTY_VERSION: &str = "0";
 
-impl Snapshot {
-    /// The snapshot after an update that replaces every Dataplane's limits.
-    pub fn next(&self, limits: &[DataplaneLimits]) -> Snapshot {
+impl NodeTable {
+    /// The table after an update that replaces every Dataplane's limits.
+    pub fn next(&self, limits: &[DataplaneLimits]) -> NodeTable {
         let generation = self.generation + 1;
         let mut nodes = HashMap::new();
         for dataplane in limits {
@@ -65,15 +65,15 @@ impl Snapshot {
                 nodes.insert(id.clone(), gone);
             }
         }
-        Snapshot { generation, nodes }
+        NodeTable { generation, nodes }
     }
 
     /// What a node gets for a resource type: its resources, or nothing at [`EMPTY_VERSION`] for
     /// an unknown node or a type the server does not serve.
-    pub fn get(&self, node: &str, type_url: &str) -> Versioned {
+    pub fn get(&self, node: &str, type_url: &str) -> TypedResources {
         self.find(node, type_url)
             .cloned()
-            .unwrap_or_else(|| Versioned {
+            .unwrap_or_else(|| TypedResources {
                 version: EMPTY_VERSION.to_string(),
                 resources: Vec::new(),
             })
@@ -84,7 +84,7 @@ impl Snapshot {
             .map_or_else(|| EMPTY_VERSION.to_string(), |v| v.version.clone())
     }
 
-    fn find(&self, node: &str, type_url: &str) -> Option<&Versioned> {
+    fn find(&self, node: &str, type_url: &str) -> Option<&TypedResources> {
         let node = self.nodes.get(node)?;
         match type_url {
             LISTENER_TYPE => Some(&node.listeners),
@@ -94,10 +94,14 @@ impl Snapshot {
     }
 }
 
-fn versioned(previous: Option<&Versioned>, resources: Vec<Any>, generation: u64) -> Versioned {
+fn versioned(
+    previous: Option<&TypedResources>,
+    resources: Vec<Any>,
+    generation: u64,
+) -> TypedResources {
     match previous {
         Some(previous) if previous.resources == resources => previous.clone(),
-        _ => Versioned {
+        _ => TypedResources {
             version: generation.to_string(),
             resources,
         },
@@ -127,6 +131,7 @@ mod tests {
                     connection_rate: Rate::new(num, Duration::from_secs(1)).expect("valid rate"),
                 }),
                 policies: vec![],
+                global: None,
             }],
             kernel: vec![],
         }
@@ -134,7 +139,7 @@ mod tests {
 
     #[test]
     fn versions_change_only_with_content() {
-        let s1 = Snapshot::default().next(&[dataplane("a", 1), dataplane("b", 1)]);
+        let s1 = NodeTable::default().next(&[dataplane("a", 1), dataplane("b", 1)]);
         assert_eq!(s1.version("default.a", LISTENER_TYPE), "1");
         assert_eq!(s1.version("default.a", CLUSTER_TYPE), "1");
 
@@ -158,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_removed_dataplane_gets_an_empty_new_version() {
-        let s1 = Snapshot::default().next(&[dataplane("a", 1)]);
+        let s1 = NodeTable::default().next(&[dataplane("a", 1)]);
         let s2 = s1.next(&[]);
         let listeners = s2.get("default.a", LISTENER_TYPE);
         assert_eq!(listeners.version, "2");
@@ -170,7 +175,7 @@ mod tests {
 
     #[test]
     fn unknown_nodes_and_types_get_nothing() {
-        let s1 = Snapshot::default().next(&[dataplane("a", 1)]);
+        let s1 = NodeTable::default().next(&[dataplane("a", 1)]);
         let other = s1.get("default.zzz", LISTENER_TYPE);
         assert_eq!(other.version, EMPTY_VERSION);
         assert!(other.resources.is_empty());

@@ -1,0 +1,167 @@
+//! Global limits without a shared store: each live instance of a service enforces a share of
+//! the total, and the shares add up to it.
+//!
+//! [`share`] is the whole scheme. For a total of `num` tokens per `interval` among `n`
+//! instances, instance `i` (0-based, in the order every instance computes the same way: by
+//! Dataplane name, then inbound port) gets:
+//!
+//! - when `num ≥ n`: `⌊num / n⌋` tokens per `interval`, plus one for the first `num mod n`
+//!   instances. The shares add up to exactly `num` per `interval`, bursts included.
+//! - when `num < n`: a share of whole tokens would be 0 for some instances, so the tokens are
+//!   spread in time instead: each instance gets 1 token every `⌈interval × n / num⌉`
+//!   (nanoseconds). That is exactly `num / interval` in total whenever `num` divides
+//!   `interval × n` in nanoseconds (1s = 10⁹ ns, so with a whole-second interval: whenever
+//!   `num`'s prime factors are 2s, 5s and factors of `n` or the number of seconds); otherwise
+//!   rounding the period up keeps the sum just below the total, never above, short of it by
+//!   less than one part in `interval × n / num` nanoseconds (under 10⁻⁹ for a 1s interval).
+//!   Every instance keeps a burst of one token, the least it can have, so up to `n` requests
+//!   can pass at once — unavoidable when every instance must be able to admit one.
+//!
+//! The one case that exceeds the total is beyond the engine's range: a period longer than
+//! 2⁶⁴−1 ns (584 years) is held at that.
+
+use std::time::Duration;
+
+use crate::quota::Rate;
+
+/// Instance `index`'s share of `total` among `instances` live instances (see the module
+/// documentation). `instances` of 0 counts as 1; `index` is taken modulo `instances`.
+/// Never 0 tokens.
+pub fn share(total: Rate, instances: u32, index: u32) -> Rate {
+    let n = instances.max(1);
+    let i = index % n;
+    let num = total.num().get();
+    let interval = total.interval();
+    if num >= n {
+        let mine = num / n + u32::from(i < num % n);
+        // At most `num` per the same interval: within what `total` already holds.
+        return Rate::new(mine, interval).unwrap_or(total);
+    }
+    let spread = u128::from(total.quota().fill_interval_ns()) * u128::from(n);
+    let period = spread.div_ceil(u128::from(num));
+    let period = u64::try_from(period).unwrap_or(u64::MAX);
+    // One token per nanosecond or slower is always a valid bucket; `total` is the fallback
+    // that cannot happen.
+    Rate::new(1, Duration::from_nanos(period)).unwrap_or(total)
+}
+
+/// The name of the bucket every instance of `service` limited by `policy` shares:
+/// `mgrl/<mesh>/<policy>/<service>` (see [`crate::GlobalLimit::key`]).
+pub fn key(mesh: &str, policy: &str, service: &str) -> String {
+    format!("mgrl/{mesh}/{policy}/{service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    fn rate(num: u32, interval_ns: u64) -> Rate {
+        Rate::new(num, Duration::from_nanos(interval_ns)).expect("valid rate")
+    }
+
+    /// Checks every share of `total` among `n`; returns the shares.
+    fn check(total: Rate, n: u32) -> Vec<Rate> {
+        let shares: Vec<Rate> = (0..n).map(|i| share(total, n, i)).collect();
+        let num = total.num().get();
+        let t = u128::from(total.quota().fill_interval_ns());
+        if num >= n {
+            // Same interval, whole tokens adding up to the total.
+            assert!(shares.iter().all(|s| s.interval() == total.interval()));
+            let sum: u64 = shares.iter().map(|s| u64::from(s.num().get())).sum();
+            assert_eq!(sum, u64::from(num), "{num}/{t}ns among {n}");
+            let most = shares[0].num().get();
+            assert!(shares.iter().all(|s| most - s.num().get() <= 1));
+            // The remainder goes to the first instances.
+            assert!(shares.windows(2).all(|w| w[0].num() >= w[1].num()));
+        } else {
+            // One token per the same period each; n / period ≤ num / t, and the period is
+            // the shortest that keeps it so.
+            let period = shares[0].quota().fill_interval_ns();
+            assert!(shares.iter().all(|s| s.num().get() == 1));
+            assert!(
+                shares
+                    .iter()
+                    .all(|s| s.quota().fill_interval_ns() == period)
+            );
+            let (p, num, n) = (u128::from(period), u128::from(num), u128::from(n));
+            if n * t / num <= u128::from(u64::MAX) {
+                assert!(n * t <= num * p, "sum above the total");
+                assert!(num * (p - 1) < n * t, "a shorter period would do");
+                if (n * t) % num == 0 {
+                    assert_eq!(n * t, num * p, "exact when it divides");
+                }
+            }
+        }
+        shares
+    }
+
+    #[test]
+    fn shares_add_up_for_every_small_case() {
+        for interval_ns in [1_000_000_000, 60_000_000_000, 7_000_000_001] {
+            for num in 1..=64 {
+                for n in 1..=64 {
+                    check(rate(num, interval_ns), n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn whole_tokens_go_to_the_first_instances() {
+        let shares: Vec<u32> = check(rate(10, 1_000_000_000), 4)
+            .iter()
+            .map(|s| s.num().get())
+            .collect();
+        assert_eq!(shares, [3, 3, 2, 2]);
+        assert_eq!(
+            share(rate(100, 1_000_000_000), 1, 0),
+            rate(100, 1_000_000_000)
+        );
+    }
+
+    #[test]
+    fn fewer_tokens_than_instances_are_spread_in_time() {
+        // 2 per second among 8: one every 4s each, exactly.
+        assert_eq!(share(rate(2, 1_000_000_000), 8, 5), rate(1, 4_000_000_000));
+        // 3 per second among 4: one every 4/3 s, rounded up to the nanosecond.
+        assert_eq!(share(rate(3, 1_000_000_000), 4, 0), rate(1, 1_333_333_334));
+        // 1 per 24h among 3: one every 72h.
+        assert_eq!(
+            share(rate(1, 86_400_000_000_000), 3, 2),
+            rate(1, 259_200_000_000_000)
+        );
+    }
+
+    #[test]
+    fn degenerate_counts_and_indexes_are_read_sensibly() {
+        let total = rate(5, 1_000_000_000);
+        assert_eq!(share(total, 0, 0), total);
+        assert_eq!(share(total, 3, 4), share(total, 3, 1));
+        // Beyond the engine's longest interval the period is held at 2^64-1 ns.
+        let slow = rate(1, 86_400_000_000_000);
+        assert_eq!(
+            share(slow, u32::MAX, 0).quota().fill_interval_ns(),
+            u64::MAX
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn shares_never_exceed_the_total_and_are_never_empty(
+            num in 1u32..=1_000_000,
+            interval_ns in prop_oneof![
+                Just(1_000_000_000u64),
+                Just(60_000_000_000),
+                Just(3_600_000_000_000),
+                Just(86_400_000_000_000),
+                1u64..=1_000_000_000_000,
+            ],
+            n in 1u32..=2_000,
+        ) {
+            let shares = check(rate(num, interval_ns), n);
+            prop_assert!(shares.iter().all(|s| s.num().get() >= 1));
+        }
+    }
+}
