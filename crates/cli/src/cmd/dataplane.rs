@@ -82,6 +82,8 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
         name: args.name.clone(),
     };
     let mut status = proxy.status();
+    // The proxy may have applied the first limits already: look at what it holds now too.
+    status.mark_changed();
     let mut shown = (0, None);
     let mut ticker = tokio::time::interval(report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,7 +13,7 @@ use crate::model::{
     RateLimitService, TargetRefKind,
 };
 use crate::quota::Rate;
-use crate::tree::{self, Report, field, index};
+use crate::tree::{self, Report, field};
 
 /// Kong Mesh's targetRef support matrix: sidecars by Mesh, MeshSubset or MeshService, builtin
 /// gateways by Mesh or MeshGateway.
@@ -65,28 +65,20 @@ pub(crate) fn spec(
 
     if let Some((v, p)) = f.get("rules") {
         match tree::list(report, v, &p) {
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match rule(report, item, &index(&p, i)) {
-                        Some(r) => spec.rules.push(r),
-                        None => ok = false,
-                    }
-                }
-            }
+            Some(items) => match shared::each(report, items, &p, rule) {
+                Some(entries) => spec.rules = entries,
+                None => ok = false,
+            },
             None => ok = false,
         }
     }
 
     if let Some((v, p)) = f.get("from") {
         match tree::list(report, v, &p) {
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match from_to(report, item, &index(&p, i)) {
-                        Some(e) => spec.from.push(e),
-                        None => ok = false,
-                    }
-                }
-            }
+            Some(items) => match shared::each(report, items, &p, from_to) {
+                Some(entries) => spec.from = entries,
+                None => ok = false,
+            },
             None => ok = false,
         }
     }
@@ -97,14 +89,10 @@ pub(crate) fn spec(
                 report.error(&p, "must not be defined");
                 ok = false;
             }
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match from_to(report, item, &index(&p, i)) {
-                        Some(e) => spec.to.push(e),
-                        None => ok = false,
-                    }
-                }
-            }
+            Some(items) => match shared::each(report, items, &p, from_to) {
+                Some(entries) => spec.to = entries,
+                None => ok = false,
+            },
             None => ok = false,
         }
     }

@@ -55,11 +55,9 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
                 if !items.is_empty() && top.includes_gateways() {
                     warn_implicit_gateways(report, &f, "rules");
                 }
-                for (i, item) in items.iter().enumerate() {
-                    match rule(report, item, &index(&p, i)) {
-                        Some(r) => spec.rules.push(r),
-                        None => ok = false,
-                    }
+                match shared::each(report, items, &p, rule) {
+                    Some(entries) => spec.rules = entries,
+                    None => ok = false,
                 }
             }
             None => ok = false,
@@ -84,11 +82,9 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
                         warn_implicit_gateways(report, &f, "from");
                     }
                 }
-                for (i, item) in items.iter().enumerate() {
-                    match from_to(report, item, &index(&p, i)) {
-                        Some(e) => spec.from.push(e),
-                        None => ok = false,
-                    }
+                match shared::each(report, items, &p, from_to) {
+                    Some(entries) => spec.from = entries,
+                    None => ok = false,
                 }
             }
             None => ok = false,
@@ -101,14 +97,10 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
                 report.error(&p, "must not be defined");
                 ok = false;
             }
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match from_to(report, item, &index(&p, i)) {
-                        Some(e) => spec.to.push(e),
-                        None => ok = false,
-                    }
-                }
-            }
+            Some(items) => match shared::each(report, items, &p, from_to) {
+                Some(entries) => spec.to = entries,
+                None => ok = false,
+            },
             None => ok = false,
         }
     }

@@ -391,3 +391,22 @@ pub(crate) fn one_of<T: Copy>(
     report.error(path, format!("value '{text}' is not supported ({hint})"));
     None
 }
+
+/// Every item of a list, each parsed with `item` at its index; `None` when any of them fails
+/// (each failure is reported where it is).
+pub(crate) fn each<T>(
+    report: &mut Report,
+    items: &[Value],
+    path: &str,
+    mut item: impl FnMut(&mut Report, &Value, &str) -> Option<T>,
+) -> Option<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, value) in items.iter().enumerate() {
+        match item(report, value, &index(path, i)) {
+            Some(parsed) => out.push(parsed),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
