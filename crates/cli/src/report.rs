@@ -96,6 +96,7 @@ mod tests {
             tcp_limited: 0,
             http_tokens: Some(1),
             tcp_tokens: None,
+            ..Default::default()
         }];
         let rows = counters(&limits, &stats);
         let summary: Vec<String> = rows

@@ -625,3 +625,87 @@ fn a_listener_beyond_loopback_needs_a_token_for_the_api_and_the_admin_routes() {
     meshlimit.stop();
     remove_dirs(&dir);
 }
+
+/// Three Dataplanes of service `web` and a `MeshGlobalRateLimit` of 10 an hour for all of them.
+fn global_resources(dir: &Path, ports: [u16; 3], service_port: u16, failure_mode: &str) {
+    for (i, port) in ports.iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("web-{i}.yaml")),
+            format!(
+                "type: Dataplane\nmesh: default\nname: web-{i}\nnetworking:\n  address: \
+                 127.0.0.1\n  inbound:\n    - port: {port}\n      servicePort: {service_port}\n      \
+                 tags:\n        kuma.io/service: web\n        kuma.io/protocol: http\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("global.yaml"),
+        format!(
+            "type: MeshGlobalRateLimit\nmesh: default\nname: web-total\nspec:\n  targetRef:\n    \
+             kind: MeshService\n    name: web\n  from:\n    - targetRef:\n        kind: Mesh\n      \
+             default:\n        http:\n          requestRate: {{num: 10, interval: 1h}}\n          \
+             onRateLimit: {{status: 423}}\n        failureMode: {failure_mode}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// How many of `counts[i]` requests to instance `i` are admitted (200), instance by instance.
+fn admitted(ports: [u16; 3], counts: [usize; 3]) -> [usize; 3] {
+    let mut out = [0; 3];
+    for i in 0..3 {
+        let inbound: SocketAddr = ([127, 0, 0, 1], ports[i]).into();
+        out[i] = (0..counts[i])
+            .filter(|_| get(inbound, "/").unwrap().status == 200)
+            .count();
+    }
+    out
+}
+
+#[test]
+fn a_global_limit_is_one_total_in_redis_and_a_share_per_instance_without() {
+    let service_port = backend("web");
+    // `/ready` answers 200 once every inbound listens.
+    let ready = |meshlimit: &Meshlimit| {
+        let admin = meshlimit.admin();
+        eventually("/ready", || {
+            get(admin, "/ready").is_ok_and(|r| r.status == 200)
+        });
+        admin
+    };
+
+    // In Redis: one bucket for the three instances, however the load is spread.
+    let redis = meshlimit_testkit::redis::RedisServer::start();
+    let dir = temp_dir();
+    let ports = [free_port(), free_port(), free_port()];
+    global_resources(&dir, ports, service_port, "Closed");
+    let mut meshlimit = Meshlimit::start_with(&dir, &["--no-kernel", "--redis", &redis.url()]);
+    let admin = ready(&meshlimit);
+    let shared = admitted(ports, [8, 4, 3]);
+    assert_eq!(shared.iter().sum::<usize>(), 10, "{shared:?}");
+    assert_eq!(shared, [8, 2, 0]);
+
+    // Redis gone: `failureMode: Closed` rejects at once (within the 25 ms timeout), counted.
+    redis.kill();
+    let started = std::time::Instant::now();
+    assert_eq!(admitted(ports, [2, 2, 2]), [0, 0, 0]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let metrics = get(admin, "/metrics").unwrap().body;
+    assert!(
+        metrics.contains("meshlimit_global_store_errors_total"),
+        "{metrics}"
+    );
+    meshlimit.stop();
+    remove_dirs(&dir);
+
+    // Without Redis: each instance enforces its exact share of the total, 4 + 3 + 3.
+    let dir = temp_dir();
+    let ports = [free_port(), free_port(), free_port()];
+    global_resources(&dir, ports, service_port, "Open");
+    let mut meshlimit = Meshlimit::start(&dir);
+    ready(&meshlimit);
+    assert_eq!(admitted(ports, [6, 6, 6]), [4, 3, 3]);
+    meshlimit.stop();
+    remove_dirs(&dir);
+}

@@ -7,7 +7,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use meshlimit_bucket::Decision;
 
-use crate::plan::{REJECTED_BODY, RejectTemplate, ceil_secs};
+use crate::plan::{RejectTemplate, ceil_secs};
 
 /// The body of every response the proxy sends: the application's, streamed, or one of ours.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -15,9 +15,11 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// A request the proxy answers itself.
 #[derive(Debug)]
 pub(crate) enum RequestError<'a> {
-    /// The inbound's bucket is empty.
+    /// A limit of the inbound rejected it: the local one, or the global one.
     RateLimited {
         reject: &'a RejectTemplate,
+        /// `RateLimit-Policy` of the bucket that decided.
+        policy: &'a HeaderValue,
         decision: Decision,
         rate_limit_headers: bool,
     },
@@ -33,16 +35,17 @@ pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
     match error {
         RequestError::RateLimited {
             reject,
+            policy,
             decision,
             rate_limit_headers,
         } => {
-            let mut response = local(reject.status, Bytes::from_static(REJECTED_BODY));
+            let mut response = local(reject.status, reject.body.clone());
             *response.headers_mut() = reject.headers.clone();
             if rate_limit_headers {
                 let retry_after = ceil_secs(decision.next_token_in()).max(1);
                 let headers = response.headers_mut();
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-                headers.insert("ratelimit-policy", reject.policy_header.clone());
+                headers.insert("ratelimit-policy", policy.clone());
                 headers.insert("ratelimit", rate_limit_value(&decision));
             }
             response

@@ -1,10 +1,14 @@
-//! The HTTP request path, read top to bottom: admit (take a token) → check the body size →
-//! rewrite for the application → forward over a pooled connection → rewrite for the client.
-//! Every answer the proxy gives itself comes from [`error_response`].
+//! The HTTP request path, read top to bottom: admit (a token of the local limit, then of the
+//! global one: from the shared store when there is one, else from this instance's share) →
+//! check the body size → rewrite for the application → forward over a pooled connection →
+//! rewrite for the client. Every answer the proxy gives itself comes from [`error_response`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use arc_swap::Guard;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
@@ -16,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use meshlimit_bucket::{Clock, Decision};
+use meshlimit_policy::effective::{FailureMode, GlobalMode};
 use tokio::net::TcpStream;
 
 use crate::error::{
@@ -23,7 +28,8 @@ use crate::error::{
 };
 use crate::inbound::Inbound;
 use crate::options::ProxyOptions;
-use crate::plan::InboundPlan;
+use crate::plan::{GlobalPlan, InboundPlan};
+use crate::store::{SharedBuckets, SharedError};
 
 /// What the application receives as a request body: the client's, cut at the size limit.
 type UpstreamBody = Limited<Incoming>;
@@ -36,6 +42,7 @@ pub(crate) struct HttpContext {
     clock: Arc<dyn Clock>,
     body_limit: Option<u64>,
     rate_limit_headers: bool,
+    shared: Option<Arc<dyn SharedBuckets>>,
 }
 
 impl HttpContext {
@@ -65,6 +72,7 @@ impl HttpContext {
             clock,
             body_limit: options.max_request_body_bytes,
             rate_limit_headers: options.rate_limit_headers,
+            shared: options.shared.clone(),
         }
     }
 }
@@ -97,28 +105,37 @@ pub(crate) async fn serve_connection(
     }
 }
 
-/// One request, one token.
+/// One request, one token of each limit of the inbound.
 async fn handle(
     request: Request<Incoming>,
     inbound: &Inbound,
     ctx: &HttpContext,
 ) -> Response<ProxyBody> {
     let (upstream_request, rate_limit) = {
-        let plan = inbound.plan.load();
-        let decision = match admit(&plan, inbound, ctx) {
-            Ok(decision) => decision,
+        let guard = inbound.plan.load();
+        let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
+        // A check of the store is awaited: the plan is then held by its reference count, as
+        // a guard is meant for short reads. Without one, `admit` never waits.
+        let owned;
+        let plan: &InboundPlan = if store.is_some() {
+            owned = Guard::into_inner(guard);
+            &owned
+        } else {
+            &guard
+        };
+        let admitted = match admit(plan, inbound, ctx, store).await {
+            Ok(admitted) => admitted,
             Err(error) => return error_response(error),
         };
         if let Err(error) = check_body(&request, ctx.body_limit) {
             return error_response(error);
         }
-        let rate_limit = match (&plan.http, decision, ctx.rate_limit_headers) {
-            (Some(http), Some(decision), true) => {
-                Some((http.reject.policy_header.clone(), decision))
-            }
-            _ => None,
+        let rate_limit = if ctx.rate_limit_headers {
+            admitted.closest()
+        } else {
+            None
         };
-        (to_upstream(request, &plan, ctx.body_limit), rate_limit)
+        (to_upstream(request, plan, ctx.body_limit), rate_limit)
     };
     match ctx.client.request(upstream_request).await {
         Ok(response) => to_downstream(response, rate_limit),
@@ -136,12 +153,55 @@ async fn handle(
     }
 }
 
-/// Phase 1: take one token from the inbound's bucket, if it has one.
-fn admit<'p>(
+/// A bucket's answer to an admitted request and its `RateLimit-Policy`, for the IETF header
+/// fields.
+type Answer<'p> = (&'p HeaderValue, Decision);
+
+/// What the limits enforced on an admitted request answered (`None`: no such limit, or one
+/// that decided without a bucket, or one in `Shadow` mode, which the client is not told of).
+struct Admitted<'p> {
+    local: Option<Answer<'p>>,
+    global: Option<Answer<'p>>,
+}
+
+impl Admitted<'_> {
+    /// The answer closest to a rejection (the local one on a tie), as the header fields name
+    /// one policy.
+    fn closest(self) -> Option<(HeaderValue, Decision)> {
+        let closest = match (self.local, self.global) {
+            (Some(local), Some(global)) if global.1.remaining() < local.1.remaining() => {
+                Some(global)
+            }
+            (local, global) => local.or(global),
+        };
+        closest.map(|(policy, decision)| (policy.clone(), decision))
+    }
+}
+
+/// Phase 1: a token of the local limit (`MeshRateLimit`), then, for the requests it admits,
+/// of the global one (`MeshGlobalRateLimit`), in the order of Envoy's local and global rate
+/// limit filters. `store` is the shared store when the inbound has a global limit and the
+/// proxy has a store.
+async fn admit<'p>(
     plan: &'p InboundPlan,
     inbound: &Inbound,
     ctx: &HttpContext,
-) -> Result<Option<Decision>, RequestError<'p>> {
+    store: Option<&dyn SharedBuckets>,
+) -> Result<Admitted<'p>, RequestError<'p>> {
+    let local = admit_local(plan, inbound, ctx)?;
+    let global = match &plan.global {
+        Some(global) => admit_global(global, inbound, ctx, store).await?,
+        None => None,
+    };
+    Ok(Admitted { local, global })
+}
+
+/// Phase 1a: one token of the inbound's own bucket, if it has one.
+fn admit_local<'p>(
+    plan: &'p InboundPlan,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+) -> Result<Option<Answer<'p>>, RequestError<'p>> {
     let Some(http) = &plan.http else {
         inbound.counters.http_allowed.inc();
         return Ok(None);
@@ -149,14 +209,156 @@ fn admit<'p>(
     let decision = http.bucket.check(ctx.clock.now_ns());
     if decision.admitted() {
         inbound.counters.http_allowed.inc();
-        Ok(Some(decision))
+        Ok(Some((&http.policy_header, decision)))
     } else {
         inbound.counters.http_limited.inc();
         Err(RequestError::RateLimited {
             reject: &http.reject,
+            policy: &http.policy_header,
             decision,
             rate_limit_headers: ctx.rate_limit_headers,
         })
+    }
+}
+
+/// The global limit's decision, and the `RateLimit-Policy` of the bucket that made it (`None`
+/// when the store failed and the failure mode decided alone).
+struct Verdict<'p> {
+    decision: Decision,
+    policy: Option<&'p HeaderValue>,
+}
+
+/// Phase 1b: one token of the total, from the store, or of this instance's share without
+/// one. In `Shadow` mode a request the limit would reject is counted and admitted.
+async fn admit_global<'p>(
+    global: &'p GlobalPlan,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+    store: Option<&dyn SharedBuckets>,
+) -> Result<Option<Answer<'p>>, RequestError<'p>> {
+    let verdict = match store {
+        None => local_share(global, ctx),
+        Some(store) => match ask_store(global, store).await {
+            Ok(decision) => {
+                store_answered(inbound);
+                Verdict {
+                    decision,
+                    policy: Some(&global.total_policy_header),
+                }
+            }
+            Err(failure) => fall_back(global, inbound, ctx, &failure),
+        },
+    };
+    let counters = &inbound.counters;
+    match (verdict.decision.admitted(), global.mode) {
+        (true, GlobalMode::Limit) => {
+            counters.global_allowed.inc();
+            Ok(verdict.policy.map(|policy| (policy, verdict.decision)))
+        }
+        (true, GlobalMode::Shadow) => {
+            counters.global_allowed.inc();
+            Ok(None)
+        }
+        (false, GlobalMode::Shadow) => {
+            counters.global_shadow_limited.inc();
+            Ok(None)
+        }
+        (false, GlobalMode::Limit) => {
+            counters.global_limited.inc();
+            Err(RequestError::RateLimited {
+                reject: &global.reject,
+                policy: verdict.policy.unwrap_or(&global.total_policy_header),
+                decision: verdict.decision,
+                rate_limit_headers: ctx.rate_limit_headers,
+            })
+        }
+    }
+}
+
+fn local_share<'p>(global: &'p GlobalPlan, ctx: &HttpContext) -> Verdict<'p> {
+    Verdict {
+        decision: global.local_share.check(ctx.clock.now_ns()),
+        policy: Some(&global.share_policy_header),
+    }
+}
+
+/// Why the store gave no decision.
+enum StoreFailure {
+    Failed(SharedError),
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreFailure::Failed(error) => f.write_str(&error_chain(error)),
+            StoreFailure::TimedOut(timeout) => write!(f, "no answer within {timeout:?}"),
+        }
+    }
+}
+
+/// The store's answer within the limit's timeout; a store that does not answer in time is
+/// dropped mid-check.
+async fn ask_store(
+    global: &GlobalPlan,
+    store: &dyn SharedBuckets,
+) -> Result<Decision, StoreFailure> {
+    match tokio::time::timeout(global.timeout, store.check(&global.key, global.total)).await {
+        Ok(answer) => answer.map_err(StoreFailure::Failed),
+        Err(_elapsed) => Err(StoreFailure::TimedOut(global.timeout)),
+    }
+}
+
+/// The failure mode decides a request the store could not: admit it, reject it (telling the
+/// client to retry after one token of the total), or let this instance's share decide.
+fn fall_back<'p>(
+    global: &'p GlobalPlan,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+    failure: &StoreFailure,
+) -> Verdict<'p> {
+    let counters = &inbound.counters;
+    counters.global_errors.inc();
+    // One warning per outage; each failed check is in the counters.
+    if !inbound.store_failing.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            inbound = %inbound.key,
+            key = %global.key,
+            failure_mode = ?global.failure_mode,
+            error = %failure,
+            "shared bucket store unavailable; the failure mode decides"
+        );
+    } else {
+        tracing::debug!(inbound = %inbound.key, error = %failure, "shared bucket store failed");
+    }
+    match global.failure_mode {
+        FailureMode::Open => {
+            counters.global_fallbacks_open.inc();
+            Verdict {
+                decision: Decision::new(true, 0, Duration::ZERO),
+                policy: None,
+            }
+        }
+        FailureMode::Closed => {
+            counters.global_fallbacks_closed.inc();
+            Verdict {
+                decision: Decision::new(false, 0, global.token_time),
+                policy: None,
+            }
+        }
+        FailureMode::LocalShare => {
+            counters.global_fallbacks_local_share.inc();
+            local_share(global, ctx)
+        }
+    }
+}
+
+fn store_answered(inbound: &Inbound) {
+    // Read first: the flag is written only when an outage starts or ends.
+    if inbound.store_failing.load(Ordering::Relaxed)
+        && inbound.store_failing.swap(false, Ordering::Relaxed)
+    {
+        tracing::info!(inbound = %inbound.key, "shared bucket store answers again");
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use crate::plan::InboundPlan;
 
 /// Which inbound of which Dataplane. Its listener lives as long as the key stays configured
 /// (and its address does not change).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InboundKey {
     pub mesh: String,
     pub dataplane: String,
@@ -40,10 +40,22 @@ impl Counter {
     }
 }
 
+/// Every request counts once in `http_*` (the decision of the local limit, or allowed when
+/// there is none); every request that limit admits counts once more in `global_allowed`,
+/// `global_limited` or `global_shadow_limited` when the inbound has a global limit.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub http_allowed: Counter,
     pub http_limited: Counter,
+    pub global_allowed: Counter,
+    pub global_limited: Counter,
+    /// Admitted in `Shadow` mode, rejected had the mode been `Limit`.
+    pub global_shadow_limited: Counter,
+    /// Checks of the shared store that failed or timed out; each is decided by a fallback.
+    pub global_errors: Counter,
+    pub global_fallbacks_open: Counter,
+    pub global_fallbacks_closed: Counter,
+    pub global_fallbacks_local_share: Counter,
     pub tcp_allowed: Counter,
     pub tcp_limited: Counter,
 }
@@ -54,6 +66,9 @@ pub(crate) struct Inbound {
     pub local_addr: SocketAddr,
     pub counters: Counters,
     pub plan: ArcSwap<InboundPlan>,
+    /// Whether the last check of the shared store failed: an outage is logged when it starts
+    /// and when it ends, not on every request.
+    pub store_failing: AtomicBool,
     /// Cancelled when the inbound is removed or the proxy shuts down.
     pub stop: CancellationToken,
 }

@@ -5,15 +5,24 @@
 //! and close the ones over the limit. Limits arrive through a `tokio::sync::watch` channel and
 //! change live, without dropping connections or resetting unchanged buckets.
 //!
+//! An HTTP inbound may have two limits, checked in Envoy's order: its `MeshRateLimit` (this
+//! instance's bucket) first, then, for the requests that one admits, its
+//! `MeshGlobalRateLimit` (a total for every instance of the service). The total is counted in
+//! a [`SharedBuckets`] store when [`ProxyOptions::shared`] has one — within the limit's
+//! timeout, its failure mode deciding when the store fails — and otherwise each instance
+//! enforces the share of the total the policy engine computed for it.
+//!
 //! Start reading at [`Proxy::spawn`] (`proxy.rs`), whose supervisor applies each configuration
-//! in the phases of `reconcile.rs`; the request path is `http.rs`, read top to bottom; every
+//! in the phases of `reconcile.rs`; the request path is `http.rs`, read top to bottom (its
+//! first phase, `admit`, takes the local limit's token, then the global limit's); every
 //! answer the proxy gives itself is built in `error.rs`; what one inbound does is compiled in
 //! `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
 //!
-//! Each module uses only modules listed before it: `options` and `plan` (no dependencies),
-//! `error`, `inbound` (an inbound's key, counters and current plan), `http` and `tcp` (one
-//! connection each), `state` (what the tasks share, [`Status`], [`ProxyProblem`]), `metrics`,
-//! `listener` (bind, accept, stop), `reconcile`, `proxy`, and `admin` on top.
+//! Each module uses only modules listed before it: `store` (the [`SharedBuckets`] interface)
+//! and `plan` (no dependencies), `options`, `error`, `inbound` (an inbound's key, counters and
+//! current plan), `http` and `tcp` (one connection each), `state` (what the tasks share,
+//! [`Status`], [`ProxyProblem`]), `metrics`, `listener` (bind, accept, stop), `reconcile`,
+//! `proxy`, and `admin` on top.
 
 mod admin;
 mod error;
@@ -26,6 +35,7 @@ mod plan;
 mod proxy;
 mod reconcile;
 mod state;
+mod store;
 mod tcp;
 
 pub use admin::{Admin, ConfigSource, MetricsSource, ReadinessSource};
@@ -34,3 +44,4 @@ pub use metrics::{InboundStats, ProxyStats, escape_label};
 pub use options::ProxyOptions;
 pub use proxy::Proxy;
 pub use state::{ListenerStatus, ProxyProblem, Status};
+pub use store::{SharedBuckets, SharedCheck, SharedError};

@@ -47,6 +47,7 @@ impl Listener {
             local_addr,
             counters: Default::default(),
             plan: ArcSwap::from_pointee(plan),
+            store_failing: Default::default(),
             stop: shared.shutdown.child_token(),
         });
         let accept = tokio::spawn(accept_loop(

@@ -14,7 +14,7 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         out,
         "meshlimit_http_requests_total",
         "counter",
-        "HTTP requests received by an inbound, by rate-limit decision.",
+        "HTTP requests received by an inbound, by the decision of its local limit (MeshRateLimit; allowed when it has none).",
     );
     for inbound in inbounds.iter() {
         sample(
@@ -31,6 +31,71 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
             "decision=\"limited\"",
             inbound.counters.http_limited.get(),
         );
+    }
+    family(
+        out,
+        "meshlimit_global_requests_total",
+        "counter",
+        "HTTP requests the local limit admitted, by the decision of the inbound's global limit (MeshGlobalRateLimit); shadow_limited ones were admitted in Shadow mode.",
+    );
+    for inbound in inbounds.iter() {
+        let counters = &inbound.counters;
+        for (label, counter) in [
+            ("decision=\"allowed\"", &counters.global_allowed),
+            ("decision=\"limited\"", &counters.global_limited),
+            (
+                "decision=\"shadow_limited\"",
+                &counters.global_shadow_limited,
+            ),
+        ] {
+            sample(
+                out,
+                "meshlimit_global_requests_total",
+                inbound,
+                label,
+                counter.get(),
+            );
+        }
+    }
+    family(
+        out,
+        "meshlimit_global_store_errors_total",
+        "counter",
+        "Checks of a global limit in the shared bucket store that failed or timed out.",
+    );
+    for inbound in inbounds.iter() {
+        sample(
+            out,
+            "meshlimit_global_store_errors_total",
+            inbound,
+            "",
+            inbound.counters.global_errors.get(),
+        );
+    }
+    family(
+        out,
+        "meshlimit_global_fallbacks_total",
+        "counter",
+        "Requests the shared bucket store could not decide, by the failure mode that decided them.",
+    );
+    for inbound in inbounds.iter() {
+        let counters = &inbound.counters;
+        for (label, counter) in [
+            ("mode=\"open\"", &counters.global_fallbacks_open),
+            ("mode=\"closed\"", &counters.global_fallbacks_closed),
+            (
+                "mode=\"local_share\"",
+                &counters.global_fallbacks_local_share,
+            ),
+        ] {
+            sample(
+                out,
+                "meshlimit_global_fallbacks_total",
+                inbound,
+                label,
+                counter.get(),
+            );
+        }
     }
     family(
         out,
@@ -58,7 +123,7 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
         out,
         "meshlimit_bucket_tokens",
         "gauge",
-        "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection).",
+        "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection, \"global_share\" this instance's share of a global limit).",
     );
     for inbound in inbounds.iter() {
         let plan = inbound.plan.load();
@@ -69,6 +134,15 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
                 inbound,
                 "limit=\"http\"",
                 http.bucket.peek(now_ns),
+            );
+        }
+        if let Some(global) = &plan.global {
+            sample(
+                out,
+                "meshlimit_bucket_tokens",
+                inbound,
+                "limit=\"global_share\"",
+                global.local_share.peek(now_ns),
             );
         }
         if let Some(tcp) = &plan.tcp {
@@ -84,15 +158,35 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
 }
 
 /// The counters and bucket levels of one inbound, as numbers (what `/metrics` shows as text).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Every request counts once in `http_allowed` or `http_limited` (the local limit's
+/// decision); of the `http_allowed` ones, an inbound with a global limit counts each once more
+/// in `global_allowed`, `global_limited` or `global_shadow_limited`. The requests forwarded to
+/// the application are `http_allowed - global_limited`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboundStats {
     pub key: InboundKey,
     pub http_allowed: u64,
     pub http_limited: u64,
+    /// Admitted by the global limit (including by a fallback).
+    pub global_allowed: u64,
+    /// Rejected by the global limit.
+    pub global_limited: u64,
+    /// Admitted only because the global limit is in `Shadow` mode.
+    pub global_shadow_limited: u64,
+    /// Checks of the shared store that failed or timed out.
+    pub global_errors: u64,
+    /// Of those, how many each failure mode decided.
+    pub global_fallbacks_open: u64,
+    pub global_fallbacks_closed: u64,
+    pub global_fallbacks_local_share: u64,
     pub tcp_allowed: u64,
     pub tcp_limited: u64,
     /// Whole tokens left in the request bucket (`None`: no HTTP limit).
     pub http_tokens: Option<u64>,
+    /// Whole tokens left in this instance's share of the global limit (`None`: no global
+    /// limit).
+    pub global_share_tokens: Option<u64>,
     /// Whole tokens left in the connection bucket (`None`: no TCP limit).
     pub tcp_tokens: Option<u64>,
 }
@@ -117,9 +211,20 @@ impl ProxyStats {
                     key: inbound.key.clone(),
                     http_allowed: counters.http_allowed.get(),
                     http_limited: counters.http_limited.get(),
+                    global_allowed: counters.global_allowed.get(),
+                    global_limited: counters.global_limited.get(),
+                    global_shadow_limited: counters.global_shadow_limited.get(),
+                    global_errors: counters.global_errors.get(),
+                    global_fallbacks_open: counters.global_fallbacks_open.get(),
+                    global_fallbacks_closed: counters.global_fallbacks_closed.get(),
+                    global_fallbacks_local_share: counters.global_fallbacks_local_share.get(),
                     tcp_allowed: counters.tcp_allowed.get(),
                     tcp_limited: counters.tcp_limited.get(),
                     http_tokens: plan.http.as_ref().map(|http| http.bucket.peek(now_ns)),
+                    global_share_tokens: plan
+                        .global
+                        .as_ref()
+                        .map(|global| global.local_share.peek(now_ns)),
                     tcp_tokens: plan.tcp.as_ref().map(|tcp| tcp.peek(now_ns)),
                 }
             })
@@ -132,16 +237,18 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One sample of `inbound`, with `extra_label` (`name="value"`, or empty for none).
 fn sample(out: &mut String, name: &str, inbound: &Inbound, extra_label: &str, value: u64) {
     let _ = write!(out, "{name}{{mesh=\"");
     escape_label(out, &inbound.key.mesh);
     out.push_str("\",dataplane=\"");
     escape_label(out, &inbound.key.dataplane);
-    let _ = writeln!(
-        out,
-        "\",inbound=\"{}\",{extra_label}}} {value}",
-        inbound.key.port
-    );
+    let _ = write!(out, "\",inbound=\"{}\"", inbound.key.port);
+    if !extra_label.is_empty() {
+        out.push(',');
+        out.push_str(extra_label);
+    }
+    let _ = writeln!(out, "}} {value}");
 }
 
 /// Label values escape `\`, `"` and newlines.

@@ -1,14 +1,19 @@
 //! What one inbound does with a request or a connection, compiled once per configuration
 //! change from its [`InboundLimits`]: the buckets (carried over from the previous plan so tokens
-//! survive reloads) and a prebuilt rejection response.
+//! survive reloads) and prebuilt rejection responses.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use meshlimit_bucket::{Bucket, Settings};
-use meshlimit_policy::effective::{HttpLimit, InboundLimits, Protocol, Rate};
+use meshlimit_policy::effective::{
+    FailureMode, GlobalLimit, GlobalMode, InboundLimits, Protocol, Rate, RejectHeaders,
+    RejectStatus,
+};
 
 /// An inbound's compiled limits. Immutable; a configuration change swaps in a new one.
 #[derive(Debug)]
@@ -18,26 +23,53 @@ pub(crate) struct InboundPlan {
     pub upstream: SocketAddr,
     pub upstream_authority: Authority,
     pub http: Option<HttpPlan>,
+    /// HTTP inbounds only, as the policy applies.
+    pub global: Option<GlobalPlan>,
     pub tcp: Option<Arc<Bucket>>,
 }
 
+/// The inbound's `MeshRateLimit`: one bucket for this instance.
 #[derive(Debug)]
 pub(crate) struct HttpPlan {
     pub bucket: Arc<Bucket>,
     pub reject: RejectTemplate,
-}
-
-/// The response a rejected request gets, built once: status, `set` then `add` headers, and
-/// Envoy's body. Cloning the header map is the only work left per rejection.
-#[derive(Debug)]
-pub(crate) struct RejectTemplate {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
     /// `RateLimit-Policy` for this rate, used when the IETF headers are switched on.
     pub policy_header: HeaderValue,
 }
 
-/// Body of a rejected request, as Envoy's local rate limit sends it.
+/// The inbound's `MeshGlobalRateLimit`: a total for every instance of the service, checked in
+/// the shared store when the proxy has one, and this instance's share of it, enforced locally
+/// otherwise (or, in [`FailureMode::LocalShare`], while the store fails).
+#[derive(Debug)]
+pub(crate) struct GlobalPlan {
+    /// The shared bucket's name.
+    pub key: String,
+    /// The total's bucket, as the shared store is asked to apply it.
+    pub total: Settings,
+    pub total_policy_header: HeaderValue,
+    /// This instance's share, carried across reloads like the other buckets.
+    pub local_share: Arc<Bucket>,
+    pub share_policy_header: HeaderValue,
+    pub mode: GlobalMode,
+    pub failure_mode: FailureMode,
+    /// How long a check of the shared store may take.
+    pub timeout: Duration,
+    /// One token's time of the total: what a rejection without any bucket's answer (the
+    /// store failed, [`FailureMode::Closed`]) tells the client to wait.
+    pub token_time: Duration,
+    pub reject: RejectTemplate,
+}
+
+/// The response a rejected request gets, built once: status, `set` then `add` headers, and
+/// body. Cloning the header map is the only work left per rejection.
+#[derive(Debug)]
+pub(crate) struct RejectTemplate {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Body of a request rejected by the local limit, as Envoy's local rate limit sends it.
 pub(crate) const REJECTED_BODY: &[u8] = b"local_rate_limited";
 
 /// Compiles one inbound. Buckets of `previous` are reused: unchanged settings keep their tokens
@@ -58,8 +90,21 @@ pub(crate) fn compile(
                 http.request_rate.settings(),
                 now_ns,
             ),
-            reject: reject_template(http),
+            reject: reject_template(
+                http.status,
+                &http.headers,
+                Bytes::from_static(REJECTED_BODY),
+            ),
+            policy_header: rate_limit_policy(&http.request_rate),
         }),
+        _ => None,
+    };
+    let global = match (&limits.global, limits.protocol) {
+        (Some(global), Protocol::Http) => Some(compile_global(
+            global,
+            previous.and_then(|p| p.global.as_ref()),
+            now_ns,
+        )),
         _ => None,
     };
     let tcp = limits.tcp.as_ref().map(|tcp| {
@@ -74,7 +119,30 @@ pub(crate) fn compile(
         upstream,
         upstream_authority,
         http,
+        global,
         tcp,
+    }
+}
+
+/// Envoy's global rate limit filter answers with an empty body (its local one says
+/// `local_rate_limited`), so a global rejection has the policy's status and headers only.
+fn compile_global(global: &GlobalLimit, previous: Option<&GlobalPlan>, now_ns: u64) -> GlobalPlan {
+    let rate = &global.request_rate;
+    GlobalPlan {
+        key: global.key.clone(),
+        total: rate.settings(),
+        total_policy_header: rate_limit_policy(rate),
+        local_share: carry(
+            previous.map(|p| &p.local_share),
+            global.share.settings(),
+            now_ns,
+        ),
+        share_policy_header: rate_limit_policy(&global.share),
+        mode: global.mode,
+        failure_mode: global.failure_mode,
+        timeout: global.timeout,
+        token_time: rate.interval() / rate.num().get(),
+        reject: reject_template(global.status, &global.headers, Bytes::new()),
     }
 }
 
@@ -91,22 +159,24 @@ fn carry(previous: Option<&Arc<Bucket>>, settings: Settings, now_ns: u64) -> Arc
 }
 
 /// Status and headers come validated from the policy engine, in the types `http` sends.
-fn reject_template(http: &HttpLimit) -> RejectTemplate {
+fn reject_template(status: RejectStatus, set_add: &RejectHeaders, body: Bytes) -> RejectTemplate {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
-    for header in &http.headers.set {
+    if !body.is_empty() {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    for header in &set_add.set {
         headers.insert(header.name().clone(), header.value().clone());
     }
-    for header in &http.headers.add {
+    for header in &set_add.add {
         headers.append(header.name().clone(), header.value().clone());
     }
     RejectTemplate {
-        status: http.status.code(),
+        status: status.code(),
         headers,
-        policy_header: rate_limit_policy(&http.request_rate),
+        body,
     }
 }
 
@@ -125,7 +195,7 @@ pub(crate) fn ceil_secs(duration: std::time::Duration) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use meshlimit_policy::effective::{HttpLimit, RejectHeaders, TcpLimit};
+    use meshlimit_policy::effective::{HttpLimit, TcpLimit};
 
     use super::*;
 
@@ -163,13 +233,17 @@ mod tests {
             add: vec![header("x-a", "3"), header("x-b", "4")],
         };
         let plan = compile(&inbound(5, Duration::from_secs(10), headers), None, 0);
-        let reject = &plan.http.unwrap().reject;
+        let reject = &plan.http.as_ref().unwrap().reject;
         assert_eq!(reject.status, StatusCode::LOCKED);
         let values: Vec<_> = reject.headers.get_all("x-a").iter().collect();
         assert_eq!(values, ["2", "3"]);
         assert_eq!(reject.headers["x-b"], "4");
         assert_eq!(reject.headers["content-type"], "text/html");
-        assert_eq!(reject.policy_header, "\"default\";q=5;w=10");
+        assert_eq!(reject.body, "local_rate_limited");
+        assert_eq!(
+            plan.http.as_ref().unwrap().policy_header,
+            "\"default\";q=5;w=10"
+        );
         assert_eq!(plan.upstream, "127.0.0.1:8081".parse().unwrap());
     }
 
@@ -223,6 +297,81 @@ mod tests {
         let plan = compile(&limits, None, 0);
         assert!(plan.http.is_none());
         assert_eq!(plan.tcp.unwrap().peek(0), 2);
+    }
+
+    fn global(total: u32, instances: u32, index: u32) -> GlobalLimit {
+        let request_rate = Rate::new(total, Duration::from_secs(1)).expect("valid rate");
+        GlobalLimit {
+            service: "backend".into(),
+            key: "mgrl/default/g/backend".into(),
+            request_rate,
+            share: meshlimit_policy::share(request_rate, instances, index),
+            instances,
+            index,
+            mode: GlobalMode::Limit,
+            status: meshlimit_policy::RejectStatus::new(503).expect("a status"),
+            headers: RejectHeaders {
+                set: vec![header("x-global", "1")],
+                add: vec![],
+            },
+            rate_limit_service: None,
+            timeout: Duration::from_millis(25),
+            failure_mode: FailureMode::LocalShare,
+            policies: vec!["g".into()],
+        }
+    }
+
+    #[test]
+    fn a_global_limit_has_its_share_its_total_and_an_empty_rejection() {
+        let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
+        limits.global = Some(global(10, 3, 0));
+        let plan = compile(&limits, None, 0);
+        let g = plan.global.as_ref().expect("a global plan");
+        assert_eq!(g.key, "mgrl/default/g/backend");
+        assert_eq!(g.total.max_tokens(), 10);
+        assert_eq!(g.local_share.settings().max_tokens(), 4);
+        assert_eq!(g.local_share.peek(0), 4);
+        assert_eq!(g.total_policy_header, "\"default\";q=10;w=1");
+        assert_eq!(g.share_policy_header, "\"default\";q=4;w=1");
+        assert_eq!(g.token_time, Duration::from_millis(100));
+        assert_eq!(
+            (g.mode, g.failure_mode, g.timeout),
+            (
+                GlobalMode::Limit,
+                FailureMode::LocalShare,
+                Duration::from_millis(25)
+            )
+        );
+        // Envoy's global rate limit filter sends no body, so no content type either.
+        assert_eq!(g.reject.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(g.reject.body.is_empty());
+        assert_eq!(g.reject.headers.len(), 1);
+        assert_eq!(g.reject.headers["x-global"], "1");
+        // The local limit is compiled as before, beside it.
+        assert_eq!(plan.http.as_ref().unwrap().bucket.peek(0), 5);
+
+        limits.protocol = Protocol::Tcp;
+        assert!(compile(&limits, None, 0).global.is_none());
+    }
+
+    #[test]
+    fn the_local_share_keeps_its_tokens_across_reloads_and_instance_changes() {
+        let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
+        limits.global = Some(global(10, 3, 0));
+        let first = compile(&limits, None, 0);
+        let share = &first.global.as_ref().unwrap().local_share;
+        assert!(share.check(0).admitted());
+        let second = compile(&limits, Some(&first), 0);
+        let carried = &second.global.as_ref().unwrap().local_share;
+        assert!(Arc::ptr_eq(share, carried));
+        assert_eq!(carried.peek(0), 3);
+        // A fourth instance joins: the share drops to 3, the tokens stay (clamped).
+        limits.global = Some(global(10, 4, 0));
+        let third = compile(&limits, Some(&second), 0);
+        let carried = &third.global.as_ref().unwrap().local_share;
+        assert!(Arc::ptr_eq(share, carried));
+        assert_eq!(carried.settings().max_tokens(), 3);
+        assert_eq!(carried.peek(0), 3);
     }
 
     #[test]

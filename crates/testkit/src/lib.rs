@@ -1,8 +1,11 @@
 //! Support shared by meshlimit's integration tests (a dev-dependency only): a real Envoy
 //! process started from a bootstrap, with its admin address discovered and its log kept for
-//! the failure message, and the parsing of an HTTP/1.1 response head. The tests that drive
+//! the failure message, a real `redis-server` of the test's own ([`redis::RedisServer`]), and
+//! the parsing of an HTTP/1.1 response head. The tests that drive
 //! Envoy (xDS server tests, and the CLI's tests against a control plane) each wrap
 //! [`EnvoyProcess`] with the checks they need.
+
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

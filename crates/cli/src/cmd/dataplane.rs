@@ -34,6 +34,10 @@ pub struct Args {
     /// Admin endpoint (/metrics, /ready, /config); port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub admin: SocketAddr,
+    /// Redis holding the buckets of MeshGlobalRateLimit totals shared by every instance
+    /// (`redis://host:port`). Without it, this instance enforces its share of the total.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// Seconds between status reports to the control plane.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub report_interval: f64,

@@ -90,6 +90,10 @@ pub struct Args {
     /// Threads serving traffic; 1 runs the whole proxy on one thread. Default: one per core.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
+    /// Redis holding the buckets of MeshGlobalRateLimit totals shared by every instance
+    /// (`redis://host:port`). Without it, each instance enforces its share of the total.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// Also send `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` header fields.
     #[arg(long)]
     rate_limit_headers: bool,
@@ -229,7 +233,12 @@ async fn serve(
     let bound = listener.local_addr()?;
 
     let limits = follow::dataplanes(&cp);
-    let proxy = start_proxy(args, &cp, limits.clone());
+    let shared = args
+        .redis
+        .as_deref()
+        .map(crate::global::redis)
+        .transpose()?;
+    let proxy = start_proxy(args, &shared, &cp, limits.clone());
     let kernel_enforced = start_kernel(&cp, kernel.as_ref());
     let server = {
         let router = router(&cp, &proxy, kernel.as_ref(), token);
@@ -264,6 +273,7 @@ async fn serve(
 /// The proxies follow every store version: each Dataplane's effective limits.
 fn start_proxy(
     args: &Args,
+    shared: &Option<Arc<dyn meshlimit_proxy::SharedBuckets>>,
     cp: &ControlPlane,
     limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
 ) -> Proxy {
@@ -272,6 +282,7 @@ fn start_proxy(
         max_request_body_bytes: args.max_request_body_bytes,
         rate_limit_headers: args.rate_limit_headers,
         drain_timeout: args.drain_timeout,
+        shared: shared.clone(),
         ..ProxyOptions::default()
     };
     let first = limits.borrow().clone();
