@@ -686,11 +686,10 @@ fn a_global_limit_is_one_total_in_redis_and_a_share_per_instance_without() {
     assert_eq!(shared.iter().sum::<usize>(), 10, "{shared:?}");
     assert_eq!(shared, [8, 2, 0]);
 
-    // Redis gone: `failureMode: Closed` rejects at once (within the 25 ms timeout), counted.
+    // Redis gone: `failureMode: Closed` rejects (each check gives up after the policy's 25 ms
+    // timeout; the proxy's tests hold that bound), counted.
     redis.kill();
-    let started = std::time::Instant::now();
     assert_eq!(admitted(ports, [2, 2, 2]), [0, 0, 0]);
-    assert!(started.elapsed() < Duration::from_secs(5));
     let metrics = get(admin, "/metrics").unwrap().body;
     assert!(
         metrics.contains("meshlimit_global_store_errors_total"),

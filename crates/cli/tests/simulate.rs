@@ -530,3 +530,62 @@ fn policy_mode_rejects_invalid_files_and_mixed_flags() {
         assert!(stderr(&out).contains(&reason), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn policy_mode_simulates_this_instances_share_of_a_global_limit_after_the_local_one() {
+    let dataplane = |name: &str, port: u16| {
+        format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  \
+             inbound:\n    - port: {port}\n      servicePort: 9000\n      tags:\n        \
+             kuma.io/service: web\n        kuma.io/protocol: http\n---\n"
+        )
+    };
+    let resources = format!(
+        "{}{}type: MeshGlobalRateLimit\nmesh: default\nname: web-total\nspec:\n  targetRef:\n    \
+         kind: MeshService\n    name: web\n  from:\n    - targetRef:\n        kind: Mesh\n      \
+         default:\n        http:\n          requestRate: {{num: 3, interval: 1h}}\n---\ntype: \
+         MeshRateLimit\nmesh: default\nname: local\nspec:\n  targetRef:\n    kind: Mesh\n  \
+         rules:\n    - default:\n        local:\n          http:\n            requestRate: {{num: \
+         1, interval: 1s}}\n",
+        dataplane("web-1", 8080),
+        dataplane("web-2", 8081)
+    );
+    let policy = Trace::new("global-policy", &resources);
+    // The local limit (1 a second) first; the global share of web-1 is 2 of the total 3.
+    let trace = Trace::new("global-arrivals", "0\n0\n1000\n2000\n3000\n");
+    let out = meshlimit(
+        &[
+            "--policy",
+            policy.path(),
+            "--dataplane",
+            "web-1",
+            "--inbound",
+            "8080",
+            "--arrivals",
+            trace.path(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            "# Dataplane web-1 (mesh default), inbound 8080 (service web): HTTP limit 1 requests \
+             per 1s, smooth refill, rejected with 429; MeshRateLimits on this inbound: local; \
+             then global limit 3 requests per 1h0m0s in total, this instance's share 2 requests \
+             per 1h0m0s (1 of 2 instances), rejected with 429; MeshGlobalRateLimits: web-total\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().skip(1).collect::<Vec<_>>(),
+        [
+            "0 allow",
+            "0 deny",
+            "1000 allow",
+            "2000 deny",
+            "3000 deny",
+            "admitted 2 of 5"
+        ]
+    );
+}

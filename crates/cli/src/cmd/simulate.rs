@@ -111,7 +111,7 @@ impl From<TraceError> for UsageError {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (settings, header) = if args.policy.policy.is_empty() {
         match bucket_settings(&args.bucket) {
-            Ok(settings) => (settings, None),
+            Ok(settings) => (vec![settings], None),
             Err(err) => return Ok(usage_error(&err)),
         }
     } else {
@@ -120,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(usage_error(&UsageError::BothFromStdin));
         }
         match policy::limit(&args.policy)? {
-            Ok(limit) => (limit.settings, Some(limit.description)),
+            Ok(limit) => (limit.buckets, Some(limit.description)),
             Err(err) => return Ok(usage_error(&UsageError::Policy(err))),
         }
     };
@@ -132,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = io::BufWriter::new(stdout.lock());
     let written = header
         .map_or(Ok(()), |line| writeln!(out, "{line}"))
-        .and_then(|()| simulate(settings, &arrivals, &mut out))
+        .and_then(|()| simulate(&settings, &arrivals, &mut out))
         .and_then(|()| out.flush());
     match written {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -155,15 +155,18 @@ fn bucket_settings(flags: &BucketFlags) -> Result<Settings, UsageError> {
     Ok(Settings::new(max, per_fill, interval, flags.refill)?)
 }
 
-/// Feeds every arrival to a bucket that is full at offset 0; prints one line per arrival and
-/// the total.
-fn simulate(settings: Settings, arrivals: &[Arrival], out: &mut impl Write) -> io::Result<()> {
-    let bucket = Bucket::new(settings, 0);
+/// Feeds every arrival to buckets that are full at offset 0, checked in order as the proxy does
+/// (an arrival one of them rejects takes no token from the later ones); prints one line per
+/// arrival and the total.
+fn simulate(settings: &[Settings], arrivals: &[Arrival], out: &mut impl Write) -> io::Result<()> {
+    let buckets: Vec<Bucket> = settings.iter().map(|s| Bucket::new(*s, 0)).collect();
     let mut admitted = 0u64;
     for arrival in arrivals {
-        let decision = bucket.check(arrival.offset_ns);
-        admitted += u64::from(decision.admitted());
-        let verdict = if decision.admitted() { "allow" } else { "deny" };
+        let allowed = buckets
+            .iter()
+            .all(|bucket| bucket.check(arrival.offset_ns).admitted());
+        admitted += u64::from(allowed);
+        let verdict = if allowed { "allow" } else { "deny" };
         writeln!(out, "{} {verdict}", arrival.text)?;
     }
     writeln!(out, "admitted {admitted} of {}", arrivals.len())
@@ -237,7 +240,7 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        simulate(s, &arrivals, &mut out).unwrap();
+        simulate(&[s], &arrivals, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "0 allow\n500 deny\n1000.5 allow\nadmitted 2 of 3\n"

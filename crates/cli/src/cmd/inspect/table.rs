@@ -45,6 +45,45 @@ pub fn render(limits: &DataplaneLimits, sources: &[SourceLimits]) -> String {
     } else {
         out.push_str(&columns(&rows));
     }
+    let globals: Vec<_> = limits
+        .inbounds
+        .iter()
+        .filter_map(|i| i.global.as_ref().map(|g| (i.port, g)))
+        .collect();
+    if !globals.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nGlobal limits (MeshGlobalRateLimit, one total for the service):"
+        );
+        let mut rows = vec![[
+            "PORT".to_string(),
+            "TOTAL".into(),
+            "THIS INSTANCE'S SHARE".into(),
+            "MODE".into(),
+            "ON STORE FAILURE".into(),
+            "POLICIES".into(),
+        ]];
+        for (port, g) in globals {
+            rows.push([
+                port.to_string(),
+                format!(
+                    "{}, rejected with {}",
+                    rate_words(&g.request_rate, "request"),
+                    g.status
+                ),
+                format!(
+                    "{} ({} of {} instances)",
+                    rate_words(&g.share, "request"),
+                    g.index + 1,
+                    g.instances
+                ),
+                format!("{:?}", g.mode),
+                format!("{:?}", g.failure_mode),
+                g.policies.join(", "),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+    }
     if !sources.is_empty() {
         let _ = writeln!(out, "\nPer-source rules (rules[].matches):");
         let mut rows = vec![[

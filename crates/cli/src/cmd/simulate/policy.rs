@@ -48,10 +48,12 @@ pub struct PolicyFlags {
     pub sni: Option<String>,
 }
 
-/// The bucket to simulate and the line that says where it comes from.
+/// The buckets to simulate, in the order the proxy checks them (the local `MeshRateLimit`,
+/// then this instance's share of a `MeshGlobalRateLimit`), and the line that says where they
+/// come from.
 #[derive(Debug)]
 pub struct PolicyLimit {
-    pub settings: Settings,
+    pub buckets: Vec<Settings>,
     pub description: String,
 }
 
@@ -178,16 +180,12 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
             known: known_inbounds(&limits),
         });
     };
-    let Some(http) = &inbound.http else {
+    if inbound.http.is_none() && inbound.global.is_none() {
         return Err(PolicyError::NoHttpLimit {
             dataplane: name.to_string(),
             inbound: Box::new(inbound),
         });
-    };
-    let rate = http.request_rate;
-    // The policy engine built the bucket when it validated the rate: the same one every data
-    // path enforces.
-    let settings = rate.settings();
+    }
     let client = match (&flags.spiffe_id, &flags.sni) {
         (None, None) => String::new(),
         (spiffe_id, sni) => {
@@ -198,16 +196,48 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
             format!(" for a client with {}", parts.join(" and "))
         }
     };
+    // The policy engine built each bucket when it validated the rate: the same ones every data
+    // path enforces.
+    let mut buckets = Vec::new();
     let mut description = format!(
-        "# Dataplane {name} (mesh {}), inbound {port} (service {}){client}: HTTP limit {}, \
-         {} refill, rejected with {}; MeshRateLimits on this inbound: {}",
-        flags.mesh,
-        inbound.service,
-        rate_text(&rate, "requests"),
-        Refill::Smooth,
-        http.status,
-        inbound.policies.join(", ")
+        "# Dataplane {name} (mesh {}), inbound {port} (service {}){client}: ",
+        flags.mesh, inbound.service,
     );
+    if let Some(http) = &inbound.http {
+        buckets.push(http.request_rate.settings());
+        description.push_str(&format!(
+            "HTTP limit {}, {} refill, rejected with {}; MeshRateLimits on this inbound: {}",
+            rate_text(&http.request_rate, "requests"),
+            Refill::Smooth,
+            http.status,
+            inbound.policies.join(", ")
+        ));
+    }
+    if let Some(global) = &inbound.global {
+        // Without a shared store each instance enforces its share; Shadow never rejects.
+        let shadow = global.mode == meshlimit_policy::GlobalMode::Shadow;
+        if !shadow {
+            buckets.push(global.share.settings());
+        }
+        if inbound.http.is_some() {
+            description.push_str("; then ");
+        }
+        description.push_str(&format!(
+            "global limit {} in total, this instance's share {} ({} of {} instances){}, \
+             rejected with {}; MeshGlobalRateLimits: {}",
+            rate_text(&global.request_rate, "requests"),
+            rate_text(&global.share, "requests"),
+            global.index + 1,
+            global.instances,
+            if shadow {
+                ", Shadow: counted, never rejected"
+            } else {
+                ""
+            },
+            global.status,
+            global.policies.join(", ")
+        ));
+    }
     let other_clients = set
         .source_limits(&flags.mesh, name)
         .iter()
@@ -218,7 +248,7 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
         );
     }
     Ok(PolicyLimit {
-        settings,
+        buckets,
         description,
     })
 }
