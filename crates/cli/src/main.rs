@@ -1,5 +1,9 @@
 //! `meshlimit`: the one binary. Each subcommand lives in its own module under `cmd/`; this file
-//! only parses the command line and dispatches.
+//! only parses the command line and dispatches. Beside the commands: [`kernel`] (the one handle
+//! on the kernel limiter, shared by `run` and `agent`, and its consumer of versioned limits),
+//! [`report`] (what a data plane reports to the control plane, read from the proxy in process),
+//! [`watch`] (the resource-directory watcher) and [`global`] (Redis behind the proxy's shared
+//! buckets).
 
 use std::process::ExitCode;
 
