@@ -2,16 +2,13 @@
 //! tests'): one hot key and many keys, one check at a time (the round trip) and 64 in flight
 //! (pipelined on the one multiplexed connection).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use meshlimit_bucket::{Refill, Settings};
 use meshlimit_global::{GlobalBuckets, GlobalOptions, GlobalSettings};
-use support::RedisServer;
+use meshlimit_testkit::redis::RedisServer;
 
 fn checks(c: &mut Criterion) {
     let server = RedisServer::start();

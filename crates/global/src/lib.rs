@@ -3,6 +3,8 @@
 //! modes and [`Decision`]s), so that "100 per second for the whole service" means what a local
 //! bucket means, across any number of instances.
 //!
+//! [`rls`] serves these buckets to Envoy as its rate-limit service ([`RateLimitServer`]).
+//!
 //! Start with [`GlobalBuckets`] (connect, then `check(key, settings)`), [`GlobalSettings`]
 //! (engine settings checked once for what a global bucket can serve) and [`FailureMode`] (what
 //! decides when Redis does not answer within the timeout). The bucket logic itself is one Lua
@@ -46,6 +48,7 @@ mod client;
 mod error;
 mod failure;
 mod key;
+pub mod rls;
 mod script;
 mod settings;
 mod stats;
@@ -55,5 +58,6 @@ pub use error::{GlobalError, RedisFailure};
 pub use failure::{FailureMode, local_share};
 pub use key::hash_tag;
 pub use meshlimit_bucket::{Decision, Refill, Settings};
+pub use rls::{RateLimitServer, RlsStats};
 pub use settings::{GlobalSettings, MAX_REFILL_MS, MAX_TTL_MARGIN_MS, RangeError};
 pub use stats::GlobalStats;

@@ -2,8 +2,6 @@
 //! decisions against the engine's reference model, atomicity under concurrency, TTLs, hash
 //! tags in a real cluster node, and what checks do while Redis is gone and after it is back.
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +15,8 @@ use meshlimit_global::{
     FailureMode, GlobalBuckets, GlobalError, GlobalOptions, GlobalSettings, RangeError, TimeBase,
     hash_tag, local_share,
 };
+use meshlimit_testkit::redis::RedisServer;
 use proptest::prelude::*;
-use support::RedisServer;
 use tokio::time::Instant;
 
 fn settings(max: u64, per_fill: u64, ns: u64, refill: Refill) -> Settings {

@@ -111,6 +111,14 @@ pub struct GlobalLimit {
     pub policies: Vec<String>,
 }
 
+impl GlobalLimit {
+    /// The rate-limit descriptor an Envoy sends for this limit (see
+    /// [`crate::global::descriptor`]).
+    pub fn descriptor(&self) -> Vec<(String, String)> {
+        crate::global::descriptor(&self.key, self.request_rate)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {

@@ -51,6 +51,86 @@ pub fn key(mesh: &str, policy: &str, service: &str) -> String {
     format!("mgrl/{mesh}/{policy}/{service}")
 }
 
+/// The rate-limit domain of global limits' descriptors (Envoy's `ratelimit` filter `domain`).
+pub const DESCRIPTOR_DOMAIN: &str = "meshlimit";
+/// Entry key of a global limit's rate-limit descriptor that names the shared bucket.
+pub const DESCRIPTOR_KEY: &str = "meshlimit_key";
+/// Entry key of a global limit's rate-limit descriptor that carries the total:
+/// `<num>/<interval in nanoseconds>`.
+pub const DESCRIPTOR_RATE: &str = "meshlimit_rate";
+
+/// The rate-limit descriptor an Envoy sends for a global limit: the bucket and its total, in
+/// this order. The total travels with every request so that the rate-limit service needs no
+/// configuration of its own (and a changed policy takes effect with the next request); the
+/// key names the policy, so two totals never share a bucket unless one policy changed.
+pub fn descriptor(key: &str, total: Rate) -> Vec<(String, String)> {
+    vec![
+        (DESCRIPTOR_KEY.to_string(), key.to_string()),
+        (
+            DESCRIPTOR_RATE.to_string(),
+            format!("{}/{}", total.num(), total.quota().fill_interval_ns()),
+        ),
+    ]
+}
+
+/// A descriptor read back by [`parse_descriptor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalDescriptor {
+    pub key: String,
+    pub total: Rate,
+}
+
+/// Why [`parse_descriptor`] read no global limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    /// No `meshlimit_key` entry: someone else's descriptor.
+    #[error("not a meshlimit descriptor")]
+    Foreign,
+    #[error("malformed meshlimit descriptor: {0}")]
+    Invalid(String),
+}
+
+/// Reads a descriptor written by [`descriptor`]: exactly the two entries, in any order.
+pub fn parse_descriptor<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<GlobalDescriptor, DescriptorError> {
+    let (mut key, mut rate, mut others) = (None, None, Vec::new());
+    for (name, value) in entries {
+        let slot = match name {
+            DESCRIPTOR_KEY => &mut key,
+            DESCRIPTOR_RATE => &mut rate,
+            other => {
+                others.push(other);
+                continue;
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(DescriptorError::Invalid(format!("{name} appears twice")));
+        }
+    }
+    let key = key.ok_or(DescriptorError::Foreign)?;
+    if !others.is_empty() {
+        return Err(DescriptorError::Invalid(format!(
+            "unexpected entries {others:?}"
+        )));
+    }
+    let rate = rate.ok_or_else(|| DescriptorError::Invalid(format!("no {DESCRIPTOR_RATE}")))?;
+    let invalid = || {
+        DescriptorError::Invalid(format!(
+            "{DESCRIPTOR_RATE} {rate:?} is not <num>/<interval_ns>"
+        ))
+    };
+    let (num, ns) = rate.split_once('/').ok_or_else(invalid)?;
+    let num = num.parse::<u32>().map_err(|_| invalid())?;
+    let ns = ns.parse::<u64>().map_err(|_| invalid())?;
+    let total = Rate::new(num, Duration::from_nanos(ns))
+        .map_err(|e| DescriptorError::Invalid(format!("{DESCRIPTOR_RATE} {rate:?}: {e}")))?;
+    Ok(GlobalDescriptor {
+        key: key.to_string(),
+        total,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +225,63 @@ mod tests {
             share(slow, u32::MAX, 0).quota().fill_interval_ns(),
             u64::MAX
         );
+    }
+
+    #[test]
+    fn descriptors_read_back_as_written() {
+        let total = rate(100, 60_000_000_000);
+        let entries = descriptor("mgrl/default/p/web", total);
+        assert_eq!(
+            entries,
+            [
+                (
+                    "meshlimit_key".to_string(),
+                    "mgrl/default/p/web".to_string()
+                ),
+                ("meshlimit_rate".to_string(), "100/60000000000".to_string()),
+            ]
+        );
+        let read = parse_descriptor(entries.iter().rev().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(
+            read,
+            Ok(GlobalDescriptor {
+                key: "mgrl/default/p/web".into(),
+                total
+            })
+        );
+    }
+
+    #[test]
+    fn foreign_and_malformed_descriptors_are_told_apart() {
+        assert_eq!(
+            parse_descriptor([("generic_key", "x")]),
+            Err(DescriptorError::Foreign)
+        );
+        for entries in [
+            vec![("meshlimit_key", "k")],
+            vec![("meshlimit_key", "k"), ("meshlimit_rate", "0/1000")],
+            vec![("meshlimit_key", "k"), ("meshlimit_rate", "5")],
+            vec![("meshlimit_key", "k"), ("meshlimit_rate", "5/x")],
+            vec![("meshlimit_key", "k"), ("meshlimit_rate", "5/0")],
+            vec![
+                ("meshlimit_key", "k"),
+                ("meshlimit_rate", "5/1"),
+                ("x", "y"),
+            ],
+            vec![
+                ("meshlimit_key", "k"),
+                ("meshlimit_key", "k"),
+                ("meshlimit_rate", "5/1"),
+            ],
+        ] {
+            assert!(
+                matches!(
+                    parse_descriptor(entries.clone()),
+                    Err(DescriptorError::Invalid(_))
+                ),
+                "{entries:?}"
+            );
+        }
     }
 
     proptest! {

@@ -9,17 +9,20 @@
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log_filter, comparison_filter};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderValueOption, RuntimeFractionalPercent, TrafficDirection, address,
-    header_value_option::HeaderAppendAction, socket_address,
+    Address, ApiVersion, HeaderValueOption, RuntimeFractionalPercent, TrafficDirection,
+    TransportSocket, address, grpc_service, header_value_option::HeaderAppendAction,
+    socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteConfiguration, VirtualHost, route, route_action, route_match,
+    RateLimit as RouteRateLimit, Route, RouteConfiguration, VirtualHost, rate_limit, route,
+    route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as HttpRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, http_connection_manager,
@@ -27,6 +30,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, StatusCode, TokenBucket, fractional_percent::DenominatorType,
 };
@@ -110,6 +117,16 @@ pub fn cluster_value(cluster: &Cluster) -> Value {
             ),
         );
     }
+    let mut options: Vec<_> = cluster.typed_extension_protocol_options.iter().collect();
+    options.sort_by(|a, b| a.0.cmp(b.0));
+    let options = (!options.is_empty()).then(|| {
+        Value::Mapping(
+            options
+                .into_iter()
+                .map(|(name, any)| (text(name), any_value(any)))
+                .collect(),
+        )
+    });
     obj.opt(
         "connect_timeout",
         cluster.connect_timeout.as_ref().map(duration_value),
@@ -118,7 +135,43 @@ pub fn cluster_value(cluster: &Cluster) -> Value {
         "load_assignment",
         cluster.load_assignment.as_ref().map(load_assignment_value),
     )
+    .opt(
+        "transport_socket",
+        cluster
+            .transport_socket
+            .as_ref()
+            .map(transport_socket_value),
+    )
+    .opt("typed_extension_protocol_options", options)
     .into()
+}
+
+fn transport_socket_value(socket: &TransportSocket) -> Value {
+    let mut obj = Obj::default().str("name", &socket.name);
+    if let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type {
+        obj = obj.set("typed_config", any_value(any));
+    }
+    obj.into()
+}
+
+fn http_protocol_options_value(options: &HttpProtocolOptions) -> Value {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let mut obj = Obj::default();
+    if let Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) =
+        &options.upstream_protocol_options
+    {
+        let mut config = Obj::default();
+        if let Some(ProtocolConfig::Http2ProtocolOptions(_)) = &explicit.protocol_config {
+            // Only the defaults are set: an empty message.
+            config = config.set("http2_protocol_options", Value::Mapping(Mapping::new()));
+        }
+        obj = obj.set("explicit_http_config", config.into());
+    }
+    obj.into()
+}
+
+fn tls_context_value(tls: &UpstreamTlsContext) -> Value {
+    Obj::default().str("sni", &tls.sni).into()
 }
 
 fn load_assignment_value(assignment: &ClusterLoadAssignment) -> Value {
@@ -196,7 +249,10 @@ fn any_value(any: &Any) -> Value {
         .or_else(|| decode(any, http_local_ratelimit_value))
         .or_else(|| decode(any, |_: &Router| Value::Mapping(Mapping::new())))
         .or_else(|| decode(any, tcp_local_ratelimit_value))
-        .or_else(|| decode(any, tcp_proxy_value));
+        .or_else(|| decode(any, tcp_proxy_value))
+        .or_else(|| decode(any, http_ratelimit_value))
+        .or_else(|| decode(any, http_protocol_options_value))
+        .or_else(|| decode(any, tls_context_value));
     let mut obj = Mapping::new();
     obj.insert(text("@type"), text(&any.type_url));
     match fields {
@@ -304,9 +360,79 @@ fn route_value(route: &Route) -> Value {
         if let Some(route_action::ClusterSpecifier::Cluster(cluster)) = &action.cluster_specifier {
             a = a.set("cluster", text(cluster));
         }
+        a = a.list(
+            "rate_limits",
+            action.rate_limits.iter().map(route_rate_limit_value),
+        );
         obj = obj.set("route", a.into());
     }
     obj.into()
+}
+
+/// A route's rate-limit actions as [`crate::resources`] builds them: generic keys.
+fn route_rate_limit_value(limit: &RouteRateLimit) -> Value {
+    let actions = limit.actions.iter().map(|action| {
+        let mut obj = Obj::default();
+        if let Some(rate_limit::action::ActionSpecifier::GenericKey(key)) = &action.action_specifier
+        {
+            obj = obj.set(
+                "generic_key",
+                Obj::default()
+                    .str("descriptor_value", &key.descriptor_value)
+                    .str("descriptor_key", &key.descriptor_key)
+                    .into(),
+            );
+        }
+        obj.into()
+    });
+    Obj::default().list("actions", actions).into()
+}
+
+fn http_ratelimit_value(rl: &HttpRateLimit) -> Value {
+    let service = rl.rate_limit_service.as_ref().map(|service| {
+        let grpc = service.grpc_service.as_ref().map(|grpc| {
+            let mut obj = Obj::default();
+            if let Some(grpc_service::TargetSpecifier::EnvoyGrpc(envoy)) = &grpc.target_specifier {
+                obj = obj.set(
+                    "envoy_grpc",
+                    Obj::default()
+                        .str("cluster_name", &envoy.cluster_name)
+                        .str("authority", &envoy.authority)
+                        .into(),
+                );
+            }
+            obj.into()
+        });
+        Obj::default()
+            .opt("grpc_service", grpc)
+            .enumeration(
+                "transport_api_version",
+                service.transport_api_version,
+                ApiVersion::try_from(service.transport_api_version).map(|v| v.as_str_name()),
+            )
+            .into()
+    });
+    let mut obj = Obj::default()
+        .str("domain", &rl.domain)
+        .opt("timeout", rl.timeout.as_ref().map(duration_value));
+    if rl.failure_mode_deny {
+        obj = obj.set("failure_mode_deny", Value::from(true));
+    }
+    obj.opt("rate_limit_service", service)
+        .opt(
+            "rate_limited_status",
+            rl.rate_limited_status.as_ref().map(status_value),
+        )
+        .list(
+            "response_headers_to_add",
+            rl.response_headers_to_add.iter().map(header_option_value),
+        )
+        .str("stat_prefix", &rl.stat_prefix)
+        .opt(
+            "filter_enforced",
+            rl.filter_enforced.as_ref().map(runtime_percent_value),
+        )
+        .into()
 }
 
 fn http_local_ratelimit_value(rl: &HttpLocalRateLimit) -> Value {
@@ -596,6 +722,60 @@ mod tests {
                     "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 19000}}}}]}]
                 }
             })
+        );
+    }
+
+    #[test]
+    fn a_global_limit_renders_its_filter_route_actions_and_service_cluster() {
+        use meshlimit_policy::effective::{FailureMode, GlobalLimit, GlobalMode};
+        let mut limits = limits();
+        let total = Rate::new(5, StdDuration::from_secs(60)).expect("valid rate");
+        limits.inbounds[0].global = Some(GlobalLimit {
+            service: "backend".into(),
+            key: "mgrl/default/p/backend".into(),
+            request_rate: total,
+            share: total,
+            instances: 1,
+            index: 0,
+            mode: GlobalMode::Limit,
+            status: meshlimit_policy::RejectStatus::new(503).expect("an HTTP status"),
+            headers: RejectHeaders::default(),
+            rate_limit_service: Some("http://127.0.0.1:8081".into()),
+            timeout: StdDuration::from_millis(25),
+            failure_mode: FailureMode::Closed,
+            policies: vec![],
+        });
+        let doc: serde_json::Value =
+            serde_yaml_ng::from_str(&render_yaml(&limits)).expect("valid YAML");
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let rl = &hcm["http_filters"][1]["typed_config"];
+        assert_eq!(rl["domain"], "meshlimit");
+        assert_eq!(rl["timeout"], "0.025s");
+        assert_eq!(rl["failure_mode_deny"], true);
+        assert_eq!(
+            rl["rate_limited_status"],
+            json!({"code": "ServiceUnavailable"})
+        );
+        assert_eq!(
+            rl["rate_limit_service"],
+            json!({"grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit:127.0.0.1:8081", "authority": "127.0.0.1:8081"}}, "transport_api_version": "V3"})
+        );
+        let route = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+        assert_eq!(
+            route["rate_limits"],
+            json!([{"actions": [
+                {"generic_key": {"descriptor_value": "mgrl/default/p/backend", "descriptor_key": "meshlimit_key"}},
+                {"generic_key": {"descriptor_value": "5/60000000000", "descriptor_key": "meshlimit_rate"}},
+            ]}])
+        );
+        let cluster = &doc["static_resources"]["clusters"][2];
+        assert_eq!(cluster["name"], "ratelimit:127.0.0.1:8081");
+        assert_eq!(
+            cluster["typed_extension_protocol_options"],
+            json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }})
         );
     }
 

@@ -8,11 +8,29 @@
 //! - a TCP connection rate on an HTTP inbound puts the network filter in front of the HTTP
 //!   connection manager, so it counts connections there too.
 //!
+//! A `MeshGlobalRateLimit` ([`GlobalLimit`]) adds one HTTP filter after the local one (so a
+//! request spends a local token first, and one the local limit rejects never reaches the
+//! shared bucket), stat prefix `inbound_<port>_global`:
+//! - without a rate-limit service, a second `local_ratelimit` enforcing this instance's
+//!   `share` (the shares of the live instances add up to the total);
+//! - with one, `envoy.filters.http.ratelimit` (domain `meshlimit`) asking it over gRPC, the
+//!   route sending one descriptor that names the bucket and its total
+//!   ([`meshlimit_policy::global::descriptor`]), and a cluster `ratelimit:<host>:<port>` for
+//!   the service (HTTP/2; `https://` adds TLS with the host as SNI). `failureMode: Closed`
+//!   becomes `failure_mode_deny`; `LocalShare` renders as `Open`, since Envoy cannot switch to
+//!   a local bucket when the service fails.
+//!
+//! `Shadow` keeps either filter enabled but enforcing 0% (`filter_enforced`): Envoy asks and
+//! counts (`rate_limited` for the local filter, `over_limit` for the service's) but never
+//! rejects, and never fails closed.
+//!
 //! Envoy's rate-limit filter takes its status from a fixed list of codes (418, 420, 499, 509
 //! and others are missing) and at most 10 response headers; Envoy rejects a listener beyond
 //! either. For such a limit the filter answers a stand-in 429 with no headers, and the
 //! connection manager's local-reply mapper turns its 429s into the policy's status and headers
-//! (the rate limiter is the only source of 429 local replies on an inbound).
+//! (the rate limiter is the only source of 429 local replies on an inbound). A global limit's
+//! filter uses 510 as its stand-in, which Envoy never answers by itself; when either limit of
+//! an inbound needs the mapper, both go through it, so neither is taken for the other.
 
 use std::time::Duration;
 
@@ -21,19 +39,22 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, RuntimeUInt32,
-    SocketAddress, TrafficDirection, address, header_value_option::HeaderAppendAction,
-    socket_address,
+    Address, ApiVersion, GrpcService, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
+    RuntimeFractionalPercent, RuntimeUInt32, SocketAddress, TrafficDirection, TransportSocket,
+    address, grpc_service, header_value_option::HeaderAppendAction, socket_address,
+    transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
+    RateLimit as RouteRateLimit, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    rate_limit as route_rate_limit, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as HttpRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, http_connection_manager,
@@ -41,13 +62,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, StatusCode, TokenBucket, fractional_percent::DenominatorType,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use meshlimit_policy::effective::{
-    DataplaneLimits, HttpLimit, InboundLimits, Protocol, Rate, TcpLimit,
+    DataplaneLimits, FailureMode, GlobalLimit, GlobalMode, HttpLimit, InboundLimits, Protocol,
+    Rate, RejectHeaders, RejectStatus, TcpLimit,
 };
+use meshlimit_policy::global::DESCRIPTOR_DOMAIN;
 use prost::{Message, Name};
 
 /// Type URL of listeners (LDS).
@@ -59,6 +86,12 @@ pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub const NETWORK_LOCAL_RATELIMIT: &str = "envoy.filters.network.local_ratelimit";
 pub const HTTP_LOCAL_RATELIMIT: &str = "envoy.filters.http.local_ratelimit";
+/// The `local_ratelimit` filter enforcing a global limit's share.
+pub const HTTP_GLOBAL_SHARE: &str = "meshlimit.global_share";
+pub const HTTP_RATELIMIT: &str = "envoy.filters.http.ratelimit";
+/// Key of `typed_extension_protocol_options` for upstream HTTP settings.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 pub const ROUTER: &str = "envoy.filters.http.router";
 
 /// The address inbound clusters forward to: the application beside the sidecar.
@@ -66,6 +99,9 @@ const APPLICATION_ADDRESS: &str = "127.0.0.1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The status the rate-limit filter answers with when the local-reply mapper finishes the answer.
 const STAND_IN_STATUS: u16 = 429;
+/// The same for a global limit's filter: a code Envoy lists but never answers with itself, so
+/// that the mapper tells the two limits apart.
+const GLOBAL_STAND_IN_STATUS: u16 = 510;
 /// Envoy's limit on the rate-limit filter's `response_headers_to_add`.
 const FILTER_MAX_HEADERS: usize = 10;
 
@@ -98,10 +134,105 @@ pub fn stat_prefix(port: u16) -> String {
     format!("inbound_{port}")
 }
 
+/// Stat prefix of a global limit's filter: `inbound_<port>_global`, apart from the local
+/// limit's counters.
+pub fn global_stat_prefix(port: u16) -> String {
+    format!("inbound_{port}_global")
+}
+
+/// Where a rate-limit service URL (`http(s)://host[:port][/]`, as the policy validated it)
+/// points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddress {
+    pub tls: bool,
+    /// An IP address (IPv6 without brackets) or a DNS name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServiceAddress {
+    /// `None` for anything but `http(s)://host[:port]`, optionally with a trailing `/`.
+    pub fn parse(url: &str) -> Option<ServiceAddress> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            (true, url.strip_prefix("https://")?)
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            let port = match after {
+                "" => default_port,
+                port => port.strip_prefix(':')?.parse().ok()?,
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse().ok()?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() || port == 0 {
+            return None;
+        }
+        Some(ServiceAddress {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `host:port` (`[v6]:port`), the `:authority` of requests to the service.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The Envoy cluster reaching the service: `ratelimit:<host>:<port>`, `ratelimit-tls:...`
+    /// over TLS.
+    pub fn cluster_name(&self) -> String {
+        let scheme = if self.tls {
+            "ratelimit-tls"
+        } else {
+            "ratelimit"
+        };
+        format!("{scheme}:{}:{}", self.host, self.port)
+    }
+}
+
+/// How an inbound's global limit is enforced.
+enum GlobalPath {
+    /// This instance's share, in a local bucket.
+    Share,
+    /// Envoy's rate-limit filter asking the service.
+    Service(ServiceAddress),
+}
+
+/// A global limit with a service URL that does not parse (the policy engine validates it, so
+/// only hand-made limits get here) falls back to the local share rather than to no limit.
+fn global_path(global: &GlobalLimit) -> GlobalPath {
+    match global
+        .rate_limit_service
+        .as_deref()
+        .and_then(ServiceAddress::parse)
+    {
+        Some(service) => GlobalPath::Service(service),
+        None => GlobalPath::Share,
+    }
+}
+
 /// Listeners and clusters for one Dataplane, in inbound order. Inbounds sharing a service port
-/// share one cluster.
+/// share one cluster; rate-limit services' clusters follow, once per service.
 pub fn generate(limits: &DataplaneLimits) -> Resources {
     let mut resources = Resources::default();
+    let mut services = Vec::new();
     for inbound in &limits.inbounds {
         resources
             .listeners
@@ -110,7 +241,15 @@ pub fn generate(limits: &DataplaneLimits) -> Resources {
         if !resources.clusters.iter().any(|c| c.name == cluster.name) {
             resources.clusters.push(cluster);
         }
+        if let Some(GlobalPath::Service(service)) = inbound.global.as_ref().map(global_path)
+            && !services.contains(&service)
+        {
+            services.push(service);
+        }
     }
+    resources
+        .clusters
+        .extend(services.iter().map(rate_limit_service_cluster));
     resources
 }
 
@@ -176,16 +315,142 @@ fn inbound_cluster(service_port: u16) -> Cluster {
     }
 }
 
+/// A rate-limit service's cluster: gRPC, so HTTP/2 (like the bootstrap's xDS cluster).
+fn rate_limit_service_cluster(service: &ServiceAddress) -> Cluster {
+    let name = service.cluster_name();
+    let is_ip = service.host.parse::<std::net::IpAddr>().is_ok();
+    // A DNS name is resolved (and re-resolved) by Envoy; an IP address is used as is.
+    let kind = if is_ip {
+        cluster::DiscoveryType::Static
+    } else {
+        cluster::DiscoveryType::StrictDns
+    };
+    let endpoint = LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(&service.host, service.port)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let http2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    let transport_socket = service.tls.then(|| TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(
+            &UpstreamTlsContext {
+                sni: service.host.clone(),
+                ..Default::default()
+            },
+        ))),
+    });
+    Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS.to_string(), to_any(&http2))]
+            .into_iter()
+            .collect(),
+        transport_socket,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name,
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a rejection answers: a status and headers.
+#[derive(Clone, Copy)]
+struct Answer<'a> {
+    status: RejectStatus,
+    headers: &'a RejectHeaders,
+}
+
+impl<'a> Answer<'a> {
+    fn of_http(limit: &'a HttpLimit) -> Answer<'a> {
+        Answer {
+            status: limit.status,
+            headers: &limit.headers,
+        }
+    }
+
+    fn of_global(limit: &'a GlobalLimit) -> Answer<'a> {
+        Answer {
+            status: limit.status,
+            headers: &limit.headers,
+        }
+    }
+
+    /// The rate-limit filter alone cannot answer as the policy says.
+    fn needs_mapper(self) -> bool {
+        let headers = self.headers.set.len() + self.headers.add.len();
+        !envoy_knows_status(self.status.as_u16()) || headers > FILTER_MAX_HEADERS
+    }
+
+    /// What the filter itself answers: the policy's status and headers, or the stand-in.
+    fn filter_answer(self, mapped: bool, stand_in: u16) -> (u16, Vec<HeaderValueOption>) {
+        if mapped {
+            (stand_in, Vec::new())
+        } else {
+            (self.status.as_u16(), reject_headers(self.headers))
+        }
+    }
+}
+
+/// Whether the inbound's limits answer through the local-reply mapper. When one limit needs
+/// it, every limit on the inbound goes through it, each with its own stand-in: a limit
+/// answering its own status directly could otherwise be taken for the other's stand-in.
+fn mapped(inbound: &InboundLimits) -> bool {
+    let http = inbound.http.as_ref().map(Answer::of_http);
+    let global = inbound.global.as_ref().map(Answer::of_global);
+    http.into_iter().chain(global).any(Answer::needs_mapper)
+}
+
 fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
+    let mapped = mapped(inbound);
     let mut http_filters = Vec::new();
     if let Some(http) = &inbound.http {
         http_filters.push(HttpFilter {
             name: HTTP_LOCAL_RATELIMIT.to_string(),
             config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
-                &http_local_ratelimit(inbound.port, http),
+                &http_local_ratelimit(inbound.port, http, mapped),
             ))),
             ..Default::default()
         });
+    }
+    let global = inbound.global.as_ref().map(|g| (g, global_path(g)));
+    match &global {
+        Some((limit, GlobalPath::Share)) => http_filters.push(HttpFilter {
+            name: HTTP_GLOBAL_SHARE.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+                &global_share_ratelimit(inbound.port, limit, mapped),
+            ))),
+            ..Default::default()
+        }),
+        Some((limit, GlobalPath::Service(service))) => http_filters.push(HttpFilter {
+            name: HTTP_RATELIMIT.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
+                &global_service_ratelimit(inbound.port, limit, service, mapped),
+            ))),
+            ..Default::default()
+        }),
+        None => {}
     }
     http_filters.push(HttpFilter {
         name: ROUTER.to_string(),
@@ -203,15 +468,28 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster_name(
                 inbound.service_port,
             ))),
+            rate_limits: match &global {
+                Some((limit, GlobalPath::Service(_))) => vec![route_rate_limit(limit)],
+                _ => Vec::new(),
+            },
             ..Default::default()
         })),
         ..Default::default()
     };
-    let local_reply_config = inbound
-        .http
-        .as_ref()
-        .filter(|http| needs_mapper(http))
-        .map(mapper);
+    let local_reply_config = mapped.then(|| {
+        let http = inbound
+            .http
+            .as_ref()
+            .map(|l| mapper(Answer::of_http(l), STAND_IN_STATUS));
+        let global = inbound
+            .global
+            .as_ref()
+            .map(|l| mapper(Answer::of_global(l), GLOBAL_STAND_IN_STATUS));
+        LocalReplyConfig {
+            mappers: http.into_iter().chain(global).collect(),
+            ..Default::default()
+        }
+    });
     HttpConnectionManager {
         stat_prefix: stat_prefix(inbound.port),
         local_reply_config,
@@ -233,12 +511,8 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
 }
 
 /// The HTTP local rate limit of an inbound, enabled and enforced for every request.
-fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
-    let (status, headers) = if needs_mapper(limit) {
-        (STAND_IN_STATUS, Vec::new())
-    } else {
-        (limit.status.as_u16(), reject_headers(limit))
-    };
+fn http_local_ratelimit(port: u16, limit: &HttpLimit, mapped: bool) -> HttpLocalRateLimit {
+    let (status, headers) = Answer::of_http(limit).filter_answer(mapped, STAND_IN_STATUS);
     HttpLocalRateLimit {
         stat_prefix: stat_prefix(port),
         status: Some(HttpStatus {
@@ -252,8 +526,94 @@ fn http_local_ratelimit(port: u16, limit: &HttpLimit) -> HttpLocalRateLimit {
     }
 }
 
+/// This instance's share of a global limit, enforced locally (counting only, in `Shadow`).
+fn global_share_ratelimit(port: u16, limit: &GlobalLimit, mapped: bool) -> HttpLocalRateLimit {
+    let (status, headers) = Answer::of_global(limit).filter_answer(mapped, GLOBAL_STAND_IN_STATUS);
+    HttpLocalRateLimit {
+        stat_prefix: global_stat_prefix(port),
+        status: Some(HttpStatus {
+            code: i32::from(status),
+        }),
+        token_bucket: Some(token_bucket(limit.share)),
+        filter_enabled: Some(always("global_rate_limit_enabled")),
+        filter_enforced: Some(enforced(limit.mode, "global_rate_limit_enforced")),
+        response_headers_to_add: headers,
+        ..Default::default()
+    }
+}
+
+/// Envoy's rate-limit filter asking `service` about the route's descriptor.
+fn global_service_ratelimit(
+    port: u16,
+    limit: &GlobalLimit,
+    service: &ServiceAddress,
+    mapped: bool,
+) -> HttpRateLimit {
+    let (status, headers) = Answer::of_global(limit).filter_answer(mapped, GLOBAL_STAND_IN_STATUS);
+    // A shadow limit never rejects, not even when the service is away.
+    let deny = limit.failure_mode == FailureMode::Closed && limit.mode == GlobalMode::Limit;
+    HttpRateLimit {
+        domain: DESCRIPTOR_DOMAIN.to_string(),
+        timeout: Some(duration(limit.timeout)),
+        failure_mode_deny: deny,
+        rate_limit_service: Some(RateLimitServiceConfig {
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: service.cluster_name(),
+                        // Envoy's default, the cluster name, is no valid `:authority`: gRPC
+                        // servers reset such streams.
+                        authority: service.authority(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            transport_api_version: ApiVersion::V3 as i32,
+        }),
+        rate_limited_status: Some(HttpStatus {
+            code: i32::from(status),
+        }),
+        response_headers_to_add: headers,
+        stat_prefix: global_stat_prefix(port),
+        filter_enforced: Some(enforced(limit.mode, "global_rate_limit_enforced")),
+        ..Default::default()
+    }
+}
+
+/// The route's rate-limit actions: one descriptor, the global limit's, of fixed entries.
+fn route_rate_limit(limit: &GlobalLimit) -> RouteRateLimit {
+    use route_rate_limit::action::{ActionSpecifier, GenericKey};
+    let actions = limit
+        .descriptor()
+        .into_iter()
+        .map(|(key, value)| route_rate_limit::Action {
+            action_specifier: Some(ActionSpecifier::GenericKey(GenericKey {
+                descriptor_key: key,
+                descriptor_value: value,
+                ..Default::default()
+            })),
+        })
+        .collect();
+    RouteRateLimit {
+        actions,
+        ..Default::default()
+    }
+}
+
+/// 100% for `Limit`, 0% for `Shadow` (the filter then counts without rejecting).
+fn enforced(mode: GlobalMode, runtime_key: &str) -> RuntimeFractionalPercent {
+    let mut fraction = always(runtime_key);
+    if mode == GlobalMode::Shadow
+        && let Some(value) = fraction.default_value.as_mut()
+    {
+        value.numerator = 0;
+    }
+    fraction
+}
+
 /// The policy's headers for a rejected request: `set` overwrites (or adds), `add` appends.
-fn reject_headers(limit: &HttpLimit) -> Vec<HeaderValueOption> {
+fn reject_headers(headers: &RejectHeaders) -> Vec<HeaderValueOption> {
     let header = |name: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue {
             key: name.to_string(),
@@ -263,14 +623,14 @@ fn reject_headers(limit: &HttpLimit) -> Vec<HeaderValueOption> {
         append_action: action as i32,
         ..Default::default()
     };
-    let set = limit.headers.set.iter().map(|h| {
+    let set = headers.set.iter().map(|h| {
         header(
             h.name().as_str(),
             h.value_str(),
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         )
     });
-    let add = limit.headers.add.iter().map(|h| {
+    let add = headers.add.iter().map(|h| {
         header(
             h.name().as_str(),
             h.value_str(),
@@ -285,36 +645,32 @@ pub fn envoy_knows_status(status: u16) -> bool {
     StatusCode::try_from(i32::from(status)).is_ok_and(|code| code != StatusCode::Empty)
 }
 
-/// The rate-limit filter alone cannot answer as the policy says.
-fn needs_mapper(limit: &HttpLimit) -> bool {
-    let headers = limit.headers.set.len() + limit.headers.add.len();
-    !envoy_knows_status(limit.status.as_u16()) || headers > FILTER_MAX_HEADERS
-}
-
-/// Turns the rate limiter's stand-in 429 local replies into the policy's status and headers.
-fn mapper(limit: &HttpLimit) -> LocalReplyConfig {
+/// Turns a rate limiter's stand-in local replies into the policy's status and headers.
+fn mapper(answer: Answer<'_>, stand_in: u16) -> ResponseMapper {
     let is_stand_in = AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(
             StatusCodeFilter {
                 comparison: Some(ComparisonFilter {
                     op: comparison_filter::Op::Eq as i32,
                     value: Some(RuntimeUInt32 {
-                        default_value: u32::from(STAND_IN_STATUS),
-                        runtime_key: "meshlimit.rate_limit_stand_in_status".to_string(),
+                        default_value: u32::from(stand_in),
+                        runtime_key: if stand_in == STAND_IN_STATUS {
+                            "meshlimit.rate_limit_stand_in_status"
+                        } else {
+                            "meshlimit.global_rate_limit_stand_in_status"
+                        }
+                        .to_string(),
                     }),
                 }),
             },
         )),
     };
-    LocalReplyConfig {
-        mappers: vec![ResponseMapper {
-            filter: Some(is_stand_in),
-            status_code: Some(UInt32Value {
-                value: u32::from(limit.status.as_u16()),
-            }),
-            headers_to_add: reject_headers(limit),
-            ..Default::default()
-        }],
+    ResponseMapper {
+        filter: Some(is_stand_in),
+        status_code: Some(UInt32Value {
+            value: u32::from(answer.status.as_u16()),
+        }),
+        headers_to_add: reject_headers(answer.headers),
         ..Default::default()
     }
 }
@@ -386,7 +742,7 @@ fn duration(d: Duration) -> PbDuration {
 
 #[cfg(test)]
 mod tests {
-    use meshlimit_policy::effective::{HeaderValue as PolicyHeader, RejectHeaders};
+    use meshlimit_policy::effective::HeaderValue as PolicyHeader;
 
     use super::*;
 
@@ -629,6 +985,296 @@ mod tests {
             endpoint.address,
             Some(socket_address("127.0.0.1", 9080)),
             "the application is reached on loopback"
+        );
+    }
+
+    fn global(service: Option<&str>) -> GlobalLimit {
+        let total = rate(10, Duration::from_secs(60));
+        GlobalLimit {
+            service: "backend".to_string(),
+            key: "mgrl/default/p/backend".to_string(),
+            request_rate: total,
+            share: meshlimit_policy::share(total, 3, 0),
+            instances: 3,
+            index: 0,
+            mode: GlobalMode::Limit,
+            status: RejectStatus::new(503).expect("an HTTP status"),
+            headers: RejectHeaders {
+                set: vec![PolicyHeader::new("x-global", "yes").expect("valid header")],
+                add: vec![],
+            },
+            rate_limit_service: service.map(str::to_string),
+            timeout: Duration::from_millis(25),
+            failure_mode: FailureMode::Closed,
+            policies: vec!["p".to_string()],
+        }
+    }
+
+    fn hcm_of(resources: &Resources, listener: usize) -> HttpConnectionManager {
+        let chain = filters(&resources.listeners[listener]);
+        typed(chain.last().expect("a filter"))
+    }
+
+    fn filter_names(hcm: &HttpConnectionManager) -> Vec<&str> {
+        hcm.http_filters.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    fn numerator(fraction: &Option<RuntimeFractionalPercent>) -> Option<u32> {
+        fraction
+            .as_ref()
+            .and_then(|f| f.default_value)
+            .map(|v| v.numerator)
+    }
+
+    #[test]
+    fn without_a_service_the_share_is_enforced_after_the_local_limit() {
+        let mut web = inbound(8080, Protocol::Http);
+        web.http = Some(HttpLimit {
+            request_rate: rate(100, Duration::from_secs(1)),
+            status: RejectStatus::new(429).expect("an HTTP status"),
+            headers: RejectHeaders::default(),
+        });
+        web.global = Some(global(None));
+        let resources = generate(&dataplane(vec![web.clone()]));
+        assert_eq!(resources.clusters.len(), 1, "no service, no cluster");
+        let hcm = hcm_of(&resources, 0);
+        assert_eq!(
+            filter_names(&hcm),
+            [HTTP_LOCAL_RATELIMIT, HTTP_GLOBAL_SHARE, ROUTER]
+        );
+        let share: HttpLocalRateLimit = http_filter_config(&hcm.http_filters[1]);
+        // 10 per minute among 3: 4 for the first.
+        let bucket = share.token_bucket.expect("token bucket");
+        assert_eq!(
+            (bucket.max_tokens, bucket.fill_interval),
+            (4, Some(duration(Duration::from_secs(60))))
+        );
+        assert_eq!(share.status, Some(HttpStatus { code: 503 }));
+        assert_eq!(share.response_headers_to_add.len(), 1);
+        assert_eq!(share.stat_prefix, "inbound_8080_global");
+        assert_eq!(numerator(&share.filter_enforced), Some(100));
+        assert_eq!(hcm.local_reply_config, None);
+
+        web.global.as_mut().expect("global").mode = GlobalMode::Shadow;
+        let hcm = hcm_of(&generate(&dataplane(vec![web])), 0);
+        let share: HttpLocalRateLimit = http_filter_config(&hcm.http_filters[1]);
+        assert_eq!(numerator(&share.filter_enabled), Some(100));
+        assert_eq!(numerator(&share.filter_enforced), Some(0), "counts only");
+    }
+
+    #[test]
+    fn with_a_service_envoy_asks_it_with_the_limits_descriptor() {
+        let mut web = inbound(8080, Protocol::Http);
+        web.global = Some(global(Some("http://10.0.0.9:8081")));
+        let resources = generate(&dataplane(vec![web.clone()]));
+        let hcm = hcm_of(&resources, 0);
+        assert_eq!(filter_names(&hcm), [HTTP_RATELIMIT, ROUTER]);
+        let rl: HttpRateLimit = http_filter_config(&hcm.http_filters[0]);
+        assert_eq!(rl.domain, "meshlimit");
+        assert!(rl.failure_mode_deny, "Closed");
+        assert_eq!(rl.timeout, Some(duration(Duration::from_millis(25))));
+        assert_eq!(rl.rate_limited_status, Some(HttpStatus { code: 503 }));
+        assert_eq!(rl.enable_x_ratelimit_headers, 0);
+        assert_eq!(rl.response_headers_to_add.len(), 1);
+        assert_eq!(numerator(&rl.filter_enforced), Some(100));
+        let service = rl.rate_limit_service.expect("service");
+        assert_eq!(service.transport_api_version, ApiVersion::V3 as i32);
+        let Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc)) =
+            service.grpc_service.and_then(|g| g.target_specifier)
+        else {
+            panic!("Envoy's gRPC client expected");
+        };
+        assert_eq!(grpc.cluster_name, "ratelimit:10.0.0.9:8081");
+        assert_eq!(grpc.authority, "10.0.0.9:8081");
+
+        // The route sends the descriptor, which reads back as the limit.
+        let route = &hcm
+            .route_specifier
+            .as_ref()
+            .map(|r| match r {
+                http_connection_manager::RouteSpecifier::RouteConfig(c) => c.clone(),
+                other => panic!("inline routes expected: {other:?}"),
+            })
+            .expect("routes")
+            .virtual_hosts[0]
+            .routes[0];
+        let Some(route::Action::Route(action)) = &route.action else {
+            panic!("a route action expected");
+        };
+        assert_eq!(action.rate_limits.len(), 1);
+        let entries: Vec<(String, String)> = action.rate_limits[0]
+            .actions
+            .iter()
+            .map(|a| match &a.action_specifier {
+                Some(route_rate_limit::action::ActionSpecifier::GenericKey(k)) => {
+                    (k.descriptor_key.clone(), k.descriptor_value.clone())
+                }
+                other => panic!("generic keys expected: {other:?}"),
+            })
+            .collect();
+        let limit = web.global.as_ref().expect("global");
+        assert_eq!(entries, limit.descriptor());
+        let read = meshlimit_policy::global::parse_descriptor(
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .expect("a meshlimit descriptor");
+        assert_eq!(
+            (read.key.as_str(), read.total),
+            (limit.key.as_str(), limit.request_rate)
+        );
+
+        // The service's cluster: HTTP/2, static for an IP address.
+        let cluster = &resources.clusters[1];
+        assert_eq!(cluster.name, "ratelimit:10.0.0.9:8081");
+        assert_eq!(
+            cluster.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Static as i32
+            ))
+        );
+        let options = &cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS];
+        let options = HttpProtocolOptions::decode(options.value.as_slice()).expect("decodes");
+        assert!(matches!(
+            options.upstream_protocol_options,
+            Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                    )
+                }
+            ))
+        ));
+        assert_eq!(cluster.transport_socket, None);
+    }
+
+    #[test]
+    fn shadow_and_local_share_never_deny_when_the_service_fails() {
+        for (mode, failure, deny, enforce) in [
+            (GlobalMode::Limit, FailureMode::Closed, true, 100),
+            (GlobalMode::Limit, FailureMode::Open, false, 100),
+            (GlobalMode::Limit, FailureMode::LocalShare, false, 100),
+            (GlobalMode::Shadow, FailureMode::Closed, false, 0),
+        ] {
+            let mut web = inbound(8080, Protocol::Http);
+            let mut limit = global(Some("http://10.0.0.9:8081"));
+            (limit.mode, limit.failure_mode) = (mode, failure);
+            web.global = Some(limit);
+            let hcm = hcm_of(&generate(&dataplane(vec![web])), 0);
+            let rl: HttpRateLimit = http_filter_config(&hcm.http_filters[0]);
+            assert_eq!(rl.failure_mode_deny, deny, "{mode:?} {failure:?}");
+            assert_eq!(numerator(&rl.filter_enforced), Some(enforce));
+        }
+    }
+
+    #[test]
+    fn services_get_one_cluster_each_resolved_by_dns_or_tls_as_named() {
+        let mut a = inbound(8080, Protocol::Http);
+        a.global = Some(global(Some("https://rls.example:8443/")));
+        let mut b = inbound(8081, Protocol::Http);
+        b.global = Some(global(Some("https://rls.example:8443")));
+        let mut c = inbound(8082, Protocol::Http);
+        c.global = Some(global(Some("http://[::1]:8081")));
+        let resources = generate(&dataplane(vec![a, b, c]));
+        let names: Vec<_> = resources.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "localhost:9080",
+                "localhost:9081",
+                "localhost:9082",
+                "ratelimit-tls:rls.example:8443",
+                "ratelimit:::1:8081"
+            ]
+        );
+        let tls = &resources.clusters[3];
+        assert_eq!(
+            tls.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::StrictDns as i32
+            ))
+        );
+        let socket = tls.transport_socket.as_ref().expect("TLS");
+        assert_eq!(socket.name, TLS_TRANSPORT_SOCKET);
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+            panic!("typed TLS config expected");
+        };
+        let context = UpstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+        assert_eq!(context.sni, "rls.example");
+        let hcm = hcm_of(&resources, 2);
+        let rl: HttpRateLimit = http_filter_config(&hcm.http_filters[0]);
+        let Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc)) = rl
+            .rate_limit_service
+            .and_then(|s| s.grpc_service)
+            .and_then(|g| g.target_specifier)
+        else {
+            panic!("Envoy's gRPC client expected");
+        };
+        assert_eq!(grpc.authority, "[::1]:8081");
+    }
+
+    #[test]
+    fn service_urls_parse_as_the_policy_writes_them() {
+        let parse = |url| ServiceAddress::parse(url).map(|a| (a.tls, a.host, a.port));
+        assert_eq!(
+            parse("http://rls:10003"),
+            Some((false, "rls".into(), 10003))
+        );
+        assert_eq!(parse("https://rls/"), Some((true, "rls".into(), 443)));
+        assert_eq!(parse("http://rls"), Some((false, "rls".into(), 80)));
+        assert_eq!(parse("http://[::1]"), Some((false, "::1".into(), 80)));
+        for bad in [
+            "rls:10003",
+            "grpc://rls:1",
+            "http://",
+            "http://rls:0",
+            "http://rls:x",
+            "http://rls/path",
+            "http://u@rls:1",
+            "http://[::1",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        // A URL that does not parse falls back to the share rather than to no limit.
+        let mut web = inbound(8080, Protocol::Http);
+        web.global = Some(global(Some("not a url")));
+        let hcm = hcm_of(&generate(&dataplane(vec![web])), 0);
+        assert_eq!(filter_names(&hcm), [HTTP_GLOBAL_SHARE, ROUTER]);
+    }
+
+    #[test]
+    fn when_one_limit_needs_the_mapper_both_answer_through_it() {
+        let mut web = inbound(8080, Protocol::Http);
+        web.http = Some(HttpLimit {
+            request_rate: rate(100, Duration::from_secs(1)),
+            status: RejectStatus::new(418).expect("an HTTP status"),
+            headers: RejectHeaders::default(),
+        });
+        let mut limit = global(Some("http://10.0.0.9:8081"));
+        limit.status = RejectStatus::new(429).expect("an HTTP status");
+        web.global = Some(limit);
+        let hcm = hcm_of(&generate(&dataplane(vec![web])), 0);
+        let local: HttpLocalRateLimit = http_filter_config(&hcm.http_filters[0]);
+        let rl: HttpRateLimit = http_filter_config(&hcm.http_filters[1]);
+        assert_eq!(local.status, Some(HttpStatus { code: 429 }));
+        // The global limit's own 429 would be taken for the local stand-in.
+        assert_eq!(rl.rate_limited_status, Some(HttpStatus { code: 510 }));
+        assert!(rl.response_headers_to_add.is_empty());
+        let mappers = &hcm.local_reply_config.expect("mapper").mappers;
+        let mapped: Vec<_> = mappers
+            .iter()
+            .map(|m| {
+                let Some(access_log_filter::FilterSpecifier::StatusCodeFilter(f)) =
+                    m.filter.as_ref().and_then(|f| f.filter_specifier.clone())
+                else {
+                    panic!("status filter expected");
+                };
+                let from = f.comparison.and_then(|c| c.value).map(|v| v.default_value);
+                (from, m.status_code.map(|s| s.value), m.headers_to_add.len())
+            })
+            .collect();
+        assert_eq!(
+            mapped,
+            [(Some(429), Some(418), 0), (Some(510), Some(429), 1)]
         );
     }
 

@@ -1,6 +1,7 @@
-//! `meshlimit control-plane [--store PATH] [--api ADDR] [--token-file F] [--xds ADDR]`: the
-//! store, the REST API, the limit streams data planes follow and, with `--xds`, the ADS server
-//! Envoy sidecars follow (see [`xds`]).
+//! `meshlimit control-plane [--store PATH] [--api ADDR] [--token-file F] [--xds ADDR]
+//! [--rls ADDR --redis URL]`: the store, the REST API, the limit streams data planes follow,
+//! with `--xds` the ADS server Envoy sidecars follow and with `--rls` the rate-limit service
+//! their `MeshGlobalRateLimit`s ask (see [`xds`]).
 //!
 //! The API listens on loopback (`127.0.0.1:5681`) unless told otherwise; on any other address it
 //! refuses to start without `--token-file`, and then every request must carry
@@ -51,11 +52,27 @@ pub struct Args {
     /// Write the xDS server's HOST:PORT to this file once listening (useful with port 0).
     #[arg(long, value_name = "FILE", requires = "xds")]
     pub xds_address_file: Option<PathBuf>,
+    /// Also serve Envoy's rate-limit service (gRPC) at this address, e.g. 127.0.0.1:8081: the
+    /// `MeshGlobalRateLimit`s whose `rateLimitService.url` points here share exact buckets,
+    /// kept in the Redis of --redis. No authentication: only loopback addresses unless
+    /// --rls-allow-remote.
+    #[arg(long, value_name = "ADDR", requires = "redis")]
+    pub rls: Option<SocketAddr>,
+    /// The Redis holding the rate-limit service's buckets, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, value_name = "URL", requires = "rls")]
+    pub redis: Option<String>,
+    /// Allow --rls on a non-loopback address. Anyone who can reach the port can spend any
+    /// bucket's tokens: restrict it with a firewall or a private network.
+    #[arg(long, requires = "rls")]
+    pub rls_allow_remote: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(addr) = &args.xds {
         xds::check_address(addr, args.xds_allow_remote)?;
+    }
+    if let Some(addr) = &args.rls {
+        xds::check_rls_address(addr, args.rls_allow_remote)?;
     }
     let token = match &args.token_file {
         Some(path) => Some(read_token(path)?),
@@ -111,6 +128,10 @@ async fn serve(
         Some(addr) => Some(xds::Xds::bind(addr).await?),
         None => None,
     };
+    let rls = match (args.rls, &args.redis) {
+        (Some(addr), Some(redis)) => Some(xds::Rls::bind(addr, redis).await?),
+        _ => None,
+    };
     if let Some(path) = &args.address_file {
         write_address(path, &url)?;
     }
@@ -121,6 +142,9 @@ async fn serve(
     println!("meshlimit control plane: API listening on {url}");
     if let Some(xds) = &xds {
         println!("xDS listening on {}", xds.address);
+    }
+    if let Some(rls) = &rls {
+        println!("rate-limit service listening on {}", rls.address);
     }
     println!(
         "store {} at version {} ({} resources){}",
@@ -142,11 +166,18 @@ async fn serve(
             None => std::future::pending().await,
         }
     };
+    let serve_rls = async move {
+        match rls {
+            Some(rls) => rls.serve().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = meshlimit_control_plane::serve(listener, router) => {
             served.context("serving the API")?;
         }
         served = serve_xds => served?,
+        served = serve_rls => served?,
         _ = tokio::signal::ctrl_c() => {}
         () = terminated() => {}
     }

@@ -1,0 +1,247 @@
+//! An Envoy rate-limit service (`envoy.service.ratelimit.v3.RateLimitService`) over
+//! [`GlobalBuckets`]: what Envoy's `envoy.filters.http.ratelimit` filter asks, for the
+//! descriptors meshlimit's xDS renders for a `MeshGlobalRateLimit`.
+//!
+//! Each descriptor names its bucket and carries its total (see
+//! [`meshlimit_policy::global::descriptor`]), so the service holds no configuration: a
+//! descriptor takes one token from the bucket `meshlimit_key`, a smooth bucket of `num` tokens
+//! refilled at `num` per interval. The answer is `OVER_LIMIT` if any descriptor is over its
+//! limit, else `OK`.
+//!
+//! - Descriptors that are not meshlimit's (another domain, no `meshlimit_key`) or that do not
+//!   parse are answered `OK` and counted as unknown: the service cannot judge them, and
+//!   rejecting traffic for a descriptor nobody configured here would be worse than letting it
+//!   through.
+//! - When Redis fails or times out the call fails with `UNAVAILABLE`, so that Envoy applies
+//!   its own `failure_mode_deny`, which is where the policy's failure mode lives.
+//! - `hits_addend` above 1 is refused (`INVALID_ARGUMENT`): a check takes exactly one token,
+//!   and taking several is not one atomic step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use meshlimit_policy::Rate;
+use meshlimit_policy::global::parse_descriptor;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::{GlobalBuckets, GlobalSettings};
+
+/// The rate-limit domain of meshlimit's descriptors (the filter's `domain`).
+pub const DOMAIN: &str = meshlimit_policy::global::DESCRIPTOR_DOMAIN;
+
+/// The service; cheap to clone, clones share the buckets and the counters.
+#[derive(Clone, Debug)]
+pub struct RateLimitServer {
+    buckets: GlobalBuckets,
+    counters: Arc<RlsCounters>,
+}
+
+#[derive(Debug, Default)]
+struct RlsCounters {
+    requests: AtomicU64,
+    checks: AtomicU64,
+    over_limit: AtomicU64,
+    unknown: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What the service answered so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RlsStats {
+    /// `ShouldRateLimit` calls.
+    pub requests: u64,
+    /// Descriptors checked against a bucket (one token each).
+    pub checks: u64,
+    /// Of those, the ones over their limit.
+    pub over_limit: u64,
+    /// Descriptors answered `OK` without a check: not meshlimit's, or malformed.
+    pub unknown: u64,
+    /// Calls that failed (Redis unreachable or late, or a refused request).
+    pub errors: u64,
+}
+
+impl RateLimitServer {
+    pub fn new(buckets: GlobalBuckets) -> RateLimitServer {
+        RateLimitServer {
+            buckets,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> RlsStats {
+        let c = &self.counters;
+        RlsStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            checks: c.checks.load(Ordering::Relaxed),
+            over_limit: c.over_limit.load(Ordering::Relaxed),
+            unknown: c.unknown.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The buckets the service checks.
+    pub fn buckets(&self) -> &GlobalBuckets {
+        &self.buckets
+    }
+
+    /// The tonic service, to mount next to other gRPC services on one server.
+    pub fn into_service(self) -> RateLimitServiceServer<RateLimitServer> {
+        RateLimitServiceServer::new(self)
+    }
+
+    /// Serves gRPC over HTTP/2 without TLS until the listener fails.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+    }
+
+    /// Serves until `signal` completes.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await
+    }
+
+    /// The answer to one request (the gRPC method without its envelope).
+    pub async fn decide(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        if request.hits_addend > 1 {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::invalid_argument(format!(
+                "hits_addend {} is not supported: each request takes one token",
+                request.hits_addend
+            )));
+        }
+        let ours = request.domain == DOMAIN;
+        // (descriptor index, bucket, settings, total) of every descriptor to check.
+        let mut checks = Vec::new();
+        for (i, descriptor) in request.descriptors.iter().enumerate() {
+            let entries = descriptor
+                .entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_str()));
+            let parsed = ours.then(|| parse_descriptor(entries).ok()).flatten();
+            // Every rate a policy holds is within what a global bucket serves; a hand-made
+            // descriptor beyond it is as unknown as a malformed one.
+            let settings = parsed
+                .as_ref()
+                .and_then(|d| GlobalSettings::new(d.total.settings()).ok());
+            match (parsed, settings) {
+                (Some(d), Some(settings)) => checks.push((i, d.key, settings, d.total)),
+                _ => {
+                    c.unknown.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let batch: Vec<(&str, GlobalSettings)> =
+            checks.iter().map(|(_, k, s, _)| (k.as_str(), *s)).collect();
+        let decisions = self.buckets.check_many(&batch).await.map_err(|e| {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            Status::unavailable(format!("rate-limit counters unavailable: {e}"))
+        })?;
+        c.checks
+            .fetch_add(decisions.len() as u64, Ordering::Relaxed);
+
+        let mut statuses = vec![
+            DescriptorStatus {
+                code: Code::Ok as i32,
+                ..Default::default()
+            };
+            request.descriptors.len()
+        ];
+        let mut overall = Code::Ok;
+        for ((i, _, _, total), decision) in checks.iter().zip(&decisions) {
+            let admitted = decision.admitted();
+            if !admitted {
+                overall = Code::OverLimit;
+                c.over_limit.fetch_add(1, Ordering::Relaxed);
+            }
+            statuses[*i] = DescriptorStatus {
+                code: if admitted { Code::Ok } else { Code::OverLimit } as i32,
+                current_limit: current_limit(*total),
+                limit_remaining: u32::try_from(decision.remaining()).unwrap_or(u32::MAX),
+                // How long until the next request can pass: meaningful only when this one
+                // could not.
+                duration_until_reset: (!admitted).then(|| duration(decision.next_token_in())),
+                ..Default::default()
+            };
+        }
+        Ok(RateLimitResponse {
+            overall_code: overall as i32,
+            statuses,
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitServer {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        self.decide(request.get_ref()).await.map(Response::new)
+    }
+}
+
+/// The total in the service's units, when its interval is exactly one of them (the protocol
+/// has no others; the field is informational).
+fn current_limit(total: Rate) -> Option<RateLimit> {
+    let unit = match total.interval().as_secs() {
+        _ if total.interval().subsec_nanos() != 0 => return None,
+        1 => Unit::Second,
+        60 => Unit::Minute,
+        3_600 => Unit::Hour,
+        86_400 => Unit::Day,
+        _ => return None,
+    };
+    Some(RateLimit {
+        requests_per_unit: total.num().get(),
+        unit: unit as i32,
+        ..Default::default()
+    })
+}
+
+fn duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_units_are_reported_as_the_current_limit() {
+        let rate = |num, d| Rate::new(num, d).expect("valid rate");
+        let limit = current_limit(rate(5, Duration::from_secs(60))).expect("a minute");
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (5, Unit::Minute as i32)
+        );
+        assert_eq!(current_limit(rate(5, Duration::from_secs(10))), None);
+        assert_eq!(current_limit(rate(5, Duration::from_millis(1500))), None);
+    }
+}
