@@ -4,13 +4,13 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use meshlimit_bucket::Decision;
 
 use crate::plan::{RejectTemplate, ceil_secs};
 
-/// The body of every response the proxy sends: the application's, streamed, or one of ours.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body of every response the proxy sends: the application's (`B`, streamed), or one of
+/// ours.
+pub(crate) type ProxyBody<B> = Either<B, Full<Bytes>>;
 
 /// A request the proxy answers itself.
 #[derive(Debug)]
@@ -25,13 +25,18 @@ pub(crate) enum RequestError<'a> {
     },
     /// The declared or streamed body is larger than the configured limit.
     BodyTooLarge,
+    /// The client's body could not be read as one (malformed chunked framing and the like).
+    BadRequestBody,
     /// The application could not be reached, or dropped the request before answering
     /// (logged where it happens, with the inbound it concerns).
     UpstreamUnavailable,
+    /// The application's response head did not arrive within the upstream timeout (logged
+    /// where it happens).
+    UpstreamTimeout,
 }
 
 /// The edge: every local answer is built here.
-pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
+pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B>> {
     match error {
         RequestError::RateLimited {
             reject,
@@ -54,9 +59,18 @@ pub(crate) fn error_response(error: RequestError<'_>) -> Response<ProxyBody> {
             StatusCode::PAYLOAD_TOO_LARGE,
             Bytes::from_static(b"request body too large"),
         ),
+        RequestError::BadRequestBody => local(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"malformed request body"),
+        ),
         RequestError::UpstreamUnavailable => local(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"upstream unavailable"),
+        ),
+        // Envoy's status and text for its route timeout.
+        RequestError::UpstreamTimeout => local(
+            StatusCode::GATEWAY_TIMEOUT,
+            Bytes::from_static(b"upstream request timeout"),
         ),
     }
 }
@@ -71,7 +85,7 @@ pub(crate) fn rate_limit_value(decision: &Decision) -> HeaderValue {
     HeaderValue::try_from(value).expect("digits and quotes are a valid header value")
 }
 
-fn local(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+fn local<B>(status: StatusCode, body: Bytes) -> Response<ProxyBody<B>> {
     let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -95,12 +109,22 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Whether a failed upstream exchange failed because the client's body hit the size limit.
 pub(crate) fn is_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    caused_by::<http_body_util::LengthLimitError>(error)
+}
+
+/// A failure reading the client's request body, as the upstream client sees it: marked, so
+/// that a failed exchange with the application can be told apart from the application's own
+/// failures (both arrive as one error of the upstream request).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body")]
+pub(crate) struct ClientBodyError(#[source] pub hyper::Error);
+
+/// Whether a failed upstream exchange failed because the client's body could not be read.
+pub(crate) fn is_client_body(error: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<ClientBodyError>(error)
+}
+
+/// Whether `error` or one of its causes is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |cause| cause.source()).any(|cause| cause.is::<E>())
 }

@@ -1,19 +1,24 @@
 //! The HTTP request path, read top to bottom: admit (a token of the local limit, then of the
 //! global one: from the shared store when there is one, else from this instance's share) →
-//! check the body size → rewrite for the application → forward over a pooled connection →
-//! rewrite for the client. Every answer the proxy gives itself comes from [`error_response`].
+//! check the body size → rewrite for the application → forward over a pooled connection,
+//! within the upstream timeout → rewrite for the client and relay the application's body.
+//! Every answer the proxy gives itself comes from [`error_response`].
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::Guard;
+use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
-use http_body_util::{Either, Limited};
-use hyper::body::{Body, Incoming};
+use http_body_util::combinators::MapErr;
+use http_body_util::{BodyExt, Either, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,15 +29,20 @@ use meshlimit_policy::effective::{FailureMode, GlobalMode};
 use tokio::net::TcpStream;
 
 use crate::error::{
-    ProxyBody, RequestError, error_chain, error_response, is_body_limit, rate_limit_value,
+    ClientBodyError, ProxyBody, RequestError, error_chain, error_response, is_body_limit,
+    is_client_body, rate_limit_value,
 };
 use crate::inbound::Inbound;
 use crate::options::ProxyOptions;
 use crate::plan::{GlobalPlan, InboundPlan};
 use crate::store::{SharedBuckets, SharedError};
 
-/// What the application receives as a request body: the client's, cut at the size limit.
-type UpstreamBody = Limited<Incoming>;
+/// What the application receives as a request body: the client's, its read errors marked as
+/// the client's, cut at the size limit.
+type UpstreamBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>;
+
+/// What the client receives: the application's response, relayed, or one of ours.
+type ToClient = ProxyBody<Relayed>;
 
 /// Shared by every HTTP connection of a proxy: the server and client configuration, the
 /// clock buckets are read with, and the upstream connection pool.
@@ -42,6 +52,7 @@ pub(crate) struct HttpContext {
     clock: Arc<dyn Clock>,
     body_limit: Option<u64>,
     rate_limit_headers: bool,
+    upstream_timeout: Duration,
     shared: Option<Arc<dyn SharedBuckets>>,
 }
 
@@ -72,6 +83,7 @@ impl HttpContext {
             clock,
             body_limit: options.max_request_body_bytes,
             rate_limit_headers: options.rate_limit_headers,
+            upstream_timeout: options.upstream_timeout,
             shared: options.shared.clone(),
         }
     }
@@ -108,9 +120,9 @@ pub(crate) async fn serve_connection(
 /// One request, one token of each limit of the inbound.
 async fn handle(
     request: Request<Incoming>,
-    inbound: &Inbound,
+    inbound: &Arc<Inbound>,
     ctx: &HttpContext,
-) -> Response<ProxyBody> {
+) -> Response<ToClient> {
     let (upstream_request, rate_limit) = {
         let guard = inbound.plan.load();
         let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
@@ -137,19 +149,9 @@ async fn handle(
         };
         (to_upstream(request, plan, ctx.body_limit), rate_limit)
     };
-    match ctx.client.request(upstream_request).await {
-        Ok(response) => to_downstream(response, rate_limit),
-        Err(error) if is_body_limit(&error) => error_response(RequestError::BodyTooLarge),
-        Err(error) => {
-            tracing::warn!(
-                mesh = %inbound.key.mesh,
-                dataplane = %inbound.key.dataplane,
-                inbound = inbound.key.port,
-                error = %error_chain(&error),
-                "upstream unavailable"
-            );
-            error_response(RequestError::UpstreamUnavailable)
-        }
+    match forward(upstream_request, inbound, ctx).await {
+        Ok(response) => to_downstream(response, rate_limit, inbound),
+        Err(error) => error_response(error),
     }
 }
 
@@ -403,15 +405,68 @@ fn to_upstream(
     let limit = body_limit.map_or(usize::MAX, |limit| {
         usize::try_from(limit).unwrap_or(usize::MAX)
     });
+    let body = body.map_err(ClientBodyError as fn(hyper::Error) -> ClientBodyError);
     Request::from_parts(parts, Limited::new(body, limit))
 }
 
-/// Phase 4: the application's response goes back with hop-by-hop headers removed and, when
-/// switched on, the IETF rate-limit header fields.
+/// Phase 4: the exchange with the application, until its response head, within the upstream
+/// timeout. A failure is the client's when its body could not be read (too large, or
+/// malformed), the application's otherwise; each is logged here, once per request.
+async fn forward(
+    request: Request<UpstreamBody>,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+) -> Result<Response<Incoming>, RequestError<'static>> {
+    let exchange = ctx.client.request(request);
+    let result = if ctx.upstream_timeout.is_zero() {
+        exchange.await
+    } else {
+        // Dropping the exchange on time-out closes its upstream connection too: hyper's
+        // client closes a connection whose response nobody awaits any more.
+        match tokio::time::timeout(ctx.upstream_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                inbound.counters.upstream_timeouts.inc();
+                tracing::warn!(
+                    inbound = %inbound.key,
+                    timeout = ?ctx.upstream_timeout,
+                    "upstream request timeout: no response head in time"
+                );
+                return Err(RequestError::UpstreamTimeout);
+            }
+        }
+    };
+    result.map_err(|error| {
+        if is_body_limit(&error) {
+            RequestError::BodyTooLarge
+        } else if is_client_body(&error) {
+            // The client's fault, seen on every malformed request: not a warning.
+            tracing::info!(
+                inbound = %inbound.key,
+                error = %error_chain(&error),
+                "client sent a bad request body"
+            );
+            RequestError::BadRequestBody
+        } else {
+            tracing::warn!(
+                mesh = %inbound.key.mesh,
+                dataplane = %inbound.key.dataplane,
+                inbound = inbound.key.port,
+                error = %error_chain(&error),
+                "upstream unavailable"
+            );
+            RequestError::UpstreamUnavailable
+        }
+    })
+}
+
+/// Phase 5: the application's response goes back with hop-by-hop headers removed and, when
+/// switched on, the IETF rate-limit header fields; its body is relayed as it arrives.
 fn to_downstream(
     response: Response<Incoming>,
     rate_limit: Option<(HeaderValue, Decision)>,
-) -> Response<ProxyBody> {
+    inbound: &Arc<Inbound>,
+) -> Response<ToClient> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     if let Some((policy, decision)) = rate_limit {
@@ -420,7 +475,51 @@ fn to_downstream(
             .headers
             .insert("ratelimit", rate_limit_value(&decision));
     }
+    let body = Relayed {
+        body,
+        inbound: Arc::clone(inbound),
+    };
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// The application's response body on its way to the client. An application that breaks off
+/// mid-body (closes before the declared length or the last chunk, resets) makes this body
+/// fail rather than end: hyper then closes an HTTP/1.1 client connection without the end of
+/// the message and resets an HTTP/2 stream, so the client cannot take a truncated body for a
+/// whole one.
+struct Relayed {
+    body: Incoming,
+    inbound: Arc<Inbound>,
+}
+
+impl Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let Some(Err(error)) = &frame {
+            // hyper stops polling a body that failed: counted once per response.
+            self.inbound.counters.upstream_resets.inc();
+            tracing::warn!(
+                inbound = %self.inbound.key,
+                error = %error_chain(error),
+                "upstream broke off the response body; aborting the client's response"
+            );
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// RFC 9110 §7.6.1: `Connection`, the fields it names, and the classic hop-by-hop fields.

@@ -56,6 +56,10 @@ pub(crate) struct Counters {
     pub global_fallbacks_open: Counter,
     pub global_fallbacks_closed: Counter,
     pub global_fallbacks_local_share: Counter,
+    /// Forwarded requests whose response head did not arrive within the upstream timeout.
+    pub upstream_timeouts: Counter,
+    /// Responses the application broke off mid-body (closed early, reset).
+    pub upstream_resets: Counter,
     pub tcp_allowed: Counter,
     pub tcp_limited: Counter,
 }

@@ -99,6 +99,36 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
     }
     family(
         out,
+        "meshlimit_upstream_timeouts_total",
+        "counter",
+        "HTTP requests answered 504 because the application's response head did not arrive within the upstream timeout.",
+    );
+    for inbound in inbounds.iter() {
+        sample(
+            out,
+            "meshlimit_upstream_timeouts_total",
+            inbound,
+            "",
+            inbound.counters.upstream_timeouts.get(),
+        );
+    }
+    family(
+        out,
+        "meshlimit_upstream_resets_total",
+        "counter",
+        "HTTP responses the application broke off mid-body; the client's response is aborted too (HTTP/1.1 connection closed, HTTP/2 stream reset).",
+    );
+    for inbound in inbounds.iter() {
+        sample(
+            out,
+            "meshlimit_upstream_resets_total",
+            inbound,
+            "",
+            inbound.counters.upstream_resets.get(),
+        );
+    }
+    family(
+        out,
         "meshlimit_tcp_connections_total",
         "counter",
         "Connections accepted by an inbound, by rate-limit decision (limited ones are closed at once).",
@@ -180,6 +210,10 @@ pub struct InboundStats {
     pub global_fallbacks_open: u64,
     pub global_fallbacks_closed: u64,
     pub global_fallbacks_local_share: u64,
+    /// Requests answered 504: no response head within the upstream timeout.
+    pub upstream_timeouts: u64,
+    /// Responses the application broke off mid-body.
+    pub upstream_resets: u64,
     pub tcp_allowed: u64,
     pub tcp_limited: u64,
     /// Whole tokens left in the request bucket (`None`: no HTTP limit).
@@ -218,6 +252,8 @@ impl ProxyStats {
                     global_fallbacks_open: counters.global_fallbacks_open.get(),
                     global_fallbacks_closed: counters.global_fallbacks_closed.get(),
                     global_fallbacks_local_share: counters.global_fallbacks_local_share.get(),
+                    upstream_timeouts: counters.upstream_timeouts.get(),
+                    upstream_resets: counters.upstream_resets.get(),
                     tcp_allowed: counters.tcp_allowed.get(),
                     tcp_limited: counters.tcp_limited.get(),
                     http_tokens: plan.http.as_ref().map(|http| http.bucket.peek(now_ns)),

@@ -23,6 +23,11 @@ pub struct ProxyOptions {
     /// fields (every response of a limited inbound). Off by default: Kuma's policy does not ask
     /// for them and Envoy does not send them.
     pub rate_limit_headers: bool,
+    /// How long the whole exchange with the application may take until its response head
+    /// arrives (connecting, sending the request and its body, waiting): past it the request
+    /// is dropped, its upstream connection closed, and the client answered 504. Envoy's route
+    /// timeout, with its default of 15 s; `Duration::ZERO` disables it, as Envoy's `0s` does.
+    pub upstream_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight requests and open TCP relays.
     pub drain_timeout: Duration,
     /// Where global limits (`MeshGlobalRateLimit`) are counted for all instances together.
@@ -47,6 +52,7 @@ impl Default for ProxyOptions {
             max_request_headers: 100,
             max_request_body_bytes: None,
             rate_limit_headers: false,
+            upstream_timeout: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(10),
             shared: None,
         }
@@ -62,6 +68,7 @@ impl fmt::Debug for ProxyOptions {
             .field("max_request_headers", &self.max_request_headers)
             .field("max_request_body_bytes", &self.max_request_body_bytes)
             .field("rate_limit_headers", &self.rate_limit_headers)
+            .field("upstream_timeout", &self.upstream_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("shared", &self.shared.as_ref().map(|_| "SharedBuckets"))
             .finish()
@@ -74,6 +81,7 @@ impl PartialEq for ProxyOptions {
             && self.max_request_headers == other.max_request_headers
             && self.max_request_body_bytes == other.max_request_body_bytes
             && self.rate_limit_headers == other.rate_limit_headers
+            && self.upstream_timeout == other.upstream_timeout
             && self.drain_timeout == other.drain_timeout
             && match (&self.shared, &other.shared) {
                 (None, None) => true,

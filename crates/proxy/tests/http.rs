@@ -357,3 +357,131 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
     assert_eq!(reply.body, "GET /hold host=backend.test hop=false");
     shutdown.await.unwrap();
 }
+
+/// Bounds a step that a broken proxy would never finish: the test fails instead of hanging.
+async fn bounded<T>(step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), step)
+        .await
+        .expect("the proxy answers")
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_504_and_its_connection_is_closed() {
+    let (app, mut closed) = raw_upstream(b"", false).await;
+    let options = ProxyOptions {
+        upstream_timeout: Duration::from_millis(50),
+        ..ProxyOptions::default()
+    };
+    let h = Harness::unlimited_http("backend", app.port(), options).await;
+    let addr = h.addr("backend");
+
+    let mut client = H1::connect(addr).await;
+    let reply = bounded(client.get("/")).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.body, "upstream request timeout");
+    bounded(closed.recv())
+        .await
+        .expect("the proxy closes the upstream connection it gave up on");
+
+    let mut sender = h2(addr).await;
+    let request = Request::get("http://backend.test/")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = bounded(sender.send_request(request)).await.unwrap();
+    assert_eq!(response.status(), 504);
+    bounded(closed.recv()).await.expect("closed again");
+
+    let body = metrics(&h.proxy).await;
+    let line =
+        r#"meshlimit_upstream_timeouts_total{mesh="default",dataplane="backend",inbound="0"} 2"#;
+    assert!(
+        body.lines().any(|l| l == line),
+        "missing {line:?} in\n{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_400_not_an_upstream_failure() {
+    let app = upstream().await;
+    let h = Harness::unlimited_http("backend", app.addr.port(), ProxyOptions::default()).await;
+    let addr = h.addr("backend");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    bounded(stream.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.ends_with("malformed request body"), "{answer:?}");
+    assert_eq!(
+        get_once(addr, "/").await.status,
+        200,
+        "the proxy keeps serving"
+    );
+}
+
+/// A response whose body the client reads to the end: the status, and whether the body ended
+/// with an error (a clean end is `Ok` with the bytes).
+async fn read_through(
+    response: http::Response<hyper::body::Incoming>,
+) -> (u16, Result<Bytes, hyper::Error>) {
+    use http_body_util::BodyExt;
+    let status = response.status().as_u16();
+    let body = bounded(response.into_body().collect()).await;
+    (status, body.map(|collected| collected.to_bytes()))
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_mid_response_is_an_error_for_the_client_not_a_clean_end() {
+    for (upstream_reply, client_h2) in [
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"[..],
+            false,
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n"[..],
+            false,
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"[..],
+            true,
+        ),
+    ] {
+        let (app, _closed) = raw_upstream(upstream_reply, true).await;
+        let h = Harness::unlimited_http("backend", app.port(), ProxyOptions::default()).await;
+        let addr = h.addr("backend");
+        let request = Request::get("http://backend.test/")
+            .header("host", "backend.test")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = if client_h2 {
+            let mut sender = h2(addr).await;
+            bounded(sender.send_request(request)).await.unwrap()
+        } else {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            bounded(sender.send_request(request)).await.unwrap()
+        };
+        let (status, body) = read_through(response).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.is_err(),
+            "h2={client_h2}: the client sees the truncation, not a clean end: {body:?}"
+        );
+        let body = metrics(&h.proxy).await;
+        let line =
+            r#"meshlimit_upstream_resets_total{mesh="default",dataplane="backend",inbound="0"} 1"#;
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+}

@@ -103,6 +103,10 @@ pub struct Args {
     /// Largest request body forwarded (bytes); larger ones get 413. Default: no limit.
     #[arg(long, value_name = "BYTES")]
     max_request_body_bytes: Option<u64>,
+    /// How long the application may take to send a response head, e.g. `15s` (Envoy's route
+    /// timeout); past it the request gets 504. `0s` waits forever.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
     /// How long shutdown (SIGTERM, Ctrl-C) waits for in-flight requests, e.g. `10s`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -281,6 +285,7 @@ fn start_proxy(
         max_request_header_bytes: args.max_request_header_bytes,
         max_request_body_bytes: args.max_request_body_bytes,
         rate_limit_headers: args.rate_limit_headers,
+        upstream_timeout: args.upstream_timeout,
         drain_timeout: args.drain_timeout,
         shared: shared.clone(),
         ..ProxyOptions::default()

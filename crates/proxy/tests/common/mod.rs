@@ -19,7 +19,8 @@ use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::{
     DataplaneLimits, HeaderValue, HttpLimit, InboundLimits, Protocol, Rate, RejectHeaders, TcpLimit,
 };
-use meshlimit_proxy::{Proxy, ProxyOptions, Status};
+use meshlimit_proxy::{Admin, Proxy, ProxyOptions, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -277,4 +278,59 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
 
 pub fn statuses(replies: &[Reply]) -> Vec<u16> {
     replies.iter().map(|r| r.status.as_u16()).collect()
+}
+
+/// The proxy's `/metrics`, from an admin endpoint on 127.0.0.1:0 that lives as long as the
+/// test's runtime.
+pub async fn metrics(proxy: &Proxy) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Admin::for_proxy(proxy).serve(listener, std::future::pending()));
+    admin_get(addr, "/metrics").await.body
+}
+
+/// An application on 127.0.0.1:0 that reads each request head, then answers with `reply`
+/// (raw bytes, possibly nothing) and, when `close` is set, closes the connection; otherwise
+/// it keeps reading until the proxy closes it. Each connection it sees closed by the proxy
+/// is sent on the returned channel.
+pub async fn raw_upstream(
+    reply: &'static [u8],
+    close: bool,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = closed.send(());
+                            return;
+                        }
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(reply).await;
+                if close {
+                    return;
+                }
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, closed_rx)
 }
