@@ -226,3 +226,54 @@ fn no_file_is_a_usage_error() {
     let out = Command::new(BIN).arg("validate").output().expect("runs");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn rejection_headers_that_frame_the_response_are_refused() {
+    let dir = scratch("framing");
+    let file = dir.join("policy.yaml");
+    std::fs::write(
+        &file,
+        r#"type: MeshRateLimit
+mesh: default
+name: framing
+spec:
+  targetRef:
+    kind: Mesh
+  rules:
+    - default:
+        local:
+          http:
+            requestRate: {num: 5, interval: 10s}
+            onRateLimit:
+              headers:
+                set:
+                  - {name: content-length, value: "0"}
+                  - {name: x-limited, value: "yes"}
+                add:
+                  - {name: transfer-encoding, value: chunked}
+                  - {name: ":status", value: "200"}
+"#,
+    )
+    .expect("write");
+    let out = validate(&[&file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let at = format!(
+        "{}: document 1 (MeshRateLimit framing): spec.rules[0].default.local.http.onRateLimit.headers",
+        file.display()
+    );
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            format!(
+                "{at}.set[0].name: must not be a hop-by-hop or framing header (content-length): the proxy sets it"
+            ),
+            format!(
+                "{at}.add[0].name: must not be a hop-by-hop or framing header (transfer-encoding): the proxy sets it"
+            ),
+            format!(
+                "{at}.add[1].name: must be 1 to 256 characters matching ^[a-z0-9!#$%&'*+\\-.^_`|~]+$ (lowercase)"
+            ),
+        ]
+    );
+}

@@ -6,12 +6,17 @@
 //! serialization, which parses back to the same resource). A change of any size is one write
 //! transaction with immediate durability, so once [`Store::commit`] returns the change survives
 //! `kill -9` and power loss, and a crash before that leaves the previous state whole.
+//!
+//! A file damaged outside redb (a bad disk, a partial copy, an editor) is refused with
+//! [`StoreError::Damaged`] rather than trusted: every open verifies the checksum of every page
+//! (the store is small), and commits are two-phase so that a damaged latest commit is reported
+//! rather than silently rolled back to the one before it.
 
 use std::cmp::Ordering;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meshlimit_policy::Kind;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 /// `(mesh, kind, name) -> (version, canonical YAML)`.
 const RESOURCES: TableDefinition<'_, (&str, &str, &str), (u64, &str)> =
@@ -28,6 +33,16 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
+    /// The file is not a whole redb file, or a page fails its checksum.
+    #[error(
+        "store {path} is damaged ({detail}): restore it from a backup, or move it away to start \
+         with an empty store"
+    )]
+    Damaged { path: String, detail: String },
+    /// An empty file is refused rather than initialized: it is not what this store wrote, and
+    /// serving it as an empty store would lift every limit of the data planes that follow it.
+    #[error("store {path} is empty: not a meshlimit store; remove it to start with an empty store")]
+    Empty { path: String },
     #[error(
         "store {path}: {mesh}/{kind}/{name} has a kind this meshlimit does not know: was the \
          store written by a newer version?"
@@ -104,29 +119,70 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `path`, creating it (and its parent directories' file) if needed.
+    /// Opens the store at `path`, creating it if there is no file there. An existing file is
+    /// verified page by page before anything is read from it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let shown = path.display().to_string();
-        let wrap = |source: redb::Error| StoreError::Db {
-            path: shown.clone(),
-            source,
+        let db = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::create(path, &shown)?,
+            Err(e) => return Err(classify(&shown, e)),
+            Ok(meta) if meta.len() == 0 => return Err(StoreError::Empty { path: shown }),
+            Ok(_) => Builder::new()
+                .set_check_integrity_on_open(true)
+                .open(path)
+                .map_err(|e| classify(&shown, e))?,
         };
-        let db = Database::create(path).map_err(|e| wrap(e.into()))?;
-        // Make sure both tables exist so that readers never see "table does not exist".
-        let txn = db.begin_write().map_err(|e| wrap(e.into()))?;
+        let store = Store { db, path: shown };
+        // Older stores, and one whose tables were never created, get both tables so that readers
+        // never see "table does not exist".
+        let txn = store.begin_write()?;
         {
-            txn.open_table(RESOURCES).map_err(|e| wrap(e.into()))?;
-            txn.open_table(META).map_err(|e| wrap(e.into()))?;
+            txn.open_table(RESOURCES).map_err(|e| store.err(e))?;
+            txn.open_table(META).map_err(|e| store.err(e))?;
         }
-        txn.commit().map_err(|e| wrap(e.into()))?;
-        Ok(Store { db, path: shown })
+        txn.commit().map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    /// A new store, made under a temporary name and linked into place only once initialized, so
+    /// that a crash while creating it never leaves an empty or half-written file at `path`
+    /// (which the next start would refuse).
+    fn create(path: &Path, shown: &str) -> Result<Database, StoreError> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        let fresh = path.with_file_name(name);
+        let err = |e: redb::Error| classify(shown, e);
+        let io = |e: std::io::Error| classify(shown, e);
+        // Left by a crash during an earlier creation: never linked, so never acknowledged.
+        match std::fs::remove_file(&fresh) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let db = Database::create(&fresh).map_err(|e| err(e.into()))?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        {
+            txn.open_table(RESOURCES).map_err(|e| err(e.into()))?;
+            txn.open_table(META).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        // A link, not a rename: it fails rather than replace a store another process created
+        // at `path` meanwhile.
+        std::fs::hard_link(&fresh, path).map_err(io)?;
+        std::fs::remove_file(&fresh).map_err(io)?;
+        sync_dir(path).map_err(io)?;
+        Ok(db)
+    }
+
+    /// A write transaction that commits in two phases: with one, a damaged latest commit looks
+    /// like a torn one and the next open would silently fall back to the commit before it.
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_two_phase_commit(true);
+        Ok(txn)
     }
 
     fn err(&self, source: impl Into<redb::Error>) -> StoreError {
-        StoreError::Db {
-            path: self.path.clone(),
-            source: source.into(),
-        }
+        classify(&self.path, source)
     }
 
     /// The store version and every resource, in key order.
@@ -169,7 +225,7 @@ impl Store {
     /// `expected_version` guards against a concurrent writer of the same file (there is only one
     /// process per store, so a mismatch means the caller's view is stale).
     pub fn commit(&self, expected_version: u64, changes: &[Change]) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.begin_write()?;
         let new_version;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
@@ -205,6 +261,42 @@ impl Store {
         txn.commit().map_err(|e| self.err(e))?;
         Ok(new_version)
     }
+}
+
+/// The error for `e` on the store at `path`: damage gets its own, which says what to do.
+fn classify(path: &str, e: impl Into<redb::Error>) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(detail) => StoreError::Damaged {
+            path: path.to_string(),
+            detail,
+        },
+        // What redb reports for a file that is not (or no longer wholly) a redb file: a bad
+        // header, or one shorter than its header says.
+        redb::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            StoreError::Damaged {
+                path: path.to_string(),
+                detail: io.to_string(),
+            }
+        }
+        source => StoreError::Db {
+            path: path.to_string(),
+            source,
+        },
+    }
+}
+
+/// Makes the link of a new store durable: without this a crash could lose the name.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -336,5 +428,121 @@ mod tests {
         let err = store.load().unwrap_err();
         assert!(matches!(err, StoreError::UnknownKind { .. }), "{err}");
         assert!(err.to_string().contains("default/MeshTimeout/t"), "{err}");
+    }
+
+    /// The store version and every resource with its version and YAML.
+    type Contents = (u64, Vec<(Key, u64, String)>);
+
+    /// A store with enough resources to span many pages, and what it holds.
+    fn written(path: &Path) -> Contents {
+        {
+            let store = Store::open(path).unwrap();
+            let mut version = 0;
+            for i in 0..40 {
+                version = store
+                    .commit(
+                        version,
+                        &[Change::Put {
+                            key: key(&format!("r{i}")),
+                            yaml: format!("{i}: {}\n", "x".repeat(300 + i)),
+                        }],
+                    )
+                    .unwrap();
+            }
+        }
+        open_and_load(path).unwrap()
+    }
+
+    fn open_and_load(path: &Path) -> Result<Contents, StoreError> {
+        let store = Store::open(path)?;
+        let (version, resources) = store.load()?;
+        let resources = resources
+            .into_iter()
+            .map(|r| (r.key, r.version, r.yaml))
+            .collect();
+        Ok((version, resources))
+    }
+
+    fn assert_damaged(err: &StoreError, path: &Path) {
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(
+            text.contains("restore it from a backup, or move it away to start with an empty store"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn damage_anywhere_is_refused_or_harmless_and_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let whole = written(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        let damaged = dir.path().join("damaged.redb");
+        let mut refused = 0;
+        // Every 512 bytes (so every page and both commit slots), plus inside each page.
+        let offsets = (0..bytes.len())
+            .step_by(512)
+            .chain((0..bytes.len()).step_by(4096).map(|o| o + 77));
+        for offset in offsets {
+            let mut copy = bytes.clone();
+            let end = (offset + 64).min(copy.len());
+            for (i, b) in copy[offset..end].iter_mut().enumerate() {
+                *b ^= 0x5a ^ i as u8;
+            }
+            std::fs::write(&damaged, &copy).unwrap();
+            let outcome = std::panic::catch_unwind(|| open_and_load(&damaged))
+                .unwrap_or_else(|_| panic!("opening with damage at {offset} panicked"));
+            match outcome {
+                // Damage to a page no commit uses (the older commit slot, free pages).
+                Ok(read) => assert!(read == whole, "damage at {offset} was read as data"),
+                Err(err) => {
+                    assert_damaged(&err, &damaged);
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "no damage was noticed");
+    }
+
+    #[test]
+    fn a_truncated_file_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        written(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        for cut in [100, 4096, bytes.len() / 2, bytes.len() - 1] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let err = open_and_load(&path).unwrap_err();
+            assert_damaged(&err, &path);
+        }
+    }
+
+    #[test]
+    fn an_empty_file_is_not_a_store_but_a_missing_one_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, b"").unwrap();
+        let err = Store::open(&path).err().expect("an empty file is refused");
+        assert!(matches!(err, StoreError::Empty { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "store {} is empty: not a meshlimit store; remove it to start with an empty store",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        std::fs::remove_file(&path).unwrap();
+        // A half-made store from a crash while creating one is never the store.
+        let fresh = dir.path().join("s.redb.new");
+        std::fs::write(&fresh, b"half").unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load().unwrap().0, 0);
+        assert!(!fresh.exists());
+        drop(store);
+        assert_eq!(open_and_load(&path).unwrap(), (0, Vec::new()));
     }
 }

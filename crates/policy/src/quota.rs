@@ -283,7 +283,25 @@ pub enum HeaderError {
     Name,
     #[error("must not contain control characters such as newlines")]
     Value,
+    /// A header that frames the message or the connection: set on a rejection, it would make
+    /// the client misread the response or the next one on the connection.
+    #[error("must not be a hop-by-hop or framing header ({0}): the proxy sets it")]
+    Framing(&'static str),
 }
+
+/// Headers the proxy owns on every response it writes. (Pseudo-headers such as `:status`
+/// already fail the token rule.)
+const FRAMING: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// A header of a rejected response: a lowercase token name and a value without control
 /// characters, both already in the form the proxy sends.
@@ -315,7 +333,8 @@ impl HeaderValue {
     }
 }
 
-/// Kuma's header name rule (lowercase tokens, at most 256 characters).
+/// Kuma's header name rule (lowercase tokens, at most 256 characters), less the headers that
+/// frame the response. The one check for parsed policies and for peers' JSON alike.
 pub(crate) fn header_name(name: &str) -> Result<http::HeaderName, HeaderError> {
     let token = (1..=256).contains(&name.len())
         && name.bytes().all(|b| {
@@ -323,6 +342,9 @@ pub(crate) fn header_name(name: &str) -> Result<http::HeaderName, HeaderError> {
         });
     if !token {
         return Err(HeaderError::Name);
+    }
+    if let Some(framing) = FRAMING.into_iter().find(|f| *f == name) {
+        return Err(HeaderError::Framing(framing));
     }
     http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::Name)
 }
@@ -398,6 +420,14 @@ mod tests {
             header
         );
         assert!(serde_json::from_str::<HeaderValue>(r#"{"name":"X","value":"v"}"#).is_err());
+        let framing =
+            serde_json::from_str::<HeaderValue>(r#"{"name":"content-length","value":"0"}"#)
+                .expect_err("a framing header is refused from peers too")
+                .to_string();
+        assert!(
+            framing.contains("must not be a hop-by-hop or framing header (content-length)"),
+            "{framing}"
+        );
         assert!(serde_json::from_str::<RejectStatus>("42").is_err());
     }
 }

@@ -382,6 +382,58 @@ fn header_names_values_and_counts_are_checked() {
 }
 
 #[test]
+fn headers_that_frame_the_response_are_refused() {
+    let at = |list: &str, name: &str| {
+        mrl(&format!(
+            "rules:\n  - default:\n      local:\n        http:\n          onRateLimit:\n            headers:\n              {list}: [{{name: \"{name}\", value: v}}]"
+        ))
+    };
+    for list in ["set", "add"] {
+        let path = format!("{LOCAL}.http.onRateLimit.headers.{list}[0].name");
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "host",
+        ] {
+            assert_eq!(
+                problems(&at(list, name)),
+                one(
+                    &path,
+                    &format!(
+                        "must not be a hop-by-hop or framing header ({name}): the proxy sets it"
+                    )
+                ),
+                "{list} {name}"
+            );
+        }
+        // Pseudo-headers are not tokens.
+        for name in [":status", ":authority"] {
+            assert_eq!(
+                problems(&at(list, name)),
+                one(
+                    &path,
+                    "must be 1 to 256 characters matching ^[a-z0-9!#$%&'*+\\-.^_`|~]+$ (lowercase)"
+                ),
+                "{list} {name}"
+            );
+        }
+        // Names that only contain a framing header's name are fine.
+        for name in ["x-content-length", "content-type", "tes", "retry-after"] {
+            assert!(
+                parse_documents("t", &at(list, name)).is_ok(),
+                "{list} {name}"
+            );
+        }
+    }
+}
+
+#[test]
 fn top_level_target_kinds_and_their_fields() {
     let at = |top: &str| {
         mrl(&format!(
