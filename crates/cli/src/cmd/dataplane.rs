@@ -62,11 +62,15 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
     let followed = follow_dataplane(&client, &args.mesh, &args.name, FollowConfig::default());
     let limits = followed.limits.clone();
     let mut link = followed.link;
-    let proxy = Proxy::spawn(
-        ProxyOptions::default(),
-        Arc::new(MonotonicClock),
-        followed.limits,
-    );
+    let options = ProxyOptions {
+        shared: args
+            .redis
+            .as_deref()
+            .map(crate::global::redis)
+            .transpose()?,
+        ..ProxyOptions::default()
+    };
+    let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), followed.limits);
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding the admin endpoint to {}", args.admin))?;

@@ -51,7 +51,13 @@ impl Rls {
     /// Binds `addr` and sets up the Redis client. Redis itself may come later: until it
     /// answers, every check fails and Envoy applies the policy's failure mode.
     pub async fn bind(addr: SocketAddr, redis_url: &str) -> anyhow::Result<Rls> {
-        let buckets = GlobalBuckets::connect_lazy(redis_url, GlobalOptions::default())
+        // Envoy bounds each request by the policy's `timeout`; Redis gets a backstop of its own
+        // that leaves room for the first check, which also connects.
+        let options = GlobalOptions {
+            timeout: std::time::Duration::from_millis(250),
+            ..GlobalOptions::default()
+        };
+        let buckets = GlobalBuckets::connect_lazy(redis_url, options)
             .context("setting up the rate-limit service's Redis client (--redis)")?;
         let listener = TcpListener::bind(addr)
             .await

@@ -1,0 +1,590 @@
+//! One `MeshGlobalRateLimit` total shared by a mixed mesh, as real processes: two
+//! `meshlimit dataplane --redis URL` proxies that take tokens from Redis themselves, and one
+//! real Envoy (fed by `meshlimit control-plane --xds`) that asks the control plane's
+//! rate-limit service (`--rls ADDR --redis URL`), which takes them from the same Redis.
+//!
+//! Both paths name the bucket `GlobalLimit::key` (`mgrl/<mesh>/<policy>/<service>`) under
+//! `GlobalOptions`' default key prefix (`meshlimit:`), and both build it from the policy's
+//! rate (a smooth bucket of `num` tokens refilled at `num` per interval), so requests spread
+//! over the three instances spend one total: exactly `num` are admitted, whichever instance
+//! they reach. The interval is one hour, so refill during the test is negligible.
+//!
+//! Servers bind port 0 and print what they got; the Dataplanes' inbound ports are fixed in
+//! YAML, so they are picked free beforehand (below the ephemeral range, see `listener_port`).
+//! Readiness is established without sending a request through any instance (each admitted
+//! request spends a token): the proxies' `/ready` and `/config`, Envoy's `/ready`,
+//! `/listeners` and `/clusters`, and the control plane's `GET /xds`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime};
+
+use meshlimit_testkit::redis::RedisServer;
+use meshlimit_testkit::{EnvoyProcess, parse_response_head};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
+/// How long a condition may take before the test gives up (Envoy starts in about a second).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The total: 9 requests an hour for every instance of `web` together.
+const TOTAL: usize = 9;
+/// Requests sent, round-robin over the three instances.
+const REQUESTS: usize = 30;
+/// The policy's rejection status.
+const REJECTED: u16 = 423;
+const POLICY: &str = "web-total";
+
+/// Polls `check` every few milliseconds until it yields a value; fails after `PATIENCE`, with
+/// `what` and the last thing `check` saw.
+fn poll<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = SystemTime::now() + PATIENCE;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                SystemTime::now() < deadline,
+                "timed out after {PATIENCE:?} waiting for {what}; last: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `meshlimit` process: stdout lines arrive on a channel, stderr goes to a log printed when
+/// the test fails; killed (SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, mut command: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).expect("a log file");
+        let mut child = command
+            .env_remove("MESHLIMIT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the meshlimit binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        // Read to the end, so the process never writes into a closed pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            name: name.to_string(),
+            child,
+            lines,
+            seen: Vec::new(),
+            log,
+        }
+    }
+
+    /// Waits for a stdout line matching `want` (lines already seen count too).
+    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| want(l)) {
+            return line.clone();
+        }
+        let deadline = SystemTime::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}); stdout {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen,
+                    self.log()
+                );
+            }
+            let left = deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(e) => panic!(
+                    "{}: no expected line ({e}); saw {:?}; stderr:\n{}",
+                    self.name,
+                    self.seen,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// The text after `prefix` on the first stdout line holding it, up to `end` if given.
+    fn wait_value(&mut self, prefix: &str, end: Option<char>) -> String {
+        let line = self.wait_line(|l| l.contains(prefix));
+        let rest = line
+            .split(prefix)
+            .nth(1)
+            .expect("the line holds the prefix");
+        let value = match end {
+            Some(end) => rest.split(end).next().unwrap_or(rest),
+            None => rest,
+        };
+        value.trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} stderr ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// A port for a Dataplane inbound, below the kernel's ephemeral range (ports picked by binding
+/// port 0 come from that range, where outgoing connections take ports all the time). Spread by
+/// process id, offset from the schemes of `envoy.rs` and the xDS crate's tests, each checked
+/// free by binding it once.
+fn listener_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOWEST: u64 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
+    let start = (u64::from(std::process::id()) * 389 + span / 4) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(11, Ordering::SeqCst)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and {}", LOWEST + span)
+}
+
+/// A keep-alive backend answering `200 backend` to every request, counting the requests.
+fn counting_backend() -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let port = listener.local_addr().expect("bound").port();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let Ok(clone) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(clone);
+                loop {
+                    // One request head (these requests have no body), then its answer.
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nbackend")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, served)
+}
+
+/// An HTTP/1.1 answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+/// `GET path` on a fresh connection. The body is read by its length, not to the end of the
+/// stream: after a local reply Envoy waits for the client to close first.
+fn http_get(address: SocketAddr, path: &str) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the headers"));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let (status, headers) = parse_response_head(&head)?;
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = raw.split_off(head_end + 4);
+    while length.is_none_or(|length| body.len() < length) {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+/// `GET url` (`http://HOST:PORT/path`), for admin endpoints: the status and the body, or why
+/// there is none.
+fn get_url(url: &str) -> Result<Answer, String> {
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
+    let address: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
+    http_get(address, path).map_err(|e| format!("GET {url}: {e}"))
+}
+
+fn dataplane_yaml(name: &str, port: u16, service_port: u16) -> String {
+    format!(
+        "type: Dataplane
+mesh: default
+name: {name}
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: {port}
+      servicePort: {service_port}
+      tags:
+        kuma.io/service: web
+        kuma.io/protocol: http
+"
+    )
+}
+
+/// The total for every instance of `web`, counted by the rate-limit service at `rls`. The
+/// generous timeout covers Envoy's first call, which also opens its connection to the service.
+fn policy_yaml(rls: SocketAddr) -> String {
+    format!(
+        "type: MeshGlobalRateLimit
+mesh: default
+name: {POLICY}
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  from:
+    - targetRef:
+        kind: Mesh
+      default:
+        http:
+          requestRate:
+            num: {TOTAL}
+            interval: 1h
+          onRateLimit:
+            status: {REJECTED}
+        mode: Limit
+        backend:
+          rateLimitService:
+            url: http://{rls}
+            timeout: 2s
+"
+    )
+}
+
+/// A `meshlimit dataplane` for `name`, once it enforces store `version` with its inbound bound.
+struct Dataplane {
+    _proc: Proc,
+    admin: String,
+}
+
+impl Dataplane {
+    fn start(dir: &Path, cp: &str, redis: &str, name: &str, port: u16, version: u64) -> Self {
+        let mut command = Command::new(BIN);
+        command.args([
+            "--cp",
+            cp,
+            "dataplane",
+            "--name",
+            name,
+            "--redis",
+            redis,
+            "--report-interval",
+            "0.2",
+        ]);
+        let mut proc = Proc::spawn(name, dir, command);
+        let admin = proc.wait_value("admin listening on ", Some(';'));
+        let enforcing = format!("enforcing store version {version}:");
+        proc.wait_line(|l| l.starts_with(&enforcing));
+        let dataplane = Dataplane { _proc: proc, admin };
+        // Ready: the configuration applied with every inbound bound, and it holds the global
+        // limit. No request is sent: each admitted one would spend a token of the total.
+        poll(&format!("{name} ready"), || {
+            let ready = get_url(&format!("{}/ready", dataplane.admin))?;
+            (ready.status == 200)
+                .then_some(())
+                .ok_or(format!("/ready: {} {}", ready.status, ready.body))
+        });
+        let config = get_url(&format!("{}/config", dataplane.admin)).expect("/config");
+        assert!(
+            config.body.contains(&bucket()),
+            "{name} does not enforce the global limit: {}",
+            config.body
+        );
+        poll(&format!("{name} accepting on {port}"), || {
+            TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        dataplane
+    }
+
+    /// Its `/metrics` lines about global limits (for a failure message).
+    fn global_metrics(&self) -> String {
+        let metrics = get_url(&format!("{}/metrics", self.admin))
+            .map(|a| a.body)
+            .unwrap_or_else(|e| e);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("meshlimit_global"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The shared bucket's name, `GlobalLimit::key`.
+fn bucket() -> String {
+    format!("mgrl/default/{POLICY}/web")
+}
+
+#[test]
+fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let redis = RedisServer::start();
+
+    // The control plane: API, xDS for the Envoy, and the rate-limit service over `redis`.
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "control-plane",
+            "--api",
+            "127.0.0.1:0",
+            "--xds",
+            "127.0.0.1:0",
+        ])
+        .args(["--rls", "127.0.0.1:0", "--redis", &redis.url(), "--store"])
+        .arg(dir.path().join("store.redb"));
+    let mut cp = Proc::spawn("control-plane", dir.path(), command);
+    let url = cp.wait_value("API listening on ", None);
+    let api: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the URL holds an address");
+    let xds: SocketAddr = cp
+        .wait_value("xDS listening on ", None)
+        .parse()
+        .expect("an xDS address");
+    let rls: SocketAddr = cp
+        .wait_value("rate-limit service listening on ", None)
+        .parse()
+        .expect("a rate-limit service address");
+
+    // Three instances of `web` in front of one application, and the total, in one apply.
+    let (service, served) = counting_backend();
+    let names = ["web-1", "web-2", "web-3"];
+    let ports = names.map(|_| listener_port());
+    let mut resources: Vec<String> = names
+        .iter()
+        .zip(ports)
+        .map(|(name, port)| dataplane_yaml(name, port, service))
+        .collect();
+    resources.push(policy_yaml(rls));
+    let file = dir.path().join("resources.yaml");
+    std::fs::write(&file, resources.join("---\n")).expect("write the resources");
+    let applied = Command::new(BIN)
+        .args(["--cp", &url, "apply", "-f"])
+        .arg(&file)
+        .env_remove("MESHLIMIT_TOKEN")
+        .output()
+        .expect("meshlimit apply runs");
+    assert!(
+        applied.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let status = get_url(&format!("{url}/status")).expect("GET /status");
+    assert_eq!(status.status, 200, "{}", status.body);
+    let status: serde_json::Value = serde_json::from_str(&status.body).expect("status JSON");
+    let version = status["version"].as_u64().expect("a store version");
+
+    // web-1 and web-2: meshlimit's proxy, taking tokens from Redis itself.
+    let dataplanes = [
+        Dataplane::start(dir.path(), &url, &redis.url(), names[0], ports[0], version),
+        Dataplane::start(dir.path(), &url, &redis.url(), names[1], ports[1], version),
+    ];
+
+    // web-3: a real Envoy, asking the rate-limit service.
+    let bootstrap = Command::new(BIN)
+        .args(["envoy", "bootstrap", "--dataplane", names[2]])
+        .args(["--xds", &xds.to_string(), "--admin-port", "0"])
+        .output()
+        .expect("meshlimit envoy bootstrap runs");
+    assert!(
+        bootstrap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
+    let bootstrap = String::from_utf8(bootstrap.stdout).expect("UTF-8");
+    let envoy = EnvoyProcess::start(&bootstrap, listener_port(), PATIENCE);
+    let admin = format!("http://{}", envoy.admin);
+    let node = format!("default.{}", names[2]);
+    poll(&format!("{node} running the current configuration"), || {
+        let answer = http_get(api, "/xds").map_err(|e| e.to_string())?;
+        let status: meshlimit_xds::XdsStatus =
+            serde_json::from_str(&answer.body).map_err(|e| format!("{e}: {}", answer.body))?;
+        status
+            .nodes
+            .iter()
+            .find(|n| n.node == node)
+            .filter(|n| n.known && n.streams > 0 && n.in_sync())
+            .filter(|n| n.listeners.current_version != "0")
+            .map(drop)
+            .ok_or(format!("{:?}", status.nodes))
+    });
+    let rls_cluster = meshlimit_xds::resources::ServiceAddress::parse(&format!("http://{rls}"))
+        .expect("the service's URL")
+        .cluster_name();
+    let envoy_port = ports[2];
+    poll(
+        "Envoy live with its listener and the service's cluster",
+        || {
+            let ready = get_url(&format!("{admin}/ready"))?;
+            if ready.status != 200 {
+                return Err(format!("/ready: {} {}", ready.status, ready.body));
+            }
+            let listeners = get_url(&format!("{admin}/listeners"))?.body;
+            if !listeners.contains(&format!("127.0.0.1:{envoy_port}")) {
+                return Err(format!("/listeners: {listeners}"));
+            }
+            let clusters = get_url(&format!("{admin}/clusters"))?.body;
+            let healthy = format!("::127.0.0.1:{}::health_flags::healthy", rls.port());
+            if !clusters
+                .lines()
+                .any(|l| l.starts_with(&format!("{rls_cluster}::")) && l.contains(&healthy))
+            {
+                return Err(format!("/clusters: {clusters}"));
+            }
+            TcpStream::connect(("127.0.0.1", envoy_port))
+                .map(drop)
+                .map_err(|e| format!("connect to {envoy_port}: {e}"))
+        },
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 0, "no request was sent yet");
+
+    // Round-robin over the three: the first TOTAL are admitted, wherever they go.
+    let mut statuses = Vec::new();
+    for i in 0..REQUESTS {
+        let instance = i % names.len();
+        let address = SocketAddr::from(([127, 0, 0, 1], ports[instance]));
+        let answer = http_get(address, "/")
+            .unwrap_or_else(|e| panic!("request {i} to {}: {e}", names[instance]));
+        statuses.push((names[instance], answer.status));
+    }
+
+    let admitted = statuses.iter().filter(|(_, s)| *s == 200).count();
+    let rejected = statuses.iter().filter(|(_, s)| *s == REJECTED).count();
+    let per_instance: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let of = |want| {
+                statuses
+                    .iter()
+                    .filter(|(n, s)| n == name && *s == want)
+                    .count()
+            };
+            format!("{name}: {} admitted, {} rejected", of(200), of(REJECTED))
+        })
+        .collect();
+    let envoy_stats = get_url(&format!("{admin}/stats?filter=%5C.ratelimit%5C."))
+        // Chunked: keep the `name: value` lines, not the chunk sizes.
+        .map(|a| {
+            a.body
+                .lines()
+                .filter(|l| l.contains(": "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|e| e);
+    let why = format!(
+        "{per_instance:?}\nstatuses: {statuses:?}\n\
+         Redis keys: {:?}\nRedis clients: {:?}\n\
+         web-1 /metrics:\n{}\nweb-2 /metrics:\n{}\nEnvoy ratelimit stats:\n{envoy_stats}",
+        redis.command(&["KEYS", "*"]),
+        redis.command(&["CLIENT", "LIST"]),
+        dataplanes[0].global_metrics(),
+        dataplanes[1].global_metrics(),
+    );
+    assert_eq!(
+        (admitted, rejected),
+        (TOTAL, REQUESTS - TOTAL),
+        "one total across the three instances\n{why}"
+    );
+    let expected: Vec<u16> = (0..REQUESTS)
+        .map(|i| if i < TOTAL { 200 } else { REJECTED })
+        .collect();
+    assert_eq!(
+        statuses.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        expected,
+        "the first {TOTAL} are admitted, whichever instance they reach\n{why}"
+    );
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        TOTAL as u64,
+        "the backend saw only the admitted requests\n{why}"
+    );
+    // One bucket in Redis, under the default prefix: both paths spent it.
+    let keys = redis.command(&["KEYS", "*"]);
+    let name = format!("meshlimit:{{{}}}", bucket());
+    assert_eq!(
+        keys,
+        format!("*1\r\n${}\r\n{name}\r\n", name.len()),
+        "{why}"
+    );
+}
