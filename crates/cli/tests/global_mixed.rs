@@ -20,8 +20,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
+
+#[path = "support/net.rs"]
+mod net;
 
 use meshlimit_testkit::redis::RedisServer;
 use meshlimit_testkit::{EnvoyProcess, parse_response_head};
@@ -183,46 +186,6 @@ fn listener_port() -> u16 {
         }
     }
     panic!("no free port between {LOWEST} and {}", LOWEST + span)
-}
-
-/// A keep-alive backend answering `200 backend` to every request, counting the requests.
-fn counting_backend() -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
-    let port = listener.local_addr().expect("bound").port();
-    let served = Arc::new(AtomicU64::new(0));
-    let counter = served.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let Ok(clone) = stream.try_clone() else {
-                    return;
-                };
-                let mut reader = BufReader::new(clone);
-                loop {
-                    // One request head (these requests have no body), then its answer.
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nbackend")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, served)
 }
 
 /// An HTTP/1.1 answer.
@@ -427,7 +390,7 @@ fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
         .expect("a rate-limit service address");
 
     // Three instances of `web` in front of one application, and the total, in one apply.
-    let (service, served) = counting_backend();
+    let (service, served) = net::counting_backend("backend");
     let names = ["web-1", "web-2", "web-3"];
     let ports = names.map(|_| listener_port());
     let mut resources: Vec<String> = names

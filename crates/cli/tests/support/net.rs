@@ -1,12 +1,23 @@
 //! Sockets for process tests: a minimal HTTP/1.1 backend and free ports.
 
+#![allow(dead_code)] // Each test target uses a part.
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A keep-alive backend answering every request with 200 and `body`, one thread a connection.
 pub fn backend(body: &'static str) -> u16 {
+    counting_backend(body).0
+}
+
+/// [`backend`], with the number of requests it has answered.
+pub fn counting_backend(body: &'static str) -> (u16, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
     let port = listener.local_addr().expect("bound").port();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&served);
     let response = format!(
         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -15,6 +26,7 @@ pub fn backend(body: &'static str) -> u16 {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let response = response.clone();
+            let counter = Arc::clone(&counter);
             std::thread::spawn(move || {
                 let Ok(clone) = stream.try_clone() else {
                     return;
@@ -31,6 +43,7 @@ pub fn backend(body: &'static str) -> u16 {
                             Ok(_) => {}
                         }
                     }
+                    counter.fetch_add(1, Ordering::SeqCst);
                     if stream.write_all(response.as_bytes()).is_err() {
                         return;
                     }
@@ -38,7 +51,7 @@ pub fn backend(body: &'static str) -> u16 {
             });
         }
     });
-    port
+    (port, served)
 }
 
 /// A port nothing listens on now (for a process told to listen there).
