@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use meshlimit_testkit::{EnvoyProcess, envoy_binary, parse_response_head};
+use meshlimit_testkit::{Answer, EnvoyProcess, envoy_binary};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
@@ -211,65 +211,9 @@ fn listener_port() -> u16 {
     panic!("no free port between {LOWEST} and {}", LOWEST + span)
 }
 
-/// An HTTP/1.1 answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Lower-case names, in order, repeated names kept.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-/// `GET path` on a fresh connection. The body is read by its length, not to the end of the
-/// stream: after a local reply Envoy waits for the client to close first.
+/// `GET path` on a fresh connection (see [`meshlimit_testkit::http_get`]).
 fn http_get(address: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed before the headers"));
-        }
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let (status, headers) = parse_response_head(&head)?;
-    let length = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let mut body = raw.split_off(head_end + 4);
-    while length.is_none_or(|length| body.len() < length) {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).to_string(),
-    })
+    meshlimit_testkit::http_get(address, path, PATIENCE)
 }
 
 fn get_inbound(port: u16) -> Answer {

@@ -15,7 +15,7 @@
 //! request spends a token): the proxies' `/ready` and `/config`, Envoy's `/ready`,
 //! `/listeners` and `/clusters`, and the control plane's `GET /xds`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 mod net;
 
 use meshlimit_testkit::redis::RedisServer;
-use meshlimit_testkit::{EnvoyProcess, parse_response_head};
+use meshlimit_testkit::{Answer, EnvoyProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a condition may take before the test gives up (Envoy starts in about a second).
@@ -188,52 +188,9 @@ fn listener_port() -> u16 {
     panic!("no free port between {LOWEST} and {}", LOWEST + span)
 }
 
-/// An HTTP/1.1 answer.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: String,
-}
-
-/// `GET path` on a fresh connection. The body is read by its length, not to the end of the
-/// stream: after a local reply Envoy waits for the client to close first.
+/// `GET path` on a fresh connection (see [`meshlimit_testkit::http_get`]).
 fn http_get(address: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::other("closed before the headers"));
-        }
-        raw.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let (status, headers) = parse_response_head(&head)?;
-    let length = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let mut body = raw.split_off(head_end + 4);
-    while length.is_none_or(|length| body.len() < length) {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(Answer {
-        status,
-        body: String::from_utf8_lossy(&body).to_string(),
-    })
+    meshlimit_testkit::http_get(address, path, PATIENCE)
 }
 
 /// `GET url` (`http://HOST:PORT/path`), for admin endpoints: the status and the body, or why
