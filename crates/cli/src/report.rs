@@ -2,7 +2,7 @@
 //! from the proxy in the same process. `meshlimit run` reports to its own control plane,
 //! `meshlimit dataplane` over the API; both build the same report here.
 
-use meshlimit_control_plane_client::wire::{DataplaneReport, InboundCounters};
+use meshlimit_control_plane_client::wire::{DataplaneReport, GlobalCounters, InboundCounters};
 use meshlimit_policy::effective::{DataplaneLimits, Protocol};
 use meshlimit_proxy::{InboundStats, ProxyStats};
 
@@ -28,7 +28,11 @@ fn counters(limits: &DataplaneLimits, stats: &[InboundStats]) -> Vec<InboundCoun
                 && s.key.dataplane == limits.dataplane
                 && s.key.port == inbound.port
         });
-        let mut row = |protocol: &str, allowed: u64, limited: u64, tokens: Option<u64>| {
+        let mut row = |protocol: &str,
+                       allowed: u64,
+                       limited: u64,
+                       tokens: Option<u64>,
+                       global: Option<GlobalCounters>| {
             rows.push(InboundCounters {
                 port: inbound.port,
                 service: inbound.service.clone(),
@@ -37,19 +41,32 @@ fn counters(limits: &DataplaneLimits, stats: &[InboundStats]) -> Vec<InboundCoun
                 allowed,
                 limited,
                 tokens_available: tokens,
+                global,
             });
         };
         if inbound.protocol == Protocol::Http {
             let (allowed, limited, tokens) = found.map_or((0, 0, None), |s| {
                 (s.http_allowed, s.http_limited, s.http_tokens)
             });
-            row("http", allowed, limited, tokens);
+            let global = inbound.global.as_ref().map(|_| {
+                found.map_or_else(GlobalCounters::default, |s| GlobalCounters {
+                    allowed: s.global_allowed,
+                    limited: s.global_limited,
+                    shadow_limited: s.global_shadow_limited,
+                    store_errors: s.global_errors,
+                    fallbacks_open: s.global_fallbacks_open,
+                    fallbacks_closed: s.global_fallbacks_closed,
+                    fallbacks_local_share: s.global_fallbacks_local_share,
+                    share_tokens: s.global_share_tokens,
+                })
+            });
+            row("http", allowed, limited, tokens, global);
         }
         if inbound.protocol == Protocol::Tcp || inbound.tcp.is_some() {
             let (allowed, limited, tokens) = found.map_or((0, 0, None), |s| {
                 (s.tcp_allowed, s.tcp_limited, s.tcp_tokens)
             });
-            row("tcp", allowed, limited, tokens);
+            row("tcp", allowed, limited, tokens, None);
         }
     }
     rows

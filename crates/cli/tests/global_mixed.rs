@@ -507,4 +507,47 @@ fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
         format!("*1\r\n${}\r\n{name}\r\n", name.len()),
         "{why}"
     );
+
+    // `diagnose` sees the store healthy, then, with Redis gone, the failed checks of each
+    // meshlimit proxy (from their reports) and what the failure mode decided.
+    let diagnose = || {
+        let out = Command::new(BIN)
+            .args(["--cp", &url, "diagnose", "rate-limit"])
+            .env_remove("MESHLIMIT_TOKEN")
+            .output()
+            .expect("meshlimit diagnose runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    poll("diagnose: the global limits' store healthy", || {
+        let (_, out) = diagnose();
+        out.contains("[ok]      global limits on 2 inbound(s): no check of a shared store failed")
+            .then_some(())
+            .ok_or(out)
+    });
+    redis.kill();
+    for port in &ports[..2] {
+        let address = SocketAddr::from(([127, 0, 0, 1], *port));
+        for _ in 0..2 {
+            http_get(address, "/").expect("an answer without Redis");
+        }
+    }
+    let out = poll("diagnose: the failed checks", || {
+        let (code, out) = diagnose();
+        let failed = |name| {
+            out.lines().any(|l| {
+                l.starts_with(&format!("[problem] default/{name} inbound "))
+                    && l.contains("2 check(s) of its global limit failed in the shared store")
+            })
+        };
+        (code == Some(1) && failed("web-1") && failed("web-2"))
+            .then_some(out.clone())
+            .ok_or(out)
+    });
+    assert!(
+        out.contains("fix: check that the data plane reaches Redis"),
+        "{out}"
+    );
 }

@@ -129,6 +129,31 @@ pub struct InboundCounters {
     /// Whole tokens in the bucket now (`null` when the inbound has no limit).
     #[serde(default)]
     pub tokens_available: Option<u64>,
+    /// The inbound's global limit (`MeshGlobalRateLimit`), on its `http` row only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalCounters>,
+}
+
+/// Cumulative decisions of one inbound's global limit and the health of its shared store.
+/// Only requests the local limit admitted reach the global one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalCounters {
+    /// Admitted by the global limit (including by a failure mode).
+    pub allowed: u64,
+    /// Rejected by the global limit.
+    pub limited: u64,
+    /// Admitted only because the policy is in `Shadow` mode.
+    pub shadow_limited: u64,
+    /// Checks of the shared store (Redis) that failed or timed out.
+    pub store_errors: u64,
+    /// Of those, how many each failure mode decided.
+    pub fallbacks_open: u64,
+    pub fallbacks_closed: u64,
+    pub fallbacks_local_share: u64,
+    /// Whole tokens in this instance's share of the total (what `local-share` falls back on).
+    #[serde(default)]
+    pub share_tokens: Option<u64>,
 }
 
 /// `POST /meshes/{mesh}/dataplanes/{name}/status`: what a data plane enforces and counted.
@@ -190,6 +215,19 @@ pub struct InboundStatus {
     pub protocol: String,
     #[serde(flatten)]
     pub stats: SeriesStats,
+    /// The inbound's global limit, as last reported (`null`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalStatus>,
+}
+
+/// A global limit's counters plus what the control plane derived from the reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalStatus {
+    #[serde(flatten)]
+    pub counters: GlobalCounters,
+    /// Store errors over the last minute of reports.
+    pub store_errors_last_minute: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

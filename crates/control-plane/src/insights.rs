@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use crate::store_state::StoreState;
 use crate::wire::{
-    AgentReport, AgentStatus, DataplaneReport, DataplaneStatus, DestinationStatus, InboundStatus,
-    SeriesStats, StatusResponse,
+    AgentReport, AgentStatus, DataplaneReport, DataplaneStatus, DestinationStatus, GlobalCounters,
+    GlobalStatus, InboundStatus, SeriesStats, StatusResponse,
 };
 
 /// The window of `rate_per_second` and of the sparkline history.
@@ -26,6 +26,8 @@ struct Sample {
     at: Instant,
     total: u64,
     limited: u64,
+    /// Failed checks of a global limit's shared store (0 for other series).
+    store_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +37,7 @@ struct Series {
     allowed: u64,
     limited: u64,
     tokens_available: Option<u64>,
+    global: Option<GlobalCounters>,
 }
 
 impl Series {
@@ -47,10 +50,39 @@ impl Series {
         self.allowed = allowed;
         self.limited = limited;
         self.tokens_available = tokens;
-        self.samples.push_back(Sample { at, total, limited });
+        self.samples.push_back(Sample {
+            at,
+            total,
+            limited,
+            store_errors: 0,
+        });
         while self.samples.len() > MAX_SAMPLES {
             self.samples.pop_front();
         }
+    }
+
+    /// The global limit's counters reported with the sample just recorded.
+    fn record_global(&mut self, global: Option<&GlobalCounters>) {
+        if let (Some(global), Some(last)) = (global, self.samples.back_mut()) {
+            last.store_errors = global.store_errors;
+        }
+        self.global = global.cloned();
+    }
+
+    fn global_status(&self, now: Instant) -> Option<GlobalStatus> {
+        let counters = self.global.clone()?;
+        // The errors counted before the window: those of the last older sample, or none when
+        // the series began inside the window (all its errors are recent).
+        let before = self
+            .samples
+            .iter()
+            .rfind(|s| now.saturating_duration_since(s.at) > WINDOW)
+            .map_or(0, |s| s.store_errors);
+        let last = self.samples.back().map_or(0, |s| s.store_errors);
+        Some(GlobalStatus {
+            counters,
+            store_errors_last_minute: last.saturating_sub(before),
+        })
     }
 
     fn stats(&self, now: Instant) -> SeriesStats {
@@ -200,10 +232,12 @@ impl Insights {
             peer.acknowledged = report.version;
         }
         for c in &report.inbounds {
-            peer.series
+            let series = peer
+                .series
                 .entry((c.port, c.protocol.clone(), c.service.clone()))
-                .or_default()
-                .record(now, c.total, c.allowed, c.limited, c.tokens_available);
+                .or_default();
+            series.record(now, c.total, c.allowed, c.limited, c.tokens_available);
+            series.record_global(c.global.as_ref());
         }
     }
 
@@ -253,6 +287,7 @@ impl Insights {
                                 service: service.clone(),
                                 protocol: protocol.clone(),
                                 stats: series.stats(now),
+                                global: series.global_status(now),
                             })
                             .collect(),
                         mesh,
@@ -319,6 +354,40 @@ mod tests {
         assert_eq!(stats.history.len(), 60);
         assert!(stats.history.iter().all(|r| (r - 10.0).abs() < 1e-9));
         assert_eq!(stats.tokens_available, Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_errors_count_over_the_last_minute_only() {
+        let mut series = Series::default();
+        let start = Instant::now();
+        let global = |store_errors| GlobalCounters {
+            store_errors,
+            ..GlobalCounters::default()
+        };
+        // 5 errors in the first report: the series began inside the window, so all are recent.
+        series.record(start, 10, 10, 0, None);
+        series.record_global(Some(&global(5)));
+        let status = series.global_status(start).expect("a global limit");
+        assert_eq!(status.store_errors_last_minute, 5);
+        // 30 more by 61 s; then none for over a minute.
+        series.record(start + Duration::from_secs(61), 20, 20, 0, None);
+        series.record_global(Some(&global(35)));
+        let status = series
+            .global_status(start + Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(status.store_errors_last_minute, 30);
+        series.record(start + Duration::from_secs(130), 30, 30, 0, None);
+        series.record_global(Some(&global(35)));
+        let status = series
+            .global_status(start + Duration::from_secs(130))
+            .unwrap();
+        assert_eq!(status.store_errors_last_minute, 0);
+        assert_eq!(status.counters.store_errors, 35);
+        // A series without a global limit has no global status.
+        let mut plain = Series::default();
+        plain.record(start, 1, 1, 0, None);
+        plain.record_global(None);
+        assert!(plain.global_status(start).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,8 +3,9 @@
 //! any check finds a problem.
 //!
 //! The checks: policies that select nothing; inbounds where a policy's limit is shadowed by a
-//! more specific one; limits the recent traffic trips constantly; kernel limits with no kernel
-//! agent attached; data planes not connected, or behind the store version.
+//! more specific one; limits the recent traffic trips constantly; global limits whose shared
+//! store (Redis) failed checks in the last minute; kernel limits with no kernel agent attached;
+//! data planes not connected, or behind the store version.
 
 use std::process::ExitCode;
 
@@ -146,6 +147,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     check_selection(&facts, focus, &mut report);
     check_shadowing(&facts, &mut report);
     check_traffic(&facts, focus, &mut report);
+    check_global(&facts, focus, &mut report);
     check_kernel(&facts, &mut report);
     let xds = super::diagnose_xds::fetch(&client)?;
     let envoys = super::diagnose_xds::connected_nodes(xds.as_ref());
@@ -369,6 +371,58 @@ fn check_traffic(facts: &Facts, focus: Option<(&str, &str)>, report: &mut Report
                 "recent traffic trips no limit constantly ({measured} inbound limit(s) measured)"
             ));
         }
+    }
+}
+
+/// Global limits (`MeshGlobalRateLimit`) whose shared store failed checks in the last minute,
+/// with what the failure mode decided for them.
+fn check_global(facts: &Facts, focus: Option<(&str, &str)>, report: &mut Report) {
+    let mut healthy = 0;
+    let mut earlier = 0;
+    for dp in &facts.status.dataplanes {
+        if focus.is_some_and(|(m, n)| dp.mesh != m || dp.name != n) {
+            continue;
+        }
+        for inbound in &dp.inbounds {
+            let Some(global) = &inbound.global else {
+                continue;
+            };
+            let counters = &global.counters;
+            if global.store_errors_last_minute == 0 {
+                healthy += 1;
+                earlier += counters.store_errors;
+                continue;
+            }
+            report.problem(
+                format!(
+                    "{}/{} inbound {}: {} check(s) of its global limit failed in the shared store \
+                     over the last minute ({} since start; decided by the failure mode: {} \
+                     admitted (open), {} rejected (closed), {} by the local share)",
+                    dp.mesh,
+                    dp.name,
+                    inbound.port,
+                    global.store_errors_last_minute,
+                    counters.store_errors,
+                    counters.fallbacks_open,
+                    counters.fallbacks_closed,
+                    counters.fallbacks_local_share,
+                ),
+                "check that the data plane reaches Redis (its --redis URL) and that Redis answers \
+                 within the policy's backend timeout; the data plane's /metrics counts each failure \
+                 in meshlimit_global_store_errors_total"
+                    .to_string(),
+            );
+        }
+    }
+    if healthy > 0 {
+        let before = if earlier > 0 {
+            format!(" ({earlier} failed check(s) earlier)")
+        } else {
+            String::new()
+        };
+        report.ok(format!(
+            "global limits on {healthy} inbound(s): no check of a shared store failed in the last minute{before}"
+        ));
     }
 }
 
