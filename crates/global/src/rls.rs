@@ -13,12 +13,19 @@
 //!   rejecting traffic for a descriptor nobody configured here would be worse than letting it
 //!   through.
 //! - When Redis fails or times out the call fails with `UNAVAILABLE`, so that Envoy applies
-//!   its own `failure_mode_deny`, which is where the policy's failure mode lives.
+//!   its own `failure_mode_deny`, which is where the policy's `Open` and `Closed` failure
+//!   modes live. A `LocalShare` limit's descriptor carries the sending instance's share
+//!   ([`meshlimit_policy::global::DESCRIPTOR_SHARE`]): then the service itself decides, from a
+//!   bucket per (limit, instance) held in memory, so that the instances together keep the
+//!   total as the meshlimit proxies' own shares do. Those buckets live only while Redis is
+//!   failing in effect: they start full, and the service forgets them all if it ever holds
+//!   more than [`MAX_SHARE_BUCKETS`].
 //! - `hits_addend` above 1 is refused (`INVALID_ARGUMENT`): a check takes exactly one token,
 //!   and taking several is not one atomic step.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
@@ -30,8 +37,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use meshlimit_bucket::{Bucket, Clock, Decision, MonotonicClock};
 use meshlimit_policy::Rate;
-use meshlimit_policy::global::parse_descriptor;
+use meshlimit_policy::global::{LocalShare, parse_descriptor};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -41,11 +49,56 @@ use crate::{GlobalBuckets, GlobalSettings};
 /// The rate-limit domain of meshlimit's descriptors (the filter's `domain`).
 pub const DOMAIN: &str = meshlimit_policy::global::DESCRIPTOR_DOMAIN;
 
+/// The most (limit, instance) share buckets kept for `LocalShare` fallbacks; beyond it they
+/// are all forgotten (and start full again), so that descriptors made up by a peer cannot
+/// grow the service's memory.
+pub const MAX_SHARE_BUCKETS: usize = 10_000;
+
 /// The service; cheap to clone, clones share the buckets and the counters.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RateLimitServer {
     buckets: GlobalBuckets,
     counters: Arc<RlsCounters>,
+    shares: Arc<ShareBuckets>,
+}
+
+impl std::fmt::Debug for RateLimitServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitServer")
+            .field("buckets", &self.buckets)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Each instance's share of a `LocalShare` limit, for when Redis fails.
+struct ShareBuckets {
+    clock: Arc<dyn Clock>,
+    buckets: Mutex<HashMap<(String, u32), Arc<Bucket>>>,
+}
+
+impl ShareBuckets {
+    fn check(&self, key: &str, share: LocalShare) -> Decision {
+        let now = self.clock.now_ns();
+        let settings = share.rate.settings();
+        let bucket = {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            if buckets.len() >= MAX_SHARE_BUCKETS
+                && !buckets.contains_key(&(key.to_string(), share.index))
+            {
+                buckets.clear();
+            }
+            buckets
+                .entry((key.to_string(), share.index))
+                .or_insert_with(|| Arc::new(Bucket::new(settings, now)))
+                .clone()
+        };
+        // The share moves when instances join or leave: keep the tokens, take the new rate.
+        if bucket.settings() != settings {
+            bucket.reconfigure(settings, now);
+        }
+        bucket.check(now)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +108,7 @@ struct RlsCounters {
     over_limit: AtomicU64,
     unknown: AtomicU64,
     errors: AtomicU64,
+    local_share: AtomicU64,
 }
 
 /// What the service answered so far.
@@ -68,15 +122,27 @@ pub struct RlsStats {
     pub over_limit: u64,
     /// Descriptors answered `OK` without a check: not meshlimit's, or malformed.
     pub unknown: u64,
-    /// Calls that failed (Redis unreachable or late, or a refused request).
+    /// Calls that Redis failed (unreachable or late, including those then decided by a
+    /// local share) or that were refused.
     pub errors: u64,
+    /// Descriptors decided by the sender's local share because Redis failed.
+    pub local_share: u64,
 }
 
 impl RateLimitServer {
     pub fn new(buckets: GlobalBuckets) -> RateLimitServer {
+        RateLimitServer::with_clock(buckets, Arc::new(MonotonicClock))
+    }
+
+    /// With the clock of the `LocalShare` fallback buckets.
+    pub fn with_clock(buckets: GlobalBuckets, clock: Arc<dyn Clock>) -> RateLimitServer {
         RateLimitServer {
             buckets,
             counters: Arc::default(),
+            shares: Arc::new(ShareBuckets {
+                clock,
+                buckets: Mutex::default(),
+            }),
         }
     }
 
@@ -88,6 +154,7 @@ impl RateLimitServer {
             over_limit: c.over_limit.load(Ordering::Relaxed),
             unknown: c.unknown.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            local_share: c.local_share.load(Ordering::Relaxed),
         }
     }
 
@@ -133,7 +200,7 @@ impl RateLimitServer {
             )));
         }
         let ours = request.domain == DOMAIN;
-        // (descriptor index, bucket, settings, total) of every descriptor to check.
+        // (descriptor index, bucket, settings, total, share) of every descriptor to check.
         let mut checks = Vec::new();
         for (i, descriptor) in request.descriptors.iter().enumerate() {
             let entries = descriptor
@@ -147,18 +214,41 @@ impl RateLimitServer {
                 .as_ref()
                 .and_then(|d| GlobalSettings::new(d.total.settings()).ok());
             match (parsed, settings) {
-                (Some(d), Some(settings)) => checks.push((i, d.key, settings, d.total)),
+                (Some(d), Some(settings)) => checks.push((i, d.key, settings, d.total, d.share)),
                 _ => {
                     c.unknown.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        let batch: Vec<(&str, GlobalSettings)> =
-            checks.iter().map(|(_, k, s, _)| (k.as_str(), *s)).collect();
-        let decisions = self.buckets.check_many(&batch).await.map_err(|e| {
-            c.errors.fetch_add(1, Ordering::Relaxed);
-            Status::unavailable(format!("rate-limit counters unavailable: {e}"))
-        })?;
+        let batch: Vec<(&str, GlobalSettings)> = checks
+            .iter()
+            .map(|(_, k, s, _, _)| (k.as_str(), *s))
+            .collect();
+        let decisions = match self.buckets.check_many(&batch).await {
+            Ok(decisions) => decisions,
+            Err(e) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                // Only when every descriptor can fall back to its sender's share; otherwise
+                // Envoy's own failure mode decides the whole request.
+                let shares: Option<Vec<LocalShare>> = checks.iter().map(|(.., s)| *s).collect();
+                match shares {
+                    Some(shares) if !checks.is_empty() => {
+                        c.local_share
+                            .fetch_add(shares.len() as u64, Ordering::Relaxed);
+                        checks
+                            .iter()
+                            .zip(shares)
+                            .map(|((_, key, ..), share)| self.shares.check(key, share))
+                            .collect()
+                    }
+                    _ => {
+                        return Err(Status::unavailable(format!(
+                            "rate-limit counters unavailable: {e}"
+                        )));
+                    }
+                }
+            }
+        };
         c.checks
             .fetch_add(decisions.len() as u64, Ordering::Relaxed);
 
@@ -170,7 +260,7 @@ impl RateLimitServer {
             request.descriptors.len()
         ];
         let mut overall = Code::Ok;
-        for ((i, _, _, total), decision) in checks.iter().zip(&decisions) {
+        for ((i, _, _, total, _), decision) in checks.iter().zip(&decisions) {
             let admitted = decision.admitted();
             if !admitted {
                 overall = Code::OverLimit;

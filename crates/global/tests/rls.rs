@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use meshlimit_global::rls::DOMAIN;
 use meshlimit_global::{GlobalBuckets, GlobalOptions, RateLimitServer};
 use meshlimit_policy::Rate;
-use meshlimit_policy::global::descriptor;
+use meshlimit_policy::global::{LocalShare, descriptor, descriptor_with_share};
 use meshlimit_testkit::redis::RedisServer;
 use tonic::transport::Channel;
 
@@ -200,4 +200,53 @@ async fn without_redis_the_call_fails_so_that_envoy_applies_its_failure_mode() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_local_share_limit_is_decided_by_each_senders_share() {
+    let redis = RedisServer::start();
+    let (server, address) = start(&redis).await;
+    let mut client = client(&address).await;
+    let key = "mgrl/default/p/web";
+    // A total of 3 an hour between two instances: 2 for instance 0, 1 for instance 1.
+    let of = |index, num| {
+        descriptor_with_share(
+            key,
+            hourly(3),
+            LocalShare {
+                index,
+                rate: hourly(num),
+            },
+        )
+    };
+    // With Redis, the share is only carried: the total decides.
+    assert_eq!(
+        ask(&mut client, request(vec![of(0, 2)])).await.overall_code,
+        Code::Ok as i32
+    );
+    redis.kill();
+    let mut codes = Vec::new();
+    for (index, num) in [(0, 2), (1, 1), (0, 2), (1, 1), (0, 2)] {
+        codes.push(
+            ask(&mut client, request(vec![of(index, num)]))
+                .await
+                .overall_code,
+        );
+    }
+    let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+    assert_eq!(
+        codes,
+        [ok, ok, ok, over, over],
+        "the shares add up to the total"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.errors, stats.local_share), (5, 5), "{stats:?}");
+
+    // A request with any descriptor that cannot fall back is left to Envoy's failure mode.
+    let plain = descriptor(key, hourly(3));
+    let status = client
+        .should_rate_limit(request(vec![of(1, 1), plain]))
+        .await
+        .expect_err("no Redis, no answer");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }

@@ -113,9 +113,20 @@ pub struct GlobalLimit {
 
 impl GlobalLimit {
     /// The rate-limit descriptor an Envoy sends for this limit (see
-    /// [`crate::global::descriptor`]).
+    /// [`crate::global::descriptor`]); with `LocalShare`, it carries this instance's share,
+    /// which the rate-limit service enforces for it when Redis fails.
     pub fn descriptor(&self) -> Vec<(String, String)> {
-        crate::global::descriptor(&self.key, self.request_rate)
+        match self.failure_mode {
+            FailureMode::LocalShare => crate::global::descriptor_with_share(
+                &self.key,
+                self.request_rate,
+                crate::global::LocalShare {
+                    index: self.index,
+                    rate: self.share,
+                },
+            ),
+            _ => crate::global::descriptor(&self.key, self.request_rate),
+        }
     }
 }
 

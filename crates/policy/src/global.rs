@@ -59,6 +59,11 @@ pub const DESCRIPTOR_KEY: &str = "meshlimit_key";
 /// `<num>/<interval in nanoseconds>`.
 pub const DESCRIPTOR_RATE: &str = "meshlimit_rate";
 
+/// Entry key of the descriptor of a global limit whose failure mode is `LocalShare`: the
+/// sending instance's place and share, `<index>:<num>/<interval in nanoseconds>`, which the
+/// rate-limit service enforces for that instance when Redis does not answer.
+pub const DESCRIPTOR_SHARE: &str = "meshlimit_share";
+
 /// The rate-limit descriptor an Envoy sends for a global limit: the bucket and its total, in
 /// this order. The total travels with every request so that the rate-limit service needs no
 /// configuration of its own (and a changed policy takes effect with the next request); the
@@ -66,11 +71,30 @@ pub const DESCRIPTOR_RATE: &str = "meshlimit_rate";
 pub fn descriptor(key: &str, total: Rate) -> Vec<(String, String)> {
     vec![
         (DESCRIPTOR_KEY.to_string(), key.to_string()),
-        (
-            DESCRIPTOR_RATE.to_string(),
-            format!("{}/{}", total.num(), total.quota().fill_interval_ns()),
-        ),
+        (DESCRIPTOR_RATE.to_string(), rate_text(total)),
     ]
+}
+
+/// [`descriptor`] plus the sender's share of the total ([`DESCRIPTOR_SHARE`]), for a limit
+/// that falls back to the shares when Redis fails.
+pub fn descriptor_with_share(key: &str, total: Rate, share: LocalShare) -> Vec<(String, String)> {
+    let mut entries = descriptor(key, total);
+    entries.push((
+        DESCRIPTOR_SHARE.to_string(),
+        format!("{}:{}", share.index, rate_text(share.rate)),
+    ));
+    entries
+}
+
+fn rate_text(rate: Rate) -> String {
+    format!("{}/{}", rate.num(), rate.quota().fill_interval_ns())
+}
+
+/// One instance's place among those sharing a global limit and its [`share`] of the total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalShare {
+    pub index: u32,
+    pub rate: Rate,
 }
 
 /// A descriptor read back by [`parse_descriptor`].
@@ -78,6 +102,8 @@ pub fn descriptor(key: &str, total: Rate) -> Vec<(String, String)> {
 pub struct GlobalDescriptor {
     pub key: String,
     pub total: Rate,
+    /// The sender's share, when the limit falls back to shares ([`descriptor_with_share`]).
+    pub share: Option<LocalShare>,
 }
 
 /// Why [`parse_descriptor`] read no global limit.
@@ -90,15 +116,17 @@ pub enum DescriptorError {
     Invalid(String),
 }
 
-/// Reads a descriptor written by [`descriptor`]: exactly the two entries, in any order.
+/// Reads a descriptor written by [`descriptor`] or [`descriptor_with_share`]: exactly their
+/// entries, in any order.
 pub fn parse_descriptor<'a>(
     entries: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<GlobalDescriptor, DescriptorError> {
-    let (mut key, mut rate, mut others) = (None, None, Vec::new());
+    let (mut key, mut rate, mut share, mut others) = (None, None, None, Vec::new());
     for (name, value) in entries {
         let slot = match name {
             DESCRIPTOR_KEY => &mut key,
             DESCRIPTOR_RATE => &mut rate,
+            DESCRIPTOR_SHARE => &mut share,
             other => {
                 others.push(other);
                 continue;
@@ -115,20 +143,37 @@ pub fn parse_descriptor<'a>(
         )));
     }
     let rate = rate.ok_or_else(|| DescriptorError::Invalid(format!("no {DESCRIPTOR_RATE}")))?;
-    let invalid = || {
-        DescriptorError::Invalid(format!(
-            "{DESCRIPTOR_RATE} {rate:?} is not <num>/<interval_ns>"
-        ))
-    };
-    let (num, ns) = rate.split_once('/').ok_or_else(invalid)?;
-    let num = num.parse::<u32>().map_err(|_| invalid())?;
-    let ns = ns.parse::<u64>().map_err(|_| invalid())?;
-    let total = Rate::new(num, Duration::from_nanos(ns))
-        .map_err(|e| DescriptorError::Invalid(format!("{DESCRIPTOR_RATE} {rate:?}: {e}")))?;
+    let total = parse_rate(DESCRIPTOR_RATE, rate)?;
+    let share = share
+        .map(|text| {
+            let invalid = || {
+                DescriptorError::Invalid(format!(
+                    "{DESCRIPTOR_SHARE} {text:?} is not <index>:<num>/<interval_ns>"
+                ))
+            };
+            let (index, rate) = text.split_once(':').ok_or_else(invalid)?;
+            Ok(LocalShare {
+                index: index.parse().map_err(|_| invalid())?,
+                rate: parse_rate(DESCRIPTOR_SHARE, rate)?,
+            })
+        })
+        .transpose()?;
     Ok(GlobalDescriptor {
         key: key.to_string(),
         total,
+        share,
     })
+}
+
+/// `<num>/<interval_ns>`, the value of entry `name`.
+fn parse_rate(name: &str, text: &str) -> Result<Rate, DescriptorError> {
+    let invalid =
+        || DescriptorError::Invalid(format!("{name} {text:?} is not <num>/<interval_ns>"));
+    let (num, ns) = text.split_once('/').ok_or_else(invalid)?;
+    let num = num.parse::<u32>().map_err(|_| invalid())?;
+    let ns = ns.parse::<u64>().map_err(|_| invalid())?;
+    Rate::new(num, Duration::from_nanos(ns))
+        .map_err(|e| DescriptorError::Invalid(format!("{name} {text:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -246,9 +291,24 @@ mod tests {
             read,
             Ok(GlobalDescriptor {
                 key: "mgrl/default/p/web".into(),
-                total
+                total,
+                share: None,
             })
         );
+        let mine = LocalShare {
+            index: 2,
+            rate: rate(33, 60_000_000_000),
+        };
+        let entries = descriptor_with_share("k", total, mine);
+        assert_eq!(
+            entries[2],
+            (
+                "meshlimit_share".to_string(),
+                "2:33/60000000000".to_string()
+            )
+        );
+        let read = parse_descriptor(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        assert_eq!(read.map(|d| d.share), Ok(Some(mine)));
     }
 
     #[test]
@@ -272,6 +332,21 @@ mod tests {
                 ("meshlimit_key", "k"),
                 ("meshlimit_key", "k"),
                 ("meshlimit_rate", "5/1"),
+            ],
+            vec![
+                ("meshlimit_key", "k"),
+                ("meshlimit_rate", "5/1"),
+                ("meshlimit_share", "5/1"),
+            ],
+            vec![
+                ("meshlimit_key", "k"),
+                ("meshlimit_rate", "5/1"),
+                ("meshlimit_share", "x:5/1"),
+            ],
+            vec![
+                ("meshlimit_key", "k"),
+                ("meshlimit_rate", "5/1"),
+                ("meshlimit_share", "1:0/1"),
             ],
         ] {
             assert!(

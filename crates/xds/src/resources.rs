@@ -17,8 +17,9 @@
 //!   route sending one descriptor that names the bucket and its total
 //!   ([`meshlimit_policy::global::descriptor`]), and a cluster `ratelimit:<host>:<port>` for
 //!   the service (HTTP/2; `https://` adds TLS with the host as SNI). `failureMode: Closed`
-//!   becomes `failure_mode_deny`; `LocalShare` renders as `Open`, since Envoy cannot switch to
-//!   a local bucket when the service fails.
+//!   becomes `failure_mode_deny`. With `LocalShare` the descriptor also carries this instance's
+//!   share, which the service enforces for it while Redis fails (Envoy cannot switch to a
+//!   local bucket itself); if the service cannot be reached at all, Envoy admits, as `Open`.
 //!
 //! `Shadow` keeps either filter enabled but enforcing 0% (`filter_enforced`): Envoy asks and
 //! counts (`rate_limited` for the local filter, `over_limit` for the service's) but never
