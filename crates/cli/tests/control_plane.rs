@@ -1097,7 +1097,13 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
             "{why}: {want:?} missing from\n{report}"
         );
     }
-    assert!(report.matches("fix: ").count() >= 5, "{report}");
+    // An override is how Kuma's merging is meant to work: shown, but not a problem.
+    let shadowing = report
+        .lines()
+        .find(|l| l.contains("is shadowed"))
+        .expect("the shadowed limit is shown");
+    assert!(shadowing.starts_with("[info]    "), "{report}");
+    assert_eq!(report.matches("fix: ").count(), 3, "{report}");
     assert!(report.ends_with(" problem(s) found.\n"), "{report}");
 
     // Narrowed to one data plane, the others' checks are left out.

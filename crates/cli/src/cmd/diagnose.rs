@@ -114,6 +114,12 @@ impl Report {
         self.lines.push(format!("[ok]      {what}"));
     }
 
+    /// Worth knowing, not wrong: never changes the exit code.
+    fn info(&mut self, what: String, hint: String) {
+        self.lines
+            .push(format!("[info]    {what}\n          {hint}"));
+    }
+
     fn problem(&mut self, what: String, fix: String) {
         self.problems += 1;
         self.lines
@@ -275,8 +281,10 @@ fn check_shadowing(facts: &Facts, report: &mut Report) {
                     if own.is_empty() || effective.is_some_and(|e| own.contains(&e)) {
                         continue;
                     }
+                    // Kuma's merging: the more specific policy is meant to win. Worth showing
+                    // (it explains a limit that seems ignored), not a problem.
                     shadowed += 1;
-                    report.problem(
+                    report.info(
                         format!(
                             "{}/{} inbound {}: the {protocol} limit of MeshRateLimit {name} ({}) \
                              is shadowed; the effective limit is {} (more specific: {winner})",
@@ -288,8 +296,8 @@ fn check_shadowing(facts: &Facts, report: &mut Report) {
                                 .map_or_else(|| "none (disabled)".to_string(), |r| rate_text(&r)),
                         ),
                         format!(
-                            "if {name} should apply here, narrow the targetRef of {winner} or \
-                             remove its {protocol} limit; otherwise narrow {name}'s targetRef"
+                            "intended if {winner} is meant to override it here; if {name} should \
+                             apply, narrow the targetRef of {winner} or remove its {protocol} limit"
                         ),
                     );
                 }
