@@ -641,7 +641,7 @@ fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
             "--iterations",
             "2",
             "--interval",
-            "0.2",
+            "200ms",
         ])
         .stdin(Stdio::null())
         .output()
@@ -664,6 +664,28 @@ fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
         assert_eq!(cells[3], "http", "{row}");
         assert_ne!(cells[6], "-", "traffic was measured: {row}");
     }
+    // `get ratelimit-stats --watch` into a pipe: frames one after another, no screen control.
+    let watched = Command::new(BIN)
+        .args(["--cp", &url, "get", "ratelimit-stats", "--watch", "-n", "2"])
+        .args(["--interval", "10ms"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("get --watch runs");
+    assert!(watched.status.success(), "{}", stderr(&watched));
+    let watched = stdout(&watched);
+    assert_eq!(watched.matches("web-1").count(), 2, "{watched}");
+    assert!(
+        !watched.contains('\x1b'),
+        "no screen control in a pipe: {watched:?}"
+    );
+    // Durations are Go-style everywhere; a bare number says which form to use.
+    let bare = cli(&url, &["top", "--once", "--interval", "2"]);
+    assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+    assert!(
+        stderr(&bare).contains("write a duration such as 2s"),
+        "{}",
+        stderr(&bare)
+    );
 
     let diagnosed = cli(&url, &["diagnose", "rate-limit"]);
     assert_eq!(diagnosed.status.code(), Some(1));

@@ -44,9 +44,12 @@ pub struct Args {
     /// With ratelimit-stats: refresh until interrupted.
     #[arg(short = 'w', long)]
     pub watch: bool,
-    /// With --watch: seconds between refreshes.
-    #[arg(long, default_value_t = 2.0)]
-    pub interval: f64,
+    /// With --watch: time between refreshes.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::parse_positive_duration)]
+    pub interval: Duration,
+    /// With --watch: print this many refreshes, then exit.
+    #[arg(short = 'n', long, value_name = "N", requires = "watch")]
+    pub iterations: Option<u64>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
@@ -54,9 +57,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         args.kind.as_str(),
         "ratelimit-stats" | "ratelimitstats" | "stats"
     ) {
-        let interval = Duration::try_from_secs_f64(args.interval)
-            .map_err(|_| anyhow::anyhow!("--interval must be a positive number of seconds"))?;
-        return stats::run(ctx, args.output, args.watch, interval);
+        let frames = if args.watch { args.iterations } else { Some(1) };
+        return stats::run(ctx, args.output, frames, args.interval);
     }
     let kind: Kind = args.kind.parse().map_err(|e| {
         anyhow::anyhow!("{e}; or ratelimit-stats for the counters of every data plane")

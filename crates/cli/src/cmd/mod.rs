@@ -16,6 +16,69 @@ pub mod simulate;
 pub mod top;
 pub mod validate;
 
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Every duration flag: Go-style (`500ms`, `2s`, `1m30s`), the form policies use. A bare
+/// number is refused with the form to use, since its unit would be a guess.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.') && text != "0" {
+        return Err(format!(
+            "{text:?} has no unit: write a duration such as {text}s or {text}ms"
+        ));
+    }
+    meshlimit_policy::duration::parse_go(text)
+}
+
+/// A positive duration flag (an interval between refreshes, say).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be longer than 0".to_string());
+    }
+    Ok(duration)
+}
+
+/// Prints the frames `next` draws, `interval` apart, until `frames` are printed (forever when
+/// `None`). On a terminal each frame redraws the screen; into a pipe or file the frames follow
+/// one another, a blank line apart, with no screen control (as `top -b`).
+pub fn refresh(
+    frames: Option<u64>,
+    interval: Duration,
+    mut next: impl FnMut(&tokio::runtime::Runtime) -> anyhow::Result<String>,
+) -> anyhow::Result<ExitCode> {
+    if frames == Some(0) {
+        anyhow::bail!("--iterations must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let redraw = frames != Some(1) && std::io::stdout().is_terminal();
+    let mut drawn = 0u64;
+    loop {
+        let frame = next(&runtime)?;
+        let mut out = std::io::stdout().lock();
+        if redraw {
+            // Home the cursor and clear the screen, then draw.
+            write!(out, "\x1b[H\x1b[2J{frame}")?;
+        } else {
+            if drawn > 0 {
+                writeln!(out)?;
+            }
+            write!(out, "{frame}")?;
+        }
+        out.flush()?;
+        drop(out);
+        drawn += 1;
+        if frames.is_some_and(|n| drawn >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The timer is made inside the runtime: tokio's time driver lives there.
+        runtime.block_on(async { tokio::time::sleep(interval).await });
+    }
+}
+
 /// Global options every subcommand may use, as clap parsed them.
 pub struct Context {
     /// Control-plane API URL.

@@ -4,7 +4,6 @@
 //! terminal (a pipe, CI) frames are printed one after another without screen control.
 //! `--once` prints one frame, `--iterations N` prints N and exits.
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,50 +20,21 @@ pub struct Args {
     /// Print this many frames, one interval apart, and exit.
     #[arg(short = 'n', long, value_name = "N")]
     pub iterations: Option<u64>,
-    /// Seconds between refreshes.
-    #[arg(long, default_value_t = 1.0)]
-    pub interval: f64,
+    /// Time between refreshes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::parse_positive_duration)]
+    pub interval: Duration,
     /// Only this mesh.
     #[arg(short = 'm', long)]
     pub mesh: Option<String>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
-    let interval = Duration::try_from_secs_f64(args.interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--interval must be a positive number of seconds"))?;
     let client = client(ctx)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let frames = if args.once { Some(1) } else { args.iterations };
-    if frames == Some(0) {
-        anyhow::bail!("--iterations must be at least 1");
-    }
-    let redraw = !args.once && std::io::stdout().is_terminal();
-    let mut drawn = 0u64;
-    loop {
+    super::refresh(frames, args.interval, |runtime| {
         let status = runtime.block_on(client.status()).map_err(explain)?;
-        let frame = frame(&status, client.base(), args.mesh.as_deref());
-        let mut out = std::io::stdout().lock();
-        if redraw {
-            write!(out, "\x1b[H\x1b[2J{frame}")?;
-        } else {
-            if drawn > 0 {
-                writeln!(out)?;
-            }
-            write!(out, "{frame}")?;
-        }
-        out.flush()?;
-        drop(out);
-        drawn += 1;
-        if frames.is_some_and(|n| drawn >= n) {
-            return Ok(ExitCode::SUCCESS);
-        }
-        // The timer is made inside the runtime: tokio's time driver lives there.
-        runtime.block_on(async { tokio::time::sleep(interval).await });
-    }
+        Ok(frame(&status, client.base(), args.mesh.as_deref()))
+    })
 }
 
 const SPARKS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];

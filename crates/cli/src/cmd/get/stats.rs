@@ -1,7 +1,6 @@
 //! `meshlimit get ratelimit-stats`: per service, instance and inbound (and per kernel
 //! destination) — total, allowed, limited, tokens available, and the rates over the last minute.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,33 +10,22 @@ use super::Format;
 use super::output::{Table, client, explain, per_second};
 use crate::cmd::Context;
 
+/// `frames`: 1 without --watch, `None` to refresh until interrupted.
 pub fn run(
     ctx: &Context,
     format: Format,
-    watch: bool,
+    frames: Option<u64>,
     interval: Duration,
 ) -> anyhow::Result<ExitCode> {
     let client = client(ctx)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    loop {
+    crate::cmd::refresh(frames, interval, |runtime| {
         let status = runtime.block_on(client.status()).map_err(explain)?;
-        let text = match format {
+        Ok(match format {
             Format::Json => serde_json::to_string_pretty(&status)? + "\n",
             Format::Yaml => meshlimit_control_plane::model::any_to_yaml(&status)?,
             Format::Table => render(&status),
-        };
-        if !watch {
-            print!("{text}");
-            return Ok(ExitCode::SUCCESS);
-        }
-        // Clear the screen and home the cursor, then draw the fresh table.
-        print!("\x1b[2J\x1b[H{text}");
-        std::io::stdout().flush()?;
-        // The timer must be made inside the runtime.
-        runtime.block_on(async { tokio::time::sleep(interval).await });
-    }
+        })
+    })
 }
 
 fn cells(stats: &SeriesStats) -> Vec<String> {
