@@ -68,6 +68,10 @@ enum Command {
     Top(cmd::top::Args),
     /// Envoy integration helpers (bootstrap).
     Envoy(cmd::envoy::Args),
+    /// Print shell completions.
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the man pages (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +103,8 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => cmd::diagnose::run(&ctx, args),
         Command::Top(args) => cmd::top::run(&ctx, args),
         Command::Envoy(args) => cmd::envoy::run(args),
+        Command::Completions(args) => cmd::completions::completions(Cli::command(), args),
+        Command::Man => cmd::completions::man(Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -216,7 +216,7 @@ fn standard_input_is_read_for_dash() {
     assert_eq!(
         lines(&out.stderr),
         [
-            "-: document 2 (Mesh): name: invalid characters: use lowercase letters, digits, '-', '_' and '.'"
+            "<stdin>: document 2 (Mesh): name: invalid characters: use lowercase letters, digits, '-', '_' and '.'"
         ]
     );
 }

@@ -58,7 +58,7 @@ pub fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<SourceFile>> {
                 .read_to_string(&mut content)
                 .context("reading standard input")?;
             files.push(SourceFile {
-                name: "<stdin>".to_string(),
+                name: super::STDIN_LABEL.to_string(),
                 content,
             });
         } else if path.is_dir() {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod completions;
 pub mod control_plane;
 pub mod dataplane;
 pub mod delete;
@@ -17,6 +18,9 @@ pub mod top;
 pub mod validate;
 
 use std::io::{IsTerminal, Write};
+
+/// How every command names standard input (`-f -`) in what it prints.
+pub const STDIN_LABEL: &str = "<stdin>";
 use std::process::ExitCode;
 use std::time::Duration;
 

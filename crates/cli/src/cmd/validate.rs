@@ -57,7 +57,7 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Result<Parsed, Vec<Problem>>> {
             .take(meshlimit_policy::MAX_FILE_BYTES as u64 + 1)
             .read_to_string(&mut text)
             .context("reading standard input")?;
-        match parse_documents("-", &text) {
+        match parse_documents(super::STDIN_LABEL, &text) {
             Ok(p) => {
                 parsed.resources.extend(p.resources);
                 parsed.warnings.extend(p.warnings);

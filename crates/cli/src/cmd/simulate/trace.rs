@@ -78,7 +78,7 @@ impl std::error::Error for TraceError {}
 pub fn read(path: &str) -> Result<Vec<Arrival>, TraceError> {
     if path == "-" {
         let stdin = io::stdin();
-        return parse("<stdin>", stdin.lock().lines());
+        return parse(crate::cmd::STDIN_LABEL, stdin.lock().lines());
     }
     let file = File::open(path).map_err(|source| TraceError::Open {
         path: path.to_string(),
