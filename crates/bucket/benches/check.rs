@@ -1,6 +1,6 @@
 //! meshlimit's bucket engine against `governor` (the peer) on the same quota, in one run:
 //! the clock reads, a single-threaded check on one bucket, two threads on one bucket, and a
-//! keyed check spread over 1M keys.
+//! keyed check spread over 1M and over 10M keys (with memory per key).
 //!
 //! Run: `cargo bench -p meshlimit-bucket --bench check -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -215,52 +215,90 @@ fn two_threads(c: &mut Criterion) {
     g.finish();
 }
 
-/// A fixed pseudo-random walk over the key space (xorshift), so both libraries see the same
+/// A fixed pseudo-random walk over `keys` keys (xorshift), so both libraries see the same
 /// keys in the same order and the caches cannot predict them.
-fn key_walk(n: usize) -> Vec<u64> {
+fn key_walk(n: usize, keys: u64) -> Vec<u64> {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x % KEYS
+            x % keys
         })
         .collect()
 }
 
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`; 0 elsewhere): what a
+/// table of N keys really costs, allocator overhead and hash-table slack included.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn per_key(before: u64, keys: u64) -> f64 {
+    resident_bytes().saturating_sub(before) as f64 / keys as f64
+}
+
+/// Keyed checks over 1M and 10M keys. meshlimit's table is bounded at exactly the number of
+/// keys walked, so shards that draw more than their share evict (idle keys first) while the
+/// benchmark runs: the bound and eviction are on. governor's keyed store is unbounded.
 fn keyed(c: &mut Criterion) {
-    let mut g = c.benchmark_group("keyed_1m_keys");
-    let walk = key_walk(1 << 20);
     let clock = MonotonicClock;
+    for keys in [KEYS, 10 * KEYS] {
+        let mut g = c.benchmark_group(format!("keyed_{}m_keys", keys / KEYS));
+        let walk = key_walk(1 << 20, keys);
 
-    let table = KeyedBuckets::new(admitting_settings(), 2 * KEYS as usize);
-    for key in 0..KEYS {
-        table.check(&key, clock.now_ns());
-    }
-    assert_eq!(table.len() as u64, KEYS);
-    g.bench_with_input(BenchmarkId::new("meshlimit", KEYS), &walk, |b, walk| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) & (walk.len() - 1);
-            used(table.check(&walk[i], clock.now_ns()))
-        })
-    });
-    assert_eq!(table.evicted(), 0);
-    drop(table);
+        let before = resident_bytes();
+        let table = KeyedBuckets::new(admitting_settings(), keys as usize);
+        for key in 0..keys {
+            table.check(&key, clock.now_ns());
+        }
+        eprintln!(
+            "keyed {keys} keys: meshlimit {:.1} bytes/key resident ({} held, capacity {}, {} evicted while filling)",
+            per_key(before, keys),
+            table.len(),
+            table.capacity(),
+            table.evicted(),
+        );
+        g.bench_with_input(BenchmarkId::new("meshlimit", keys), &walk, |b, walk| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (walk.len() - 1);
+                used(table.check(&walk[i], clock.now_ns()))
+            })
+        });
+        eprintln!(
+            "keyed {keys} keys: meshlimit evicted {} in all ({} while active), {} held",
+            table.evicted(),
+            table.evicted_while_active(),
+            table.len()
+        );
+        assert!(table.len() <= table.capacity());
+        drop(table);
 
-    let limiter = RateLimiter::keyed(admitting_quota());
-    for key in 0..KEYS {
-        let _ = limiter.check_key(&key);
+        let before = resident_bytes();
+        let limiter = RateLimiter::keyed(admitting_quota());
+        for key in 0..keys {
+            let _ = limiter.check_key(&key);
+        }
+        eprintln!(
+            "keyed {keys} keys: governor {:.1} bytes/key resident ({} held, never evicts)",
+            per_key(before, keys),
+            limiter.len(),
+        );
+        g.bench_with_input(BenchmarkId::new("governor", keys), &walk, |b, walk| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & (walk.len() - 1);
+                black_box(limiter.check_key(&walk[i]).is_ok())
+            })
+        });
+        drop(limiter);
+        g.finish();
     }
-    g.bench_with_input(BenchmarkId::new("governor", KEYS), &walk, |b, walk| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) & (walk.len() - 1);
-            black_box(limiter.check_key(&walk[i]).is_ok())
-        })
-    });
-    g.finish();
 }
 
 criterion_group!(benches, clocks, single_thread, two_threads, keyed);

@@ -90,26 +90,44 @@ impl Bucket {
     /// Takes one token if there is one.
     #[inline]
     pub fn check(&self, now_ns: u64) -> Decision {
-        loop {
-            let (state, origin, plan) = self.snapshot();
-            match arith::step(&plan, origin, state & PAYLOAD_MASK, now_ns) {
-                Step::Admit { payload, decision } => {
-                    let next = (state & !PAYLOAD_MASK) | payload;
-                    if self
-                        .state
-                        .0
-                        .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return decision;
+        'snapshot: loop {
+            let (mut state, origin, plan) = self.snapshot();
+            // The plan is validated for `state`'s generation; while a failed compare-and-swap
+            // reports the same generation, no writer has published another slot (writers move
+            // the generation before they touch a slot checks may read), so a retry under
+            // contention only redoes the arithmetic on the new payload. (Like the
+            // compare-and-swap itself, this assumes the 8-bit generation does not wrap through
+            // 256 reconfigurations during one check.)
+            loop {
+                match arith::step(&plan, origin, state & PAYLOAD_MASK, now_ns) {
+                    Step::Admit { payload, decision } => {
+                        let next = (state & !PAYLOAD_MASK) | payload;
+                        // Success: Release publishes the new payload to the next check's
+                        // Acquire load; Acquire is not needed for correctness (the payload we
+                        // replace is the one we computed from), but on x86 every locked
+                        // instruction is a full barrier, so AcqRel costs nothing extra and keeps
+                        // the ordering obvious. Failure: Relaxed is enough, because the value
+                        // is only used if its generation matches the snapshot's, whose slot was
+                        // already acquired and validated.
+                        match self.state.0.compare_exchange_weak(
+                            state,
+                            next,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        ) {
+                            Ok(_) => return decision,
+                            Err(actual) if (actual ^ state) >> GEN_SHIFT == 0 => state = actual,
+                            Err(_) => continue 'snapshot,
+                        }
                     }
-                }
-                Step::Deny(decision) => return decision,
-                Step::Rebase => {
-                    if !plan.is_wide() {
-                        self.rewrite(now_ns, None);
-                    } else if let Some(decision) = self.check_wide(now_ns) {
-                        return decision;
+                    Step::Deny(decision) => return decision,
+                    Step::Rebase => {
+                        if !plan.is_wide() {
+                            self.rewrite(now_ns, None);
+                        } else if let Some(decision) = self.check_wide(now_ns) {
+                            return decision;
+                        }
+                        continue 'snapshot;
                     }
                 }
             }

@@ -21,6 +21,16 @@ pub trait Clock: Send + Sync + 'static {
 /// it accrues; at most it is granted one tick late. It never goes backwards and is the same on
 /// every core (unlike a raw TSC). Envoy decides on its event loop's cached time in the same way.
 /// Use [`PreciseMonotonicClock`] where sub-millisecond timing matters more than cost.
+///
+/// Why it is monotonic across cores, the way buckets use it: a check reads the clock and then
+/// publishes its result with a compare-and-swap on the bucket's state; the next check on any
+/// core acquires that state before it reads the clock. So what must hold is: a read that
+/// happens-after another read returns at least as much. `CLOCK_MONOTONIC_COARSE` is not a
+/// per-core counter: it is the single `timekeeper` value the kernel publishes in the vDSO data
+/// page under a sequence count at each tick, and every core reads that same word. A read that
+/// happens-after another therefore sees the same tick or a later one. This is the property a
+/// raw per-core TSC (governor's default `quanta` clock, its issue 299) lacks.
+/// `real_clocks_are_monotonic_across_threads_in_happens_before_order` checks it on two threads.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MonotonicClock;
 
@@ -104,6 +114,39 @@ mod tests {
         b.set_ns(u64::MAX - 1);
         a.advance(Duration::from_secs(1));
         assert_eq!(a.now_ns(), u64::MAX);
+    }
+
+    /// Two threads pass a baton carrying the last clock value read; each reads the clock only
+    /// after it has acquired the baton (what a bucket's compare-and-swap gives two checks) and
+    /// must never see an earlier time than the other thread saw.
+    #[test]
+    fn real_clocks_are_monotonic_across_threads_in_happens_before_order() {
+        fn relay(clock: &(dyn Fn() -> u64 + Sync)) {
+            const ROUNDS: u64 = 20_000;
+            // Bit 0: whose turn; the rest: the time read by the previous holder, shifted.
+            let baton = AtomicU64::new(0);
+            std::thread::scope(|scope| {
+                for me in 0..2u64 {
+                    let baton = &baton;
+                    scope.spawn(move || {
+                        for _ in 0..ROUNDS {
+                            let seen = loop {
+                                let b = baton.load(Ordering::Acquire);
+                                if b & 1 == me {
+                                    break b >> 1;
+                                }
+                                std::hint::spin_loop();
+                            };
+                            let now = clock() >> 1;
+                            assert!(now >= seen, "clock went back from {seen} to {now}");
+                            baton.store((now << 1) | (1 - me), Ordering::Release);
+                        }
+                    });
+                }
+            });
+        }
+        relay(&|| MonotonicClock.now_ns());
+        relay(&|| PreciseMonotonicClock.now_ns());
     }
 
     #[test]
