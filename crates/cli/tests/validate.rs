@@ -115,7 +115,7 @@ spec:
               num: 0
               interval: 10ms
             onRateLimit:
-              status: 200
+              status: 0
           tpc:
             connectionRate: {num: 1, interval: 1s}
 "#,
@@ -142,7 +142,7 @@ spec:
                 "{f}: document 2 (MeshRateLimit too-fast): spec.rules[0].default.local.http.requestRate.interval: must be greater than: 50ms"
             ),
             format!(
-                "{f}: document 2 (MeshRateLimit too-fast): spec.rules[0].default.local.http.onRateLimit.status: must be in inclusive range [400, 599]"
+                "{f}: document 2 (MeshRateLimit too-fast): spec.rules[0].default.local.http.onRateLimit.status: must be greater than 0"
             ),
         ]
     );
@@ -216,7 +216,7 @@ fn standard_input_is_read_for_dash() {
     assert_eq!(
         lines(&out.stderr),
         [
-            "<stdin>: document 2 (Mesh): name: invalid characters: use lowercase letters, digits, '-', '_' and '.'"
+            "<stdin>: document 2 (Mesh): name: invalid name: must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
         ]
     );
 }

@@ -2,8 +2,10 @@
 //! configuration is — Kuma's algorithm:
 //!
 //! 1. the top-level `targetRef` selects inbounds ([`selects`]);
-//! 2. the applying policies are ordered least specific first ([`Specificity`]), ties broken by
-//!    name, descending, so the lexicographically smallest name comes last and wins;
+//! 2. the applying policies are ordered by their `kuma.io/origin` label (global < none <
+//!    zone), then `kuma.io/policy-role` (system < producer < consumer < workload-owner, the
+//!    default), then least specific targetRef first ([`Specificity`]), ties broken by
+//!    `kuma.io/display-name` (else the name), descending, so the smallest comes last and wins;
 //! 3. their confs are merged field by field in that order ([`merge`]); rates and header lists
 //!    are replaced whole; within one policy, later `from`/`rules` entries override earlier ones;
 //! 4. `rules` with `matches` apply only to the sources they match, over the catch-all ones,
@@ -13,6 +15,7 @@
 //! either) and merged by [`global_conf_for`]; [`enforced_global`] is what they enforce.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use crate::effective::{GlobalLimit, HttpLimit, Protocol, RejectHeaders, TcpLimit};
 use crate::model::{
@@ -39,7 +42,10 @@ pub fn selects(target: &TargetRef, dp: &Dataplane, inbound: &Inbound) -> bool {
         TargetRefKind::MeshService => service_ok && section_ok,
         TargetRefKind::MeshServiceSubset => service_ok && tags_ok,
         TargetRefKind::Dataplane => {
-            target.name.as_ref().is_none_or(|n| *n == dp.name)
+            // Dataplanes here are universal (no namespace): a targetRef naming a namespace
+            // selects Dataplanes of that namespace only, so none of them.
+            target.namespace.is_none()
+                && target.name.as_ref().is_none_or(|n| *n == dp.name)
                 && target
                     .labels
                     .iter()
@@ -96,11 +102,51 @@ pub trait Targeted {
     fn mesh(&self) -> &str;
     /// The top-level targetRef, `{kind: Mesh}` when omitted.
     fn target(&self) -> TargetRef;
+    /// The resource's labels (`kuma.io/origin`, `kuma.io/policy-role`, `kuma.io/display-name`
+    /// order policies before their targetRef does).
+    fn labels(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        &NONE
+    }
+}
+
+/// Where a policy was created: a global control plane's copy ranks below an unlabelled one,
+/// which ranks below a zone's own (Kuma's `kuma.io/origin`).
+fn origin_rank(labels: &BTreeMap<String, String>) -> u8 {
+    match labels.get("kuma.io/origin").map(String::as_str) {
+        Some("global") => 0,
+        Some("zone") => 2,
+        _ => 1,
+    }
+}
+
+/// Kuma's `kuma.io/policy-role`: system < producer < consumer < workload-owner. Kuma gives an
+/// inbound policy without the label the workload-owner role.
+fn role_rank(labels: &BTreeMap<String, String>) -> u8 {
+    match labels.get("kuma.io/policy-role").map(String::as_str) {
+        Some("system") => 0,
+        Some("producer") => 1,
+        Some("consumer") => 2,
+        _ => 3,
+    }
+}
+
+/// The name ties are broken by: `kuma.io/display-name` when present (the name the user gave,
+/// before a control plane added a hash or namespace), else the resource name.
+fn display_name<P: Targeted + ?Sized>(p: &P) -> String {
+    p.labels()
+        .get("kuma.io/display-name")
+        .cloned()
+        .unwrap_or_else(|| p.name().to_string())
 }
 
 impl Targeted for MeshRateLimit {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 
     fn mesh(&self) -> &str {
@@ -115,6 +161,10 @@ impl Targeted for MeshRateLimit {
 impl Targeted for MeshGlobalRateLimit {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
     }
 
     fn mesh(&self) -> &str {
@@ -136,7 +186,17 @@ pub fn applying<'a, P: Targeted + 'a>(
         .into_iter()
         .filter(|p| p.mesh() == dp.mesh && selects(&p.target(), dp, inbound))
         .collect();
-    out.sort_by_cached_key(|p| (specificity(&p.target()), Reverse(p.name().to_string())));
+    // Kuma's order: origin, then role, then how specific the targetRef is, then the name
+    // (the smaller name sorts later, so it wins).
+    out.sort_by_cached_key(|p| {
+        (
+            origin_rank(p.labels()),
+            role_rank(p.labels()),
+            specificity(&p.target()),
+            Reverse(display_name(*p)),
+            Reverse(p.name().to_string()),
+        )
+    });
     out
 }
 

@@ -586,3 +586,126 @@ fn proxy_types_filter_by_the_kind_of_proxy() {
         assert_eq!(selects(&target, &gateway, inbound), on_gateway, "{types:?}");
     }
 }
+
+/// Kuma's targetRef for kind Dataplane: `namespace` restricts it to that namespace (these
+/// Dataplanes have none, so it selects nothing), and `sectionName` alone selects that inbound
+/// of every Dataplane.
+#[test]
+fn dataplane_namespace_and_section_name_alone() {
+    let s = set(&[
+        policy(
+            "other-ns",
+            "{kind: Dataplane, name: dp-1, namespace: other}",
+            &http(1),
+        ),
+        policy("api-only", "{kind: Dataplane, sectionName: api}", &http(7)),
+    ]);
+    let api = inbound(&s, "dp-1", 8080);
+    assert_eq!(api.policies, ["api-only"]);
+    assert_eq!(api.http.expect("limited").request_rate.num().get(), 7);
+    assert!(inbound(&s, "dp-1", 9090).http.is_none());
+    assert!(
+        inbound(&s, "dp-2", 8080).http.is_none(),
+        "dp-2's inbound has no name"
+    );
+}
+
+/// A MeshRateLimit with labels, targeting `target`, limiting HTTP to `num` per second.
+fn labelled(name: &str, labels: &str, target: &str, num: u32) -> String {
+    format!(
+        "type: MeshRateLimit\nname: {name}\nlabels: {labels}\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        local: {}\n",
+        http(num)
+    )
+}
+
+fn winner(policies: &[String]) -> u32 {
+    let s = set(policies);
+    let i = inbound(&s, "dp-1", 8080);
+    i.http.expect("limited").request_rate.num().get()
+}
+
+/// Kuma orders policies by `kuma.io/origin` and `kuma.io/policy-role` before the targetRef's
+/// kind, and breaks ties by `kuma.io/display-name`.
+#[test]
+fn origin_role_and_display_name_order_policies() {
+    let mesh = "{kind: Mesh}";
+    let dp = "{kind: Dataplane, name: dp-1}";
+    let cases: &[(&str, Vec<String>, u32)] = &[
+        (
+            "a zone policy beats a more specific global one",
+            vec![
+                labelled("a", "{kuma.io/origin: global}", dp, 1),
+                labelled("b", "{kuma.io/origin: zone}", mesh, 2),
+            ],
+            2,
+        ),
+        (
+            "an unlabelled policy beats a global one",
+            vec![
+                labelled("a", "{kuma.io/origin: global}", dp, 1),
+                labelled("b", "{}", mesh, 2),
+            ],
+            2,
+        ),
+        (
+            "a zone policy beats an unlabelled one",
+            vec![
+                labelled("a", "{}", dp, 1),
+                labelled("b", "{kuma.io/origin: zone}", mesh, 2),
+            ],
+            2,
+        ),
+        (
+            "workload-owner beats consumer beats producer beats system",
+            vec![
+                labelled("a", "{kuma.io/policy-role: workload-owner}", mesh, 4),
+                labelled("b", "{kuma.io/policy-role: consumer}", dp, 3),
+                labelled("c", "{kuma.io/policy-role: producer}", dp, 2),
+                labelled("d", "{kuma.io/policy-role: system}", dp, 1),
+            ],
+            4,
+        ),
+        (
+            "consumer beats producer whatever the kind",
+            vec![
+                labelled("a", "{kuma.io/policy-role: producer}", dp, 1),
+                labelled("b", "{kuma.io/policy-role: consumer}", mesh, 2),
+            ],
+            2,
+        ),
+        (
+            "origin before role",
+            vec![
+                labelled(
+                    "a",
+                    "{kuma.io/origin: global, kuma.io/policy-role: workload-owner}",
+                    mesh,
+                    1,
+                ),
+                labelled(
+                    "b",
+                    "{kuma.io/origin: zone, kuma.io/policy-role: system}",
+                    mesh,
+                    2,
+                ),
+            ],
+            2,
+        ),
+        (
+            "same rank: the smaller display name wins over the resource name",
+            vec![
+                labelled("a", "{kuma.io/display-name: zz}", mesh, 1),
+                labelled("b", "{kuma.io/display-name: aa}", mesh, 2),
+            ],
+            2,
+        ),
+        (
+            "without labels the kind still decides",
+            vec![labelled("a", "{}", mesh, 1), labelled("b", "{}", dp, 2)],
+            2,
+        ),
+    ];
+    for (what, policies, want) in cases {
+        assert_eq!(winner(policies), *want, "{what}");
+    }
+}

@@ -35,6 +35,9 @@ fn set_problems(yaml: &str) -> Vec<String> {
     }
 }
 
+/// Kubernetes' DNS-1123 subdomain rule, which Kuma applies to every name.
+const NAME_RULE: &str = "invalid name: must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)";
+
 fn one(path: &str, message: &str) -> Vec<(String, String)> {
     vec![(path.to_string(), message.to_string())]
 }
@@ -135,10 +138,41 @@ fn rate_interval_must_exceed_50ms() {
 fn status_must_be_a_4xx_or_5xx() {
     let at = |status: &str| {
         mrl(&format!(
-            "rules:\n  - default:\n      local:\n        http:\n          onRateLimit: {{status: {status}}}"
+            "targetRef: {{kind: Mesh, proxyTypes: [Sidecar]}}\nrules:\n  - default:\n      local:\n        http:\n          onRateLimit: {{status: {status}}}"
         ))
     };
-    for bad in ["0", "200", "399", "600", "99999999999"] {
+    // Kuma: `ValidateIntegerGreaterThanZeroOrNil` on onRateLimit.status.
+    assert_eq!(
+        problems(&at("0")),
+        one(
+            &format!("{LOCAL}.http.onRateLimit.status"),
+            "must be greater than 0"
+        )
+    );
+    // Kuma accepts these; Envoy's local_ratelimit answers 429 for a status below 400.
+    for low in ["1", "200", "302", "399"] {
+        assert_eq!(
+            warnings(&at(low)),
+            one(
+                &format!("{LOCAL}.http.onRateLimit.status"),
+                &format!(
+                    "status {low} is below 400: Envoy answers 429 instead, and so does meshlimit"
+                )
+            ),
+            "{low}"
+        );
+        let dp = "type: Dataplane\nname: dp\nnetworking:\n  address: 10.0.0.1\n  inbound:\n    - port: 80\n      tags: {kuma.io/service: web, kuma.io/protocol: http}\n---\n";
+        let rate = at(low).replace(
+            "\n            onRateLimit:",
+            "\n            requestRate: {num: 1, interval: 1s}\n            onRateLimit:",
+        );
+        let parsed = parse_documents("t", &format!("{dp}{rate}")).expect("accepted");
+        let set = ResourceSet::from_parsed(parsed).expect("consistent");
+        let limits = set.effective("default", "dp").expect("dataplane");
+        let http = limits.inbounds[0].http.as_ref().expect("an HTTP limit");
+        assert_eq!(http.status.code().as_u16(), 429, "{low}");
+    }
+    for bad in ["600", "99999999999"] {
         assert_eq!(
             problems(&at(bad)),
             one(
@@ -270,7 +304,7 @@ fn spiffe_id_matches_cannot_limit_tcp() {
         problems(&yaml),
         one(
             "spec.rules[0].default.local.tcp",
-            "must not be defined when matches select by spiffeID (a TCP connection limit cannot depend on the client identity)"
+            "can't be specified when matches contain spiffeID because this field cannot be conditioned on source identity"
         )
     );
     // SNI matches may limit TCP.
@@ -297,7 +331,7 @@ fn matches_are_checked() {
         problems(&at("sni: {type: Prefix, value: a}")),
         one(
             &format!("{base}.sni.type"),
-            "value 'Prefix' is not supported (expected Exact)"
+            "unrecognized type \"Prefix\", supported values are: Exact"
         )
     );
     assert_eq!(
@@ -476,13 +510,9 @@ fn top_level_target_kinds_and_their_fields() {
             "must not be set together with name"
         )
     );
-    assert_eq!(
-        problems(&at("{kind: Dataplane, sectionName: http}")),
-        one(
-            "spec.targetRef.sectionName",
-            "can only be used with name or labels"
-        )
-    );
+    // Kuma: a Dataplane targetRef with only sectionName selects that inbound of every
+    // Dataplane in an inbound policy.
+    assert!(parse_documents("t.yaml", &at("{kind: Dataplane, sectionName: http}")).is_ok());
     assert_eq!(
         problems(&at("{kind: Mesh, proxyTypes: [Sidecars]}")),
         one(
@@ -499,7 +529,10 @@ fn top_level_target_kinds_and_their_fields() {
     );
     assert_eq!(
         problems(&at("{kind: MeshSubset, tags: {app: \"\"}}")),
-        one("spec.targetRef.tags[\"app\"]", "must not be empty")
+        one(
+            "spec.targetRef.tags[\"app\"]",
+            "tag value must be non-empty"
+        )
     );
 }
 
@@ -626,13 +659,7 @@ fn documents_need_a_known_kind_and_a_name() {
         )
     );
     assert_eq!(problems("type: Mesh"), one("name", "must be defined"));
-    assert_eq!(
-        problems("type: Mesh\nname: Prod"),
-        one(
-            "name",
-            "invalid characters: use lowercase letters, digits, '-', '_' and '.'"
-        )
-    );
+    assert_eq!(problems("type: Mesh\nname: Prod"), one("name", NAME_RULE));
     assert_eq!(
         problems("apiVersion: kuma.io/v1beta1\nkind: MeshRateLimit\nmetadata: {name: x}\nspec: {}"),
         one(
@@ -904,7 +931,7 @@ fn a_service_has_at_most_one_kernel_limit() {
 #[test]
 fn every_problem_of_a_document_is_reported_at_once() {
     let yaml = mrl(
-        "targetRef: {kind: MeshServic, name: web}\nrules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 0, interval: 1ms}\n          onRateLimit: {status: 200}\n        tcp: {}",
+        "targetRef: {kind: MeshServic, name: web}\nrules:\n  - default:\n      local:\n        http:\n          requestRate: {num: 0, interval: 1ms}\n          onRateLimit: {status: 0}\n        tcp: {}",
     );
     let found = problems(&yaml);
     let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
@@ -955,5 +982,137 @@ fn a_destination_has_at_most_one_kernel_bucket() {
         let set = ResourceSet::from_parsed(parse_documents("t.yaml", &ok).expect("valid"))
             .expect("consistent");
         assert_eq!(set.kernel_limits().len(), 2);
+    }
+}
+
+/// Issue: names `.`, `..` and leading/trailing `-` were accepted. Kuma (and Kubernetes) take
+/// a DNS-1123 subdomain: labels of `[a-z0-9-]` starting and ending alphanumeric, joined by `.`.
+#[test]
+fn names_are_dns1123_subdomains() {
+    for bad in [
+        ".", "..", "-a", "a-", "a..b", ".a", "a.", "a_b", "A", "a*", "\"*\"", "a.-b", "a-.b",
+    ] {
+        assert_eq!(
+            problems(&format!("type: Mesh\nname: {bad}")),
+            one("name", NAME_RULE),
+            "{bad}"
+        );
+        assert_eq!(
+            problems(&format!(
+                "type: MeshRateLimit\nmesh: {bad}\nname: p\nspec: {{}}"
+            )),
+            one("mesh", NAME_RULE),
+            "mesh {bad}"
+        );
+    }
+    for good in [
+        "a",
+        "\"0\"",
+        "a-b",
+        "a.b",
+        "a--b.c-d",
+        "web-1.default",
+        "x9",
+    ] {
+        assert!(
+            parse_documents("t.yaml", &format!("type: Mesh\nname: {good}")).is_ok(),
+            "{good}"
+        );
+    }
+    assert_eq!(
+        problems(&format!("type: Mesh\nname: {}", "a".repeat(254))),
+        one("name", "must be at most 253 characters")
+    );
+}
+
+/// Kuma's generic targetRef validator (`ValidateTargetRef`): `mesh` is refused with every
+/// kind, and the kinds naming another resource take only Kuma's name characters.
+#[test]
+fn target_ref_mesh_and_name_follow_kuma() {
+    let at = |target: &str| mrl(&format!("targetRef: {target}\nto: []"));
+    for (target, kind) in [
+        ("{kind: Mesh, mesh: other}", "Mesh"),
+        (
+            "{kind: MeshSubset, tags: {app: a}, mesh: other}",
+            "MeshSubset",
+        ),
+        ("{kind: MeshService, name: web, mesh: other}", "MeshService"),
+        ("{kind: Dataplane, name: dp-1, mesh: other}", "Dataplane"),
+        (
+            "{kind: MeshGateway, name: edge, mesh: other}",
+            "MeshGateway",
+        ),
+    ] {
+        assert_eq!(
+            problems(&at(target)),
+            one(
+                "spec.targetRef.mesh",
+                &format!("must not be set with kind {kind}")
+            ),
+            "{target}"
+        );
+    }
+    let name_rule =
+        "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'.";
+    for bad in ["\"*\"", "Web", "web/1", "a b"] {
+        assert_eq!(
+            problems(&at(&format!("{{kind: MeshService, name: {bad}}}"))),
+            one("spec.targetRef.name", name_rule),
+            "{bad}"
+        );
+    }
+    // Legacy service names carry underscores (`backend_kuma-demo_svc_8080`).
+    assert!(
+        parse_documents(
+            "t.yaml",
+            &at("{kind: MeshService, name: backend_kuma-demo_svc_8080}")
+        )
+        .is_ok()
+    );
+}
+
+/// Kuma's `validateTagKeyValues` (`ValidateTags` for MeshSubset, `ValidateSelector` for
+/// MeshServiceSubset and MeshGateway): its messages, an empty tag name reported at `tags`.
+#[test]
+fn target_ref_tags_follow_kuma() {
+    let at = |target: &str| mrl(&format!("targetRef: {target}\nto: []"));
+    let name_rule =
+        "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores";
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "{kind: MeshSubset, tags: {\"\": a}}",
+            "spec.targetRef.tags",
+            "tag name must be non-empty",
+        ),
+        (
+            "{kind: MeshSubset, tags: {\"a b\": a}}",
+            "spec.targetRef.tags[\"a b\"]",
+            name_rule,
+        ),
+        (
+            "{kind: MeshSubset, tags: {app: \"*\"}}",
+            "spec.targetRef.tags[\"app\"]",
+            "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+        ),
+        (
+            "{kind: MeshSubset, tags: {app: a/b}}",
+            "spec.targetRef.tags[\"app\"]",
+            "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+        ),
+        (
+            "{kind: MeshServiceSubset, name: web, tags: {app: \"a b\"}}",
+            "spec.targetRef.tags[\"app\"]",
+            "tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be \"*\"",
+        ),
+    ];
+    for (target, path, message) in cases {
+        assert_eq!(problems(&at(target)), one(path, message), "{target}");
+    }
+    for good in [
+        "{kind: MeshSubset, tags: {kuma.io/zone: east, version: v1.2_x:y}}",
+        "{kind: MeshServiceSubset, name: web, tags: {version: \"*\"}}",
+        "{kind: MeshServiceSubset, name: web, tags: {path: a/b}}",
+    ] {
+        assert!(parse_documents("t.yaml", &at(good)).is_ok(), "{good}");
     }
 }

@@ -44,6 +44,23 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
 
     ok &= shared::rules_exclude_from_to(report, &f);
 
+    // Kuma: a sectionName names an inbound, so only `from`/`rules` may use it.
+    let nonempty = |name: &str| {
+        f.get(name)
+            .is_some_and(|(v, _)| !matches!(v, Value::Sequence(items) if items.is_empty()))
+    };
+    if top.kind == TargetRefKind::Dataplane
+        && top.section_name.is_some()
+        && !nonempty("from")
+        && !nonempty("rules")
+    {
+        report.error(
+            &field(&field(f.path(), "targetRef"), "sectionName"),
+            "can only be used with inbound policies",
+        );
+        ok = false;
+    }
+
     if let Some((v, p)) = f.get("rules") {
         let gateway_error = explicit_gateway_scope(&top);
         match tree::list(report, v, &p) {
@@ -161,7 +178,7 @@ fn rule(report: &mut Report, value: &Value, path: &str) -> Option<Rule> {
     {
         report.error(
             &field(&field(&default_path, "local"), "tcp"),
-            "must not be defined when matches select by spiffeID (a TCP connection limit cannot depend on the client identity)",
+            "can't be specified when matches contain spiffeID because this field cannot be conditioned on source identity",
         );
         ok = false;
     }
@@ -221,8 +238,8 @@ fn string_match(
                 report.error(
                     &p,
                     format!(
-                        "value '{text}' is not supported (expected {})",
-                        names.join(" or ")
+                        "unrecognized type {text:?}, supported values are: {}",
+                        names.join(", ")
                     ),
                 );
             }

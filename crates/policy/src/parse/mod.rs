@@ -491,24 +491,39 @@ fn optional_map(
     }
 }
 
-/// Names of resources, meshes and namespaces: what Kuma accepts in universal mode.
+/// Names of resources, meshes and namespaces: a DNS-1123 subdomain, as Kuma and Kubernetes
+/// require (`.`, `..` and names starting or ending with `-` would not survive a round trip
+/// through either).
 fn resource_name(report: &mut Report, value: &Value, path: &str) -> Option<String> {
     let name = tree::nonempty_string(report, value, path)?;
     if name.len() > MAX_NAME_LEN {
         report.error(path, format!("must be at most {MAX_NAME_LEN} characters"));
         return None;
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
-    {
+    if !is_dns1123_subdomain(&name) {
         report.error(
             path,
-            "invalid characters: use lowercase letters, digits, '-', '_' and '.'",
+            "invalid name: must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)",
         );
         return None;
     }
     Some(name)
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`, the Kubernetes rule.
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            match (b.first(), b.last()) {
+                (Some(&first), Some(&last)) => {
+                    alnum(first) && alnum(last) && b.iter().all(|&c| alnum(c) || c == b'-')
+                }
+                _ => false,
+            }
+        })
 }
 
 /// The line where flow brackets first nest deeper than [`MAX_FLOW_DEPTH`], if they do.

@@ -59,12 +59,18 @@ pub(crate) fn target_ref(report: &mut Report, value: &Value, path: &str) -> Opti
     t.namespace = opt_string("namespace");
     t.mesh = opt_string("mesh");
     t.section_name = opt_string("sectionName");
-    for (name, slot) in [("labels", &mut t.labels), ("tags", &mut t.tags)] {
-        if let Some((v, p)) = f.get(name) {
-            match tree::string_map(report, v, &p) {
-                Some(m) => *slot = m,
-                None => ok = false,
-            }
+    if let Some((v, p)) = f.get("labels") {
+        match tree::string_map(report, v, &p) {
+            Some(m) => t.labels = m,
+            None => ok = false,
+        }
+    }
+    if let Some((v, p)) = f.get("tags") {
+        // MeshSubset takes tag values; the kinds naming a resource take selectors (`*` too).
+        let selector = kind != Some(TargetRefKind::MeshSubset);
+        match target_tags(report, v, &p, selector) {
+            Some(m) => t.tags = m,
+            None => ok = false,
         }
     }
     if let Some((v, p)) = f.get("proxyTypes") {
@@ -101,6 +107,75 @@ pub(crate) fn target_ref(report: &mut Report, value: &Value, path: &str) -> Opti
     ok.then_some(t)
 }
 
+/// A targetRef's `tags`, checked as Kuma checks them (its `ValidateTags` and
+/// `ValidateSelector`), with Kuma's messages at Kuma's paths.
+fn target_tags(
+    report: &mut Report,
+    value: &Value,
+    path: &str,
+    selector: bool,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let Value::Mapping(map) = value else {
+        report.error(
+            path,
+            format!("expected a mapping, found {}", tree::describe(value)),
+        );
+        return None;
+    };
+    let name_chars = |b: u8| b.is_ascii_alphanumeric() || b".-_:/".contains(&b);
+    let mut out = std::collections::BTreeMap::new();
+    let mut ok = true;
+    for (k, v) in map {
+        let Value::String(k) = k else {
+            report.error(
+                path,
+                format!("keys must be strings, found {}", tree::describe(k)),
+            );
+            ok = false;
+            continue;
+        };
+        let p = tree::key(path, k);
+        if k.is_empty() {
+            report.error(path, "tag name must be non-empty");
+            ok = false;
+        }
+        if !k.bytes().all(name_chars) {
+            report.error(
+                &p,
+                "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+            );
+            ok = false;
+        }
+        let Some(v) = tree::string(report, v, &p) else {
+            ok = false;
+            continue;
+        };
+        if v.is_empty() {
+            report.error(&p, "tag value must be non-empty");
+            ok = false;
+        }
+        let value_ok = if selector {
+            v == "*" || v.bytes().all(name_chars)
+        } else {
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+        };
+        if !value_ok {
+            report.error(
+                &p,
+                if selector {
+                    "tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be \"*\""
+                } else {
+                    "tag value must consist of alphanumeric characters, dots, dashes and underscores"
+                },
+            );
+            ok = false;
+        }
+        out.insert(k.clone(), v);
+    }
+    ok.then_some(out)
+}
+
 /// Which targetRef fields each kind takes, as Kuma's targetRef validation has it.
 fn check_fields_for_kind(
     report: &mut Report,
@@ -110,20 +185,22 @@ fn check_fields_for_kind(
 ) -> bool {
     use TargetRefKind::*;
     let allowed: &[&str] = match t.kind {
-        Mesh => &["proxyTypes", "mesh"],
-        MeshSubset => &["tags", "proxyTypes", "mesh"],
-        MeshService => &["name", "namespace", "sectionName", "mesh"],
-        MeshServiceSubset => &["name", "tags", "mesh"],
-        MeshGateway => &["name", "namespace", "tags", "mesh"],
-        MeshHttpRoute => &["name", "namespace", "mesh"],
-        Dataplane => &["name", "namespace", "labels", "sectionName", "mesh"],
+        // Kuma refuses `mesh` with every kind: a policy only ever targets its own mesh.
+        Mesh => &["proxyTypes"],
+        MeshSubset => &["tags", "proxyTypes"],
+        MeshService => &["name", "namespace", "sectionName"],
+        MeshServiceSubset => &["name", "tags"],
+        MeshGateway => &["name", "namespace", "tags"],
+        MeshHttpRoute => &["name", "namespace"],
+        Dataplane => &["name", "namespace", "labels", "sectionName"],
         MeshExternalService | MeshMultiZoneService => {
-            &["name", "namespace", "labels", "sectionName", "mesh"]
+            &["name", "namespace", "labels", "sectionName"]
         }
     };
     let mut ok = true;
     for name in [
         "name",
+        "mesh",
         "namespace",
         "labels",
         "tags",
@@ -149,11 +226,25 @@ fn check_fields_for_kind(
         );
         ok = false;
     }
+    // Kuma's targetRef name rule for the kinds that name another resource.
+    let named_resource = !matches!(t.kind, Mesh | MeshSubset | Dataplane);
+    if let Some(name) = t.name.as_deref().filter(|_| named_resource)
+        && !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        report.error(
+            &field(path, "name"),
+            "invalid characters: must consist of lower case alphanumeric characters, '-', '.' and '_'.",
+        );
+        ok = false;
+    }
     if t.name.is_some() && !t.labels.is_empty() {
         report.error(&field(path, "labels"), "must not be set together with name");
         ok = false;
     }
-    if t.section_name.is_some() && t.name.is_none() && t.labels.is_empty() {
+    // Kuma takes a Dataplane's sectionName alone (that inbound of every Dataplane).
+    if t.kind != Dataplane && t.section_name.is_some() && t.name.is_none() && t.labels.is_empty() {
         report.error(
             &field(path, "sectionName"),
             "can only be used with name or labels",
@@ -286,8 +377,23 @@ pub(crate) fn on_rate_limit(report: &mut Report, value: &Value, path: &str) -> O
     let mut out = OnRateLimit::default();
     if let Some((v, p)) = f.get("status") {
         match tree::integer(report, v, &p, u64::MAX) {
-            // Kuma only checks > 0, and Envoy silently answers 429 for anything below 400.
             Some(s @ 400..=599) => out.status = u16::try_from(s).ok().and_then(RejectStatus::new),
+            Some(0) => {
+                report.error(&p, "must be greater than 0");
+                ok = false;
+            }
+            // Kuma accepts any status above 0, and Envoy answers 429 for anything below 400:
+            // accept it, send what Envoy sends, and say so.
+            Some(s @ 1..=399) => {
+                report.warn(
+                    &p,
+                    format!(
+                        "status {s} is below 400: Envoy answers 429 instead, and so does meshlimit"
+                    ),
+                );
+                out.status = Some(RejectStatus::DEFAULT);
+            }
+            // Above 599 Envoy refuses the configuration (not an HTTP status it knows).
             Some(_) => {
                 report.error(&p, "must be in inclusive range [400, 599]");
                 ok = false;
