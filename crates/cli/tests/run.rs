@@ -120,10 +120,24 @@ impl Meshlimit {
     }
 
     fn start_with(dir: &Path, extra: &[&str]) -> Meshlimit {
+        Meshlimit::start_under(&[], dir, extra)
+    }
+
+    /// The same, started through `wrapper` (a program and its arguments, given the command
+    /// line to run), e.g. `prlimit`.
+    fn start_under(wrapper: &[&str], dir: &Path, extra: &[&str]) -> Meshlimit {
         let state = state_dir(dir);
         let address_file = state.join(format!("address-{}", std::process::id()));
         let _ = std::fs::remove_file(&address_file);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshlimit"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_meshlimit"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_meshlimit")),
+        };
+        let mut child = command
             .args(["run", "--resources"])
             .arg(dir)
             .arg("--store")
@@ -203,6 +217,10 @@ impl Meshlimit {
             exit.is_some()
         });
         assert!(exit.unwrap().success(), "{}", self.log_text());
+    }
+
+    fn child_alive(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|exit| exit.is_none())
     }
 
     fn log_text(&self) -> String {
@@ -352,6 +370,89 @@ fn run_enforces_reloads_and_stops_cleanly() {
     // SIGTERM: a clean exit.
     meshlimit.stop();
     assert!(TcpStream::connect(inbound).is_err(), "stopped listening");
+    remove_dirs(&dir);
+}
+
+/// The value of the first sample of `name` whose line contains `labels`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .find(|line| line[name.len()..].starts_with(['{', ' ']))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A process with few file descriptors (soft 150, hard 200) flooded with more connections than
+/// it has descriptors: it raises its soft limit and says so, caps its client connections below
+/// the limit, refuses the rest (counted), keeps its API and admin listener serving, and serves
+/// the inbound again once the flood is gone. Without the cap the inbound takes every
+/// descriptor and the listener cannot accept.
+#[test]
+fn a_connection_flood_beyond_the_descriptor_limit_leaves_the_listener_serving() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let dir = temp_dir();
+    let service_port = backend("hello");
+    let port = free_port();
+    std::fs::write(
+        dir.join("backend.yaml"),
+        dataplane_yaml("backend", port, service_port),
+    )
+    .unwrap();
+    let mut meshlimit = Meshlimit::start_under(
+        &["prlimit", "--nofile=150:200", "--"],
+        &dir,
+        // Flooding connections send nothing: they must stay for the whole test.
+        &["--no-kernel", "--request-headers-timeout", "5m"],
+    );
+    let admin = meshlimit.admin();
+    eventually("/ready", || {
+        get(admin, "/ready").is_ok_and(|r| r.status == 200)
+    });
+    let logged = meshlimit.logged("open file limit").unwrap_or_default();
+    assert!(
+        logged.contains("open file limit: 200 (hard limit 200, soft limit raised to it)"),
+        "{}",
+        meshlimit.log_text()
+    );
+    let inbound: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    // (200 - 256 reserved, at least 64) / 2 = 32 client connections at most.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(inbound).ok())
+        .collect();
+    assert!(flood.len() > 200, "only {} connections opened", flood.len());
+    let mut metrics = String::new();
+    eventually("the flood to be refused beyond the cap", || {
+        metrics = get(admin, "/metrics").map(|r| r.body).unwrap_or_default();
+        sample(&metrics, "meshlimit_process_connections_open", "") == Some(32)
+            && sample(
+                &metrics,
+                "meshlimit_connections_refused_total",
+                "cap=\"process\"",
+            )
+            .is_some_and(|refused| refused + 32 >= flood.len() as u64)
+    });
+    assert_eq!(
+        sample(&metrics, "meshlimit_process_connections_max", ""),
+        Some(32)
+    );
+    // The API and the admin routes answer while the inbound is saturated.
+    assert_eq!(get(admin, "/ready").unwrap().status, 200);
+    assert_eq!(get(admin, "/meshes").unwrap().status, 200);
+    assert!(
+        !get(inbound, "/").is_ok_and(|r| r.status != 0),
+        "a connection beyond the cap is closed unanswered"
+    );
+
+    drop(flood);
+    eventually("the inbound to answer again", || {
+        get(inbound, "/").is_ok_and(|r| r.status == 200 && r.body == "hello")
+    });
+    assert!(meshlimit.child_alive());
     remove_dirs(&dir);
 }
 

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::{self, Cap};
 use crate::metrics;
 use crate::proxy::Proxy;
 use crate::state::Shared;
@@ -44,7 +45,13 @@ pub struct Admin {
     config: Option<Arc<dyn ConfigSource>>,
     /// When set, every request must carry `Authorization: Bearer <token>`.
     token: Option<String>,
+    /// Connections [`Admin::serve`] holds at once; beyond it, new ones are closed at once.
+    max_connections: Option<usize>,
 }
+
+/// The admin endpoint's own connection cap: small, as its clients are a few scrapers and
+/// operators, and apart from the inbounds', so that it answers while they are saturated.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 impl Admin {
     /// An admin endpoint with no sources: `/metrics` empty, `/ready` ready, no `/config`.
@@ -53,7 +60,8 @@ impl Admin {
     }
 
     /// The proxy's counters and buckets in `/metrics`, its status in `/ready` (ready once a
-    /// configuration is applied with every inbound bound), its limits in `/config`.
+    /// configuration from its source is applied with every inbound bound), its limits in
+    /// `/config`.
     pub fn for_proxy(proxy: &Proxy) -> Admin {
         let view = Arc::new(ProxyView(Arc::clone(&proxy.shared)));
         Admin::new()
@@ -84,6 +92,12 @@ impl Admin {
         self
     }
 
+    /// Caps the connections [`Admin::serve`] holds at once (default [`ADMIN_MAX_CONNECTIONS`]).
+    pub fn with_max_connections(mut self, max: usize) -> Admin {
+        self.max_connections = Some(max);
+        self
+    }
+
     /// `/metrics`, `/ready` and `/config` as axum routes, to merge into another router (which
     /// keeps its own fallback for every other path).
     pub fn router(self) -> axum::Router {
@@ -100,6 +114,8 @@ impl Admin {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+        let cap = Cap::new(self.max_connections.unwrap_or(ADMIN_MAX_CONNECTIONS));
+        let unbounded = Cap::new(usize::MAX);
         let admin = Arc::new(self);
         let stop = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -116,9 +132,14 @@ impl Admin {
                     }
                 },
             };
+            let Ok(permit) = limits::admit(&cap, &unbounded) else {
+                drop(stream);
+                continue;
+            };
             let admin = Arc::clone(&admin);
             let stop = stop.clone();
             connections.spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |request| {
                     let admin = Arc::clone(&admin);
                     async move {
@@ -129,7 +150,10 @@ impl Admin {
                         ))
                     }
                 });
+                // A scraper that connects and sends nothing must not hold a slot for long.
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(connection);
                 let result = tokio::select! {
@@ -220,6 +244,9 @@ impl Admin {
     }
 }
 
+/// How long an admin connection may take to send a request head (and stay idle after one).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -247,8 +274,10 @@ impl MetricsSource for ProxyView {
 impl ReadinessSource for ProxyView {
     fn ready(&self) -> Result<(), String> {
         let status = self.0.status.borrow();
-        if status.generation == 0 {
-            return Err("no configuration applied yet".into());
+        // An empty configuration is applied at start, before the source has sent any; ready
+        // means enforcing one the source sent.
+        if status.generation == 0 || status.version.is_none() {
+            return Err("no configuration received yet".into());
         }
         if status.problems.is_empty() {
             Ok(())

@@ -33,6 +33,8 @@ pub(crate) enum RequestError<'a> {
     /// The application's response head did not arrive within the upstream timeout (logged
     /// where it happens).
     UpstreamTimeout,
+    /// A `CONNECT` request, and forwarding them is off.
+    Connect,
 }
 
 /// The edge: every local answer is built here.
@@ -67,6 +69,8 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(b"upstream unavailable"),
         ),
+        // Envoy's answer to a CONNECT no route matches.
+        RequestError::Connect => local(StatusCode::NOT_FOUND, Bytes::new()),
         // Envoy's status and text for its route timeout.
         RequestError::UpstreamTimeout => local(
             StatusCode::GATEWAY_TIMEOUT,

@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use arc_swap::Guard;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use meshlimit_bucket::{Clock, Decision};
 use meshlimit_policy::effective::{FailureMode, GlobalMode};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::error::{
     ClientBodyError, ProxyBody, RequestError, error_chain, error_response, is_body_limit,
@@ -53,6 +54,9 @@ pub(crate) struct HttpContext {
     body_limit: Option<u64>,
     rate_limit_headers: bool,
     upstream_timeout: Duration,
+    request_headers_timeout: Duration,
+    idle_timeout: Duration,
+    forward_connect: bool,
     shared: Option<Arc<dyn SharedBuckets>>,
 }
 
@@ -64,7 +68,11 @@ impl HttpContext {
             .timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size(options.max_request_header_bytes.max(8192))
-            .max_headers(options.max_request_headers);
+            .max_headers(options.max_request_headers)
+            // hyper's head timer runs from the end of the previous response: it bounds a
+            // keep-alive connection's idle time and a later head trickled byte by byte. The
+            // first head has its own deadline, in `Activity`.
+            .header_read_timeout(Some(options.idle_timeout).filter(|d| !d.is_zero()));
         server
             .http2()
             .timer(TokioTimer::new())
@@ -84,13 +92,20 @@ impl HttpContext {
             body_limit: options.max_request_body_bytes,
             rate_limit_headers: options.rate_limit_headers,
             upstream_timeout: options.upstream_timeout,
+            request_headers_timeout: options.request_headers_timeout,
+            idle_timeout: options.idle_timeout,
+            forward_connect: options.forward_connect,
             shared: options.shared.clone(),
         }
     }
 }
 
+/// How long a connection closed for being idle may take to finish (HTTP/2: after GOAWAY).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// One accepted client connection: HTTP/1.1 or HTTP/2 (detected from the first bytes), served
 /// until the client leaves, or until the inbound stops, in which case in-flight requests finish.
+/// A connection that brings no request in time, or stays idle, is closed.
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     inbound: Arc<Inbound>,
@@ -98,10 +113,23 @@ pub(crate) async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let stop = inbound.stop.clone();
-    let conn = Arc::new((inbound, Arc::clone(&ctx)));
+    let activity = Arc::new(Activity::new());
+    let conn = Arc::new((
+        Arc::clone(&inbound),
+        Arc::clone(&ctx),
+        Arc::clone(&activity),
+    ));
     let service = service_fn(move |request| {
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(handle(request, &conn.0, &conn.1).await) }
+        async move {
+            let active = Active::start(&conn.2);
+            let mut response = handle(request, &conn.0, &conn.1).await;
+            // A relayed body keeps the request in flight until it is sent.
+            if let Either::Left(body) = response.body_mut() {
+                body.active = Some(active);
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = ctx.server.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -111,9 +139,123 @@ pub(crate) async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        timeout = activity.expired(ctx.request_headers_timeout, ctx.idle_timeout) => {
+            match timeout {
+                Timeout::RequestHeaders => {
+                    // Nothing to finish: no request has arrived.
+                    inbound.counters.request_headers_timeouts.inc();
+                    tracing::debug!(inbound = %inbound.key, "no request head in time; closing the connection");
+                    return;
+                }
+                Timeout::Idle => {
+                    inbound.counters.idle_timeouts.inc();
+                    tracing::debug!(inbound = %inbound.key, "idle timeout; closing the connection");
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => return,
+                    }
+                }
+            }
+        }
     };
     if let Err(error) = result {
         tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
+    }
+}
+
+/// Which deadline of a connection passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timeout {
+    /// No request arrived within the request headers timeout of the accept.
+    RequestHeaders,
+    /// No request was in flight for the idle timeout.
+    Idle,
+}
+
+/// A connection's requests in flight and when it last had none: what its deadlines are
+/// counted from. HTTP/2 pings and window updates do not count as activity, as in Envoy.
+struct Activity {
+    accepted: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    seen_request: AtomicBool,
+    /// When `in_flight` last fell to zero, in milliseconds since `accepted`.
+    idle_since_ms: AtomicU64,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            accepted: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            seen_request: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Resolves when a deadline passes with no request in flight; a zero duration is no
+    /// deadline.
+    async fn expired(&self, request_headers: Duration, idle: Duration) -> Timeout {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read, so that no change is missed.
+            changed.as_mut().enable();
+            match self.deadline(request_headers, idle) {
+                None => changed.await,
+                Some((at, timeout)) => tokio::select! {
+                    () = tokio::time::sleep_until(at) => {
+                        // A request may have started as the timer fired.
+                        if self.deadline(request_headers, idle).is_some_and(|(now, _)| now <= at) {
+                            return timeout;
+                        }
+                    }
+                    () = changed => {}
+                },
+            }
+        }
+    }
+
+    fn deadline(
+        &self,
+        request_headers: Duration,
+        idle: Duration,
+    ) -> Option<(tokio::time::Instant, Timeout)> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            None
+        } else if !self.seen_request.load(Ordering::Acquire) {
+            (!request_headers.is_zero())
+                .then(|| (self.accepted + request_headers, Timeout::RequestHeaders))
+        } else {
+            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            (!idle.is_zero()).then(|| (self.accepted + since + idle, Timeout::Idle))
+        }
+    }
+}
+
+/// A request in flight on its connection, until dropped.
+struct Active(Arc<Activity>);
+
+impl Active {
+    fn start(activity: &Arc<Activity>) -> Active {
+        activity.seen_request.store(true, Ordering::Release);
+        if activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            activity.changed.notify_waiters();
+        }
+        Active(Arc::clone(activity))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since = u64::try_from(activity.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.idle_since_ms.store(since, Ordering::Release);
+        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.changed.notify_waiters();
+        }
     }
 }
 
@@ -123,6 +265,10 @@ async fn handle(
     inbound: &Arc<Inbound>,
     ctx: &HttpContext,
 ) -> Response<ToClient> {
+    if request.method() == Method::CONNECT && !ctx.forward_connect {
+        inbound.counters.connect_refused.inc();
+        return error_response(RequestError::Connect);
+    }
     let (upstream_request, rate_limit) = {
         let guard = inbound.plan.load();
         let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
@@ -377,8 +523,9 @@ fn check_body(
     }
 }
 
-/// Phase 3: address the application over HTTP/1.1, keep the client's `Host` (HTTP/2 clients
-/// send it as `:authority`), drop hop-by-hop headers, cap the body.
+/// Phase 3: address the application over HTTP/1.1, keep the client's `Host` (the target's
+/// authority when it has one: HTTP/2's `:authority`, RFC 9113 §8.3.1, or an absolute-form
+/// target, RFC 9112 §3.2.2), drop hop-by-hop headers, cap the body.
 fn to_upstream(
     request: Request<Incoming>,
     plan: &InboundPlan,
@@ -386,11 +533,10 @@ fn to_upstream(
 ) -> Request<UpstreamBody> {
     let (mut parts, body) = request.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    if !parts.headers.contains_key(HOST)
-        && let Some(value) = uri
-            .authority
-            .as_ref()
-            .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+    if let Some(value) = uri
+        .authority
+        .as_ref()
+        .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
     {
         parts.headers.insert(HOST, value);
     }
@@ -478,6 +624,7 @@ fn to_downstream(
     let body = Relayed {
         body,
         inbound: Arc::clone(inbound),
+        active: None,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -490,6 +637,8 @@ fn to_downstream(
 struct Relayed {
     body: Incoming,
     inbound: Arc<Inbound>,
+    /// The request stays in flight on its connection until its body is sent.
+    active: Option<Active>,
 }
 
 impl Body for Relayed {
@@ -523,7 +672,8 @@ impl Body for Relayed {
 }
 
 /// RFC 9110 §7.6.1: `Connection`, the fields it names, and the classic hop-by-hop fields.
-/// `TE: trailers` is kept (gRPC needs it), as Envoy does.
+/// `TE: trailers` is kept (gRPC needs it), as Envoy does, and so is `Host`, whatever
+/// `Connection` names: without it the request has no target (RFC 9112 §3.2).
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -536,7 +686,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|token| HeaderName::try_from(token.trim()).ok())
             .collect();
         for name in named {
-            if name != TE {
+            if name != TE && name != HOST {
                 headers.remove(name);
             }
         }
@@ -581,6 +731,12 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-end-to-end"]);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("Host, close"));
+        headers.insert(HOST, HeaderValue::from_static("backend.test"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers[HOST], "backend.test");
 
         let mut headers = HeaderMap::new();
         headers.insert(TE, HeaderValue::from_static("trailers"));

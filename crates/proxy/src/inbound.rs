@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::Cap;
 use crate::plan::InboundPlan;
 
 /// Which inbound of which Dataplane. Its listener lives as long as the key stays configured
@@ -62,6 +64,14 @@ pub(crate) struct Counters {
     pub upstream_resets: Counter,
     pub tcp_allowed: Counter,
     pub tcp_limited: Counter,
+    /// Connections accepted and closed at once: the inbound's cap, or the process's, was full.
+    pub refused_inbound_cap: Counter,
+    pub refused_process_cap: Counter,
+    /// Connections closed for sending no request head in time, or for staying idle.
+    pub request_headers_timeouts: Counter,
+    pub idle_timeouts: Counter,
+    /// `CONNECT` requests answered 404.
+    pub connect_refused: Counter,
 }
 
 #[derive(Debug)]
@@ -70,6 +80,8 @@ pub(crate) struct Inbound {
     pub local_addr: SocketAddr,
     pub counters: Counters,
     pub plan: ArcSwap<InboundPlan>,
+    /// The inbound's open connections and its own cap (`usize::MAX` without one).
+    pub cap: Arc<Cap>,
     /// Whether the last check of the shared store failed: an outage is logged when it starts
     /// and when it ends, not on every request.
     pub store_failing: AtomicBool,

@@ -19,7 +19,7 @@
 //! `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
 //!
 //! Each module uses only modules listed before it: `store` (the [`SharedBuckets`] interface)
-//! and `plan` (no dependencies), `options`, `error`, `inbound` (an inbound's key, counters and
+//! and `plan` (no dependencies), `options`, `error`, `limits` (connection caps, the descriptor limit), `inbound` (an inbound's key, counters and
 //! current plan), `http` and `tcp` (one connection each), `state` (what the tasks share,
 //! [`Status`], [`ProxyProblem`]), `metrics`, `listener` (bind, accept, stop), `reconcile`,
 //! `proxy`, and `admin` on top.
@@ -28,6 +28,7 @@ mod admin;
 mod error;
 mod http;
 mod inbound;
+mod limits;
 mod listener;
 mod metrics;
 mod options;
@@ -38,8 +39,9 @@ mod state;
 mod store;
 mod tcp;
 
-pub use admin::{Admin, ConfigSource, MetricsSource, ReadinessSource};
+pub use admin::{ADMIN_MAX_CONNECTIONS, Admin, ConfigSource, MetricsSource, ReadinessSource};
 pub use inbound::InboundKey;
+pub use limits::{FdLimit, default_max_connections, raise_fd_limit};
 pub use metrics::{InboundStats, ProxyStats, escape_label};
 pub use options::ProxyOptions;
 pub use proxy::Proxy;

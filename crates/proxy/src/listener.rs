@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{self, HttpContext};
-use crate::inbound::{Inbound, InboundKey};
+use crate::inbound::{Counter, Inbound, InboundKey};
+use crate::limits::{self, Cap, Refused};
 use crate::plan::InboundPlan;
 use crate::state::{ListenerStatus, Shared};
 use crate::tcp;
@@ -47,15 +48,25 @@ impl Listener {
             local_addr,
             counters: Default::default(),
             plan: ArcSwap::from_pointee(plan),
+            cap: Cap::new(
+                shared
+                    .options
+                    .max_connections_per_inbound
+                    .unwrap_or(usize::MAX),
+            ),
             store_failing: Default::default(),
             stop: shared.shutdown.child_token(),
         });
         let accept = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&inbound),
-            Arc::clone(&shared.http),
-            Arc::clone(&shared.clock),
-            shared.connections.clone(),
+            Accepting {
+                http: Arc::clone(&shared.http),
+                clock: Arc::clone(&shared.clock),
+                tracker: shared.connections.clone(),
+                cap: Arc::clone(&shared.cap),
+                accept_errors: Arc::clone(&shared.accept_errors),
+            },
         ));
         Ok(Listener { inbound, accept })
     }
@@ -77,14 +88,26 @@ impl Listener {
     }
 }
 
-/// Accepts until the inbound stops. A connection over the TCP limit is closed at once.
-async fn accept_loop(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    http_ctx: Arc<HttpContext>,
+/// What every accept loop of a proxy shares.
+struct Accepting {
+    http: Arc<HttpContext>,
     clock: Arc<dyn Clock>,
     tracker: TaskTracker,
-) {
+    cap: Arc<Cap>,
+    accept_errors: Arc<Counter>,
+}
+
+/// Accepts until the inbound stops. A connection beyond a connection cap, or over the TCP
+/// limit, is closed at once: accepting it takes it out of the backlog, so that clients are
+/// told at once instead of waiting on a full queue.
+async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, accepting: Accepting) {
+    let Accepting {
+        http: http_ctx,
+        clock,
+        tracker,
+        cap,
+        accept_errors,
+    } = accepting;
     loop {
         let accepted = tokio::select! {
             () = inbound.stop.cancelled() => break,
@@ -94,8 +117,21 @@ async fn accept_loop(
             Ok((stream, _peer)) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: back off briefly instead of spinning.
+                accept_errors.inc();
                 tracing::warn!(%error, address = %inbound.local_addr, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Before the TCP token: a refused connection costs the inbound's limit nothing.
+        let permit = match limits::admit(&cap, &inbound.cap) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                match refused {
+                    Refused::Process => inbound.counters.refused_process_cap.inc(),
+                    Refused::Inbound => inbound.counters.refused_inbound_cap.inc(),
+                }
+                drop(stream);
                 continue;
             }
         };
@@ -110,14 +146,19 @@ async fn accept_loop(
         inbound.counters.tcp_allowed.inc();
         match plan.protocol {
             Protocol::Http => {
-                tracker.spawn(http::serve_connection(
-                    stream,
-                    Arc::clone(&inbound),
-                    Arc::clone(&http_ctx),
-                ));
+                let served =
+                    http::serve_connection(stream, Arc::clone(&inbound), Arc::clone(&http_ctx));
+                tracker.spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
             }
             Protocol::Tcp => {
-                tracker.spawn(tcp::relay(stream, Arc::clone(&inbound), plan.upstream));
+                let relayed = tcp::relay(stream, Arc::clone(&inbound), plan.upstream);
+                tracker.spawn(async move {
+                    relayed.await;
+                    drop(permit);
+                });
             }
         }
     }

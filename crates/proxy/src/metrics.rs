@@ -149,6 +149,7 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
             inbound.counters.tcp_limited.get(),
         );
     }
+    connection_families(shared, inbounds.as_slice(), out);
     family(
         out,
         "meshlimit_bucket_tokens",
@@ -266,6 +267,108 @@ impl ProxyStats {
             })
             .collect()
     }
+}
+
+/// Open connections, the caps, the connections refused by them, closed by the timeouts.
+fn connection_families(shared: &Shared, inbounds: &[Arc<Inbound>], out: &mut String) {
+    family(
+        out,
+        "meshlimit_connections_open",
+        "gauge",
+        "Client connections an inbound holds open now.",
+    );
+    for inbound in inbounds {
+        let open = u64::try_from(inbound.cap.open()).unwrap_or(u64::MAX);
+        sample(out, "meshlimit_connections_open", inbound, "", open);
+    }
+    family(
+        out,
+        "meshlimit_connections_refused_total",
+        "counter",
+        "Client connections accepted and closed at once because a connection cap was full (cap=\"inbound\": the inbound's, \"process\": the one over all inbounds).",
+    );
+    for inbound in inbounds {
+        let counters = &inbound.counters;
+        for (label, counter) in [
+            ("cap=\"inbound\"", &counters.refused_inbound_cap),
+            ("cap=\"process\"", &counters.refused_process_cap),
+        ] {
+            sample(
+                out,
+                "meshlimit_connections_refused_total",
+                inbound,
+                label,
+                counter.get(),
+            );
+        }
+    }
+    family(
+        out,
+        "meshlimit_connection_timeouts_total",
+        "counter",
+        "Client connections closed by the proxy: no request head in time (timeout=\"request_headers\") or no request for the idle timeout (timeout=\"idle\").",
+    );
+    for inbound in inbounds {
+        let counters = &inbound.counters;
+        for (label, counter) in [
+            (
+                "timeout=\"request_headers\"",
+                &counters.request_headers_timeouts,
+            ),
+            ("timeout=\"idle\"", &counters.idle_timeouts),
+        ] {
+            sample(
+                out,
+                "meshlimit_connection_timeouts_total",
+                inbound,
+                label,
+                counter.get(),
+            );
+        }
+    }
+    family(
+        out,
+        "meshlimit_connect_refused_total",
+        "counter",
+        "CONNECT requests answered 404 (no route allows CONNECT, as in Envoy).",
+    );
+    for inbound in inbounds {
+        let refused = inbound.counters.connect_refused.get();
+        sample(out, "meshlimit_connect_refused_total", inbound, "", refused);
+    }
+    family(
+        out,
+        "meshlimit_process_connections_open",
+        "gauge",
+        "Client connections open over all inbounds.",
+    );
+    let _ = writeln!(
+        out,
+        "meshlimit_process_connections_open {}",
+        shared.cap.open()
+    );
+    family(
+        out,
+        "meshlimit_process_connections_max",
+        "gauge",
+        "The cap on client connections over all inbounds.",
+    );
+    let _ = writeln!(
+        out,
+        "meshlimit_process_connections_max {}",
+        shared.cap.max()
+    );
+    family(
+        out,
+        "meshlimit_accept_errors_total",
+        "counter",
+        "Failed accepts over all inbounds (out of file descriptors and the like).",
+    );
+    let _ = writeln!(
+        out,
+        "meshlimit_accept_errors_total {}",
+        shared.accept_errors.get()
+    );
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -28,6 +28,29 @@ pub struct ProxyOptions {
     /// is dropped, its upstream connection closed, and the client answered 504. Envoy's route
     /// timeout, with its default of 15 s; `Duration::ZERO` disables it, as Envoy's `0s` does.
     pub upstream_timeout: Duration,
+    /// How long a new connection may take to deliver its first complete request head (HTTP/1)
+    /// or its first request (HTTP/2, counted from the accept, preface included); past it the
+    /// connection is closed. Envoy has no such deadline by default (`request_headers_timeout`
+    /// is off); 10 s protects by default against connections that send nothing or trickle a
+    /// head. `Duration::ZERO` disables it.
+    pub request_headers_timeout: Duration,
+    /// How long a connection with no request in flight stays open (HTTP/1 keep-alive, HTTP/2
+    /// after its last stream; HTTP/2 is sent GOAWAY). Envoy's `idle_timeout` default of 1 h.
+    /// For HTTP/1 it also bounds a later request head trickled byte by byte.
+    /// `Duration::ZERO` disables it.
+    pub idle_timeout: Duration,
+    /// Client connections open at once over all inbounds; a connection beyond it is accepted
+    /// and closed at once (counted). `None`: derived from the file-descriptor limit at start
+    /// ([`crate::default_max_connections`]), so that inbounds can never take the descriptors
+    /// the admin endpoint and the upstream connections need.
+    pub max_connections: Option<usize>,
+    /// Client connections open at once on one inbound; beyond it, as above. `None`: only the
+    /// process-wide cap applies.
+    pub max_connections_per_inbound: Option<usize>,
+    /// Forward `CONNECT` requests to the application. Off by default: they are answered 404
+    /// without taking a token, as Envoy answers them when no route has a `connect_matcher`
+    /// (Kuma's inbound routes have none).
+    pub forward_connect: bool,
     /// How long a graceful shutdown waits for in-flight requests and open TCP relays.
     pub drain_timeout: Duration,
     /// Where global limits (`MeshGlobalRateLimit`) are counted for all instances together.
@@ -53,6 +76,11 @@ impl Default for ProxyOptions {
             max_request_body_bytes: None,
             rate_limit_headers: false,
             upstream_timeout: Duration::from_secs(15),
+            request_headers_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: None,
+            max_connections_per_inbound: None,
+            forward_connect: false,
             drain_timeout: Duration::from_secs(10),
             shared: None,
         }
@@ -69,6 +97,14 @@ impl fmt::Debug for ProxyOptions {
             .field("max_request_body_bytes", &self.max_request_body_bytes)
             .field("rate_limit_headers", &self.rate_limit_headers)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("request_headers_timeout", &self.request_headers_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_inbound",
+                &self.max_connections_per_inbound,
+            )
+            .field("forward_connect", &self.forward_connect)
             .field("drain_timeout", &self.drain_timeout)
             .field("shared", &self.shared.as_ref().map(|_| "SharedBuckets"))
             .finish()
@@ -82,6 +118,11 @@ impl PartialEq for ProxyOptions {
             && self.max_request_body_bytes == other.max_request_body_bytes
             && self.rate_limit_headers == other.rate_limit_headers
             && self.upstream_timeout == other.upstream_timeout
+            && self.request_headers_timeout == other.request_headers_timeout
+            && self.idle_timeout == other.idle_timeout
+            && self.max_connections == other.max_connections
+            && self.max_connections_per_inbound == other.max_connections_per_inbound
+            && self.forward_connect == other.forward_connect
             && self.drain_timeout == other.drain_timeout
             && match (&self.shared, &other.shared) {
                 (None, None) => true,

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::HttpContext;
 use crate::inbound::InboundKey;
+use crate::limits::{Cap, default_max_connections, soft_fd_limit};
 use crate::listener::Listener;
 use crate::metrics::ProxyStats;
 use crate::options::ProxyOptions;
@@ -42,6 +43,10 @@ impl Proxy {
         clock: Arc<dyn Clock>,
         limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
     ) -> Proxy {
+        let max_connections = options
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(soft_fd_limit()));
+        tracing::info!(max_connections, "client connection cap over all inbounds");
         let shared = Arc::new(Shared {
             http: Arc::new(HttpContext::new(&options, Arc::clone(&clock))),
             clock,
@@ -51,6 +56,8 @@ impl Proxy {
             status: watch::Sender::new(Status::default()),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            cap: Cap::new(max_connections),
+            accept_errors: Default::default(),
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared), limits));
         Proxy { shared, supervisor }

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::HttpContext;
-use crate::inbound::{Inbound, InboundKey};
+use crate::inbound::{Counter, Inbound, InboundKey};
+use crate::limits::Cap;
 use crate::options::ProxyOptions;
 
 /// What the proxy is doing after the last configuration it applied.
@@ -88,6 +89,10 @@ pub(crate) struct Shared {
     pub status: watch::Sender<Status>,
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
+    /// Client connections open over all inbounds.
+    pub cap: Arc<Cap>,
+    /// Failed accepts (out of descriptors and the like), over all inbounds.
+    pub accept_errors: Arc<Counter>,
 }
 
 #[cfg(test)]

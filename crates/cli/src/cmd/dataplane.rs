@@ -21,6 +21,8 @@ use meshlimit_proxy::{Admin, Proxy, ProxyOptions, ProxyStats};
 
 use crate::report;
 
+use super::run::connections::{ConnectionArgs, raise_and_describe_fd_limit};
+
 use super::Context;
 
 #[derive(clap::Args)]
@@ -41,6 +43,8 @@ pub struct Args {
     /// Seconds between status reports to the control plane.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     pub report_interval: f64,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
@@ -62,7 +66,9 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
     let followed = follow_dataplane(&client, &args.mesh, &args.name, FollowConfig::default());
     let limits = followed.limits.clone();
     let mut link = followed.link;
-    let options = ProxyOptions {
+    let (fd_limit, line) = raise_and_describe_fd_limit();
+    say(&line);
+    let mut options = ProxyOptions {
         shared: args
             .redis
             .as_deref()
@@ -70,6 +76,7 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
             .transpose()?,
         ..ProxyOptions::default()
     };
+    args.connections.apply(&mut options, fd_limit)?;
     let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), followed.limits);
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await

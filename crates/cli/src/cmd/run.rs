@@ -23,6 +23,7 @@
 //! root); when that is not possible, one line says why and `run` carries on without it. It is
 //! detached on SIGTERM or Ctrl-C.
 
+pub mod connections;
 mod directory;
 mod report;
 
@@ -107,6 +108,8 @@ pub struct Args {
     /// timeout); past it the request gets 504. `0s` waits forever.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     upstream_timeout: Duration,
+    #[command(flatten)]
+    connections: connections::ConnectionArgs,
     /// How long shutdown (SIGTERM, Ctrl-C) waits for in-flight requests, e.g. `10s`.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -124,6 +127,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_logging();
+    let (fd_limit, line) = connections::raise_and_describe_fd_limit();
+    tracing::info!("{line}");
     let token = match &args.token_file {
         Some(path) => Some(read_token(path)?),
         None if needs_token(&args.admin) => anyhow::bail!(
@@ -193,7 +198,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let served = runtime.block_on(serve(&args, cp, token, seeded, kernel.clone(), &store));
+    let served = runtime.block_on(serve(
+        &args,
+        cp,
+        token,
+        seeded,
+        kernel.clone(),
+        &store,
+        fd_limit,
+    ));
     if let Some(kernel) = kernel
         && kernel.detach()
     {
@@ -230,6 +243,7 @@ async fn serve(
     seeded: Option<(Directory, Watcher)>,
     kernel: Option<Kernel>,
     store: &Path,
+    fd_limit: meshlimit_proxy::FdLimit,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.admin)
         .await
@@ -242,7 +256,7 @@ async fn serve(
         .as_deref()
         .map(crate::global::redis)
         .transpose()?;
-    let proxy = start_proxy(args, &shared, &cp, limits.clone());
+    let proxy = start_proxy(args, &shared, &cp, limits.clone(), fd_limit)?;
     let kernel_enforced = start_kernel(&cp, kernel.as_ref());
     let server = {
         let router = router(&cp, &proxy, kernel.as_ref(), token);
@@ -280,8 +294,9 @@ fn start_proxy(
     shared: &Option<Arc<dyn meshlimit_proxy::SharedBuckets>>,
     cp: &ControlPlane,
     limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
-) -> Proxy {
-    let options = ProxyOptions {
+    fd_limit: meshlimit_proxy::FdLimit,
+) -> anyhow::Result<Proxy> {
+    let mut options = ProxyOptions {
         max_request_header_bytes: args.max_request_header_bytes,
         max_request_body_bytes: args.max_request_body_bytes,
         rate_limit_headers: args.rate_limit_headers,
@@ -290,6 +305,7 @@ fn start_proxy(
         shared: shared.clone(),
         ..ProxyOptions::default()
     };
+    args.connections.apply(&mut options, fd_limit)?;
     let first = limits.borrow().clone();
     let snapshot = cp.snapshot();
     tracing::info!(
@@ -310,7 +326,7 @@ fn start_proxy(
             );
         }
     });
-    Proxy::spawn(options, Arc::new(MonotonicClock), limits)
+    Ok(Proxy::spawn(options, Arc::new(MonotonicClock), limits))
 }
 
 /// The kernel limiter follows every store version's `RateLimit` destinations; without it, says

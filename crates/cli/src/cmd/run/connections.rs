@@ -1,0 +1,71 @@
+//! The flags bounding client connections, shared by `meshlimit run` and `meshlimit dataplane`,
+//! and the descriptor limit raised at start.
+
+use std::time::Duration;
+
+use meshlimit_proxy::{FdLimit, ProxyOptions, default_max_connections, raise_fd_limit};
+
+#[derive(clap::Args)]
+pub struct ConnectionArgs {
+    /// How long a new connection may take to send its first request head (HTTP/2: its first
+    /// request, preface included), e.g. `10s`; past it the connection is closed. `0s` waits
+    /// forever (Envoy's default).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    request_headers_timeout: Duration,
+    /// How long a connection with no request in flight stays open, e.g. `1h` (Envoy's
+    /// idle_timeout); HTTP/2 connections are sent GOAWAY. `0s` keeps them forever.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Client connections open at once over all inbounds; beyond it new ones are closed at
+    /// once. Default: (soft descriptor limit - 256) / 2, so that the admin endpoint and the
+    /// upstream connections always have descriptors.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Client connections open at once on one inbound. Default: only --max-connections.
+    #[arg(long, value_name = "N")]
+    max_connections_per_inbound: Option<usize>,
+    /// Forward CONNECT requests to the application (default: answered 404, as Envoy does).
+    #[arg(long)]
+    forward_connect: bool,
+}
+
+impl ConnectionArgs {
+    /// These flags in `options`, with the process-wide cap derived from `fd_limit` unless
+    /// given.
+    pub fn apply(&self, options: &mut ProxyOptions, fd_limit: FdLimit) -> anyhow::Result<()> {
+        if self.max_connections == Some(0) || self.max_connections_per_inbound == Some(0) {
+            anyhow::bail!("--max-connections and --max-connections-per-inbound must be at least 1");
+        }
+        options.request_headers_timeout = self.request_headers_timeout;
+        options.idle_timeout = self.idle_timeout;
+        options.max_connections = Some(
+            self.max_connections
+                .unwrap_or_else(|| default_max_connections(fd_limit.soft)),
+        );
+        options.max_connections_per_inbound = self.max_connections_per_inbound;
+        options.forward_connect = self.forward_connect;
+        Ok(())
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    meshlimit_policy::duration::parse_go(text)
+}
+
+/// Raises the soft descriptor limit to the hard one and says what the limit is.
+pub fn raise_and_describe_fd_limit() -> (FdLimit, String) {
+    let limit = raise_fd_limit();
+    let show =
+        |value: Option<u64>| value.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+    let line = format!(
+        "open file limit: {} (hard limit {}{})",
+        show(limit.soft),
+        show(limit.hard),
+        if limit.raised {
+            ", soft limit raised to it"
+        } else {
+            ""
+        }
+    );
+    (limit, line)
+}
