@@ -13,6 +13,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod cmd;
 mod global;
 mod kernel;
+mod notify;
 mod report;
 mod watch;
 

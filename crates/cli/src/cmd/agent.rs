@@ -175,6 +175,14 @@ async fn follow(
         let now = enforced.borrow_and_update().clone();
         if now != last {
             source.enforced(&last, &now, kernel);
+            // systemd's readiness: the first version enforced (again at each later one, which
+            // keeps `systemctl status` current).
+            if let Some(version) = now.version {
+                crate::notify::ready(&format!(
+                    "enforcing version {version}: limits on {} destination(s)",
+                    now.destinations
+                ));
+            }
             last = now;
         }
         tokio::select! {

@@ -157,6 +157,10 @@ async fn serve(
             ""
         }
     );
+    crate::notify::ready(&format!(
+        "API listening on {url}; store version {}",
+        snapshot.version
+    ));
     // `GET /xds` shows what each Envoy accepted and rejected, guarded like every route.
     config.xds = xds.as_ref().map(|xds| xds.handle.clone());
     let router = meshlimit_control_plane::router(cp.clone(), config);

@@ -113,6 +113,9 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
                     }
                     let inbounds = limits.borrow().value.first().map_or(0, |l| l.inbounds.len());
                     say(&format!("enforcing store version {version}: {inbounds} inbound(s)"));
+                    crate::notify::ready(&format!(
+                        "enforcing store version {version}: {inbounds} inbound(s)"
+                    ));
                 }
                 if shown.1 != Some(version) || now.generation != shown.0 {
                     reporter.send(version, &limits.borrow().value);
