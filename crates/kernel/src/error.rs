@@ -7,8 +7,8 @@ use crate::limits::LimitError;
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error(
-        "not enough privileges to load eBPF programs: run as root, or with CAP_BPF and \
-         CAP_NET_ADMIN (or CAP_SYS_ADMIN)"
+        "not enough privileges to load eBPF programs: run as root, or with CAP_BPF, \
+         CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN)"
     )]
     NotPermitted,
     #[error("no cgroup v2 hierarchy is mounted (looked for a cgroup2 entry in /proc/mounts)")]

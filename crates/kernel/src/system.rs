@@ -12,6 +12,7 @@ use crate::error::KernelError;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on pure v2 hosts,
@@ -92,7 +93,9 @@ pub(crate) fn has_bpf_privileges() -> bool {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN))
+    // Without CAP_PERFMON the verifier also walks speculative paths and refuses the program
+    // (seen with CAP_BPF + CAP_NET_ADMIN alone), so all three are needed.
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN) && has(CAP_PERFMON))
 }
 
 pub(crate) fn has_kernel_btf() -> bool {
