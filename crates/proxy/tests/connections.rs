@@ -104,68 +104,6 @@ async fn a_connection_that_sends_nothing_or_half_a_head_is_closed() {
 }
 
 #[tokio::test]
-async fn idle_http1_and_http2_connections_are_closed_after_the_idle_timeout() {
-    let app = upstream().await;
-    let h = Harness::unlimited_http(
-        "backend",
-        app.addr.port(),
-        options(Duration::from_secs(3600), Duration::from_millis(300)),
-    )
-    .await;
-    let addr = h.addr("backend");
-
-    // An HTTP/2 request held by the application for longer than the idle timeout: the
-    // time the HTTP/1.1 connection below takes to be closed as idle.
-    let mut client = h2(addr).await;
-    let held = {
-        let request = Request::get(format!("http://{addr}/hold"))
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let response = client.send_request(request);
-        tokio::spawn(async move { Reply::read(response.await.unwrap()).await })
-    };
-    app.arrived.notified().await;
-
-    let mut h1 = TcpStream::connect(addr).await.unwrap();
-    h1.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
-        .await
-        .unwrap();
-    let answered = read_until_closed(&mut h1).await;
-    assert!(answered.starts_with(b"HTTP/1.1 200"), "{answered:?}");
-    let metrics_now = metrics(&h.proxy).await;
-    assert_eq!(
-        sample(
-            &metrics_now,
-            "meshlimit_connection_timeouts_total",
-            "timeout=\"idle\""
-        ),
-        Some(1),
-        "only the HTTP/1.1 connection: {metrics_now}"
-    );
-    // The request in flight was not cut.
-    app.release.notify_one();
-    assert_eq!(held.await.unwrap().status, 200);
-    // Then idle: GOAWAY, and the connection ends.
-    tokio::time::timeout(GIVE_UP, async {
-        while !client.is_closed() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the idle HTTP/2 connection was closed");
-    let metrics = metrics(&h.proxy).await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "meshlimit_connection_timeouts_total",
-            "timeout=\"idle\""
-        ),
-        Some(2),
-        "{metrics}"
-    );
-}
-
-#[tokio::test]
 async fn beyond_the_inbound_cap_connections_are_refused_the_admin_answers_and_room_comes_back() {
     let app = upstream().await;
     let cap = 8;
