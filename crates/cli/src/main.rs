@@ -7,12 +7,12 @@
 
 use std::process::ExitCode;
 
-use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 mod global;
 mod kernel;
+mod logging;
 mod notify;
 mod report;
 mod watch;
@@ -24,16 +24,12 @@ mod watch;
     about = "Rate limiting for service meshes"
 )]
 struct Cli {
-    /// Control-plane API URL used by apply/get/describe/delete/diagnose/top, and followed by dataplane/agent.
-    #[arg(
-        long,
-        global = true,
-        env = "MESHLIMIT_CP",
-        default_value = "http://127.0.0.1:5681"
-    )]
-    cp: String,
-    /// API token for a control plane bound to a non-loopback address.
-    #[arg(long, global = true, env = "MESHLIMIT_TOKEN", hide_env_values = true)]
+    /// Before the subcommand, as earlier releases took it; the subcommand's own `--cp` is the
+    /// documented form. Only commands that contact a control plane accept it.
+    #[arg(long, hide = true)]
+    cp: Option<String>,
+    /// As `--cp` above, for `--token`.
+    #[arg(long, hide = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -48,25 +44,79 @@ enum Command {
     /// Show what one dataplane instance enforces.
     Inspect(cmd::inspect::Args),
     /// The all-in-one: control plane and local data planes (proxies, kernel limiter).
-    Run(cmd::run::Args),
+    Run {
+        #[command(flatten)]
+        log: logging::LogArgs,
+        #[command(flatten)]
+        args: cmd::run::Args,
+    },
     /// Kernel agent: enforce RateLimit resources at connect() with eBPF.
-    Agent(cmd::agent::Args),
+    Agent {
+        #[command(flatten)]
+        log: logging::LogArgs,
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::agent::Args,
+    },
     /// Control plane: store, REST API, change stream (and xDS with --xds).
-    ControlPlane(cmd::control_plane::Args),
+    ControlPlane {
+        #[command(flatten)]
+        log: logging::LogArgs,
+        #[command(flatten)]
+        args: cmd::control_plane::Args,
+    },
     /// A proxy that follows a control plane.
-    Dataplane(cmd::dataplane::Args),
+    Dataplane {
+        #[command(flatten)]
+        log: logging::LogArgs,
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::dataplane::Args,
+    },
     /// Create or update resources from files.
-    Apply(cmd::apply::Args),
+    Apply {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::apply::Args,
+    },
     /// List or show resources, or `ratelimit-stats`.
-    Get(cmd::get::Args),
+    Get {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::get::Args,
+    },
     /// Show a resource, what it selects and its effective limits there.
-    Describe(cmd::describe::Args),
+    Describe {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::describe::Args,
+    },
     /// Delete a resource.
-    Delete(cmd::delete::Args),
+    Delete {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::delete::Args,
+    },
     /// Walk the checks behind a rate-limit problem.
-    Diagnose(cmd::diagnose::Args),
+    Diagnose {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::diagnose::Args,
+    },
     /// Live view of rates and rejections per inbound.
-    Top(cmd::top::Args),
+    Top {
+        #[command(flatten)]
+        cp: cmd::ControlPlaneArgs,
+        #[command(flatten)]
+        args: cmd::top::Args,
+    },
     /// Envoy integration helpers (bootstrap).
     Envoy(cmd::envoy::Args),
     /// Print shell completions.
@@ -77,32 +127,55 @@ enum Command {
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
-    let cp_on_command_line = matches.value_source("cp") == Some(ValueSource::CommandLine);
-    let cp_from_env = matches.value_source("cp") == Some(ValueSource::EnvVariable);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let ctx = cmd::Context {
-        cp: cli.cp,
-        token: cli.token,
-        cp_on_command_line,
-        cp_from_env,
-    };
+    // Where the subcommand's `--cp` came from (asked only of commands that have one).
+    let source = matches
+        .subcommand()
+        .filter(|(_, sub)| sub.ids().any(|id| id == "cp"))
+        .and_then(|(_, sub)| sub.value_source("cp"));
+    let before = (cli.cp, cli.token);
+    let context = |cp: cmd::ControlPlaneArgs| cmd::Context::new(cp, before.clone(), source);
+    if !matches!(
+        cli.command,
+        Command::Agent { .. }
+            | Command::Dataplane { .. }
+            | Command::Apply { .. }
+            | Command::Get { .. }
+            | Command::Describe { .. }
+            | Command::Delete { .. }
+            | Command::Diagnose { .. }
+            | Command::Top { .. }
+    ) && (before.0.is_some() || before.1.is_some())
+    {
+        eprintln!(
+            "error: this command does not contact a control plane: --cp and --token do not apply"
+        );
+        return ExitCode::from(2);
+    }
+    match &cli.command {
+        Command::Run { log, .. }
+        | Command::Agent { log, .. }
+        | Command::ControlPlane { log, .. }
+        | Command::Dataplane { log, .. } => logging::init(log.log_format, "info"),
+        _ => logging::init(logging::LogFormat::Text, "warn"),
+    }
     let result = match cli.command {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
-        Command::Run(args) => cmd::run::run(args),
-        Command::Agent(args) => cmd::agent::run(&ctx, args),
-        Command::ControlPlane(args) => cmd::control_plane::run(args),
-        Command::Dataplane(args) => cmd::dataplane::run(&ctx, args),
-        Command::Apply(args) => cmd::apply::run(&ctx, args),
-        Command::Get(args) => cmd::get::run(&ctx, args),
-        Command::Describe(args) => cmd::describe::run(&ctx, args),
-        Command::Delete(args) => cmd::delete::run(&ctx, args),
-        Command::Diagnose(args) => cmd::diagnose::run(&ctx, args),
-        Command::Top(args) => cmd::top::run(&ctx, args),
+        Command::Run { args, .. } => cmd::run::run(args),
+        Command::Agent { cp, args, .. } => cmd::agent::run(&context(cp), args),
+        Command::ControlPlane { args, .. } => cmd::control_plane::run(args),
+        Command::Dataplane { cp, args, .. } => cmd::dataplane::run(&context(cp), args),
+        Command::Apply { cp, args } => cmd::apply::run(&context(cp), args),
+        Command::Get { cp, args } => cmd::get::run(&context(cp), args),
+        Command::Describe { cp, args } => cmd::describe::run(&context(cp), args),
+        Command::Delete { cp, args } => cmd::delete::run(&context(cp), args),
+        Command::Diagnose { cp, args } => cmd::diagnose::run(&context(cp), args),
+        Command::Top { cp, args } => cmd::top::run(&context(cp), args),
         Command::Envoy(args) => cmd::envoy::run(args),
         Command::Completions(args) => cmd::completions::completions(Cli::command(), args),
         Command::Man => cmd::completions::man(Cli::command()),

@@ -249,7 +249,7 @@ fn dataplane(url: &str, name: &str) -> Proc {
             "--name",
             name,
             "--report-interval",
-            "0.2",
+            "200ms",
         ])
         .env_remove("MESHLIMIT_TOKEN");
     let mut proc = Proc::spawn(command);

@@ -267,7 +267,7 @@ impl Dataplane {
             "--redis",
             redis,
             "--report-interval",
-            "0.2",
+            "200ms",
         ]);
         let mut proc = Proc::spawn(name, dir, command);
         let admin = proc.wait_value("admin listening on ", Some(';'));

@@ -137,11 +137,15 @@ impl Meshlimit {
             }
             None => Command::new(env!("CARGO_BIN_EXE_meshlimit")),
         };
+        let store = if extra.contains(&"--store") {
+            Vec::new()
+        } else {
+            vec!["--store".into(), state.join("store.redb").into_os_string()]
+        };
         let mut child = command
             .args(["run", "--resources"])
             .arg(dir)
-            .arg("--store")
-            .arg(state.join("store.redb"))
+            .args(store)
             .arg("--address-file")
             .arg(&address_file)
             .args(if extra.contains(&"--admin") {
@@ -475,6 +479,87 @@ fn run_refuses_an_invalid_directory_with_the_file_and_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
+    remove_dirs(&dir);
+}
+
+#[test]
+fn a_store_seeded_from_another_directory_serves_only_the_new_one() {
+    let (first, second) = (temp_dir(), temp_dir());
+    let store = state_dir(&first).join("shared.redb");
+    let store_arg = store.to_str().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    std::fs::write(first.join("a.yaml"), dataplane_yaml("app-a", port_a, 9)).unwrap();
+    std::fs::write(second.join("b.yaml"), dataplane_yaml("app-b", port_b, 9)).unwrap();
+
+    let mut run_a = Meshlimit::start_with(&first, &["--no-kernel", "--store", store_arg]);
+    let url = run_a.url();
+    assert!(
+        run_a.logged(&format!("store {store_arg}: new")).is_some(),
+        "{}",
+        run_a.log_text()
+    );
+    // A resource written through the API is not the directory's: it stays.
+    let policy = first.join("api-only.yaml");
+    std::fs::write(&policy, api_only_policy()).unwrap();
+    cli(&url, &["apply", "-f", policy.to_str().unwrap()]);
+    std::fs::remove_file(&policy).unwrap();
+    run_a.stop();
+
+    let mut run_b = Meshlimit::start_with(&second, &["--no-kernel", "--store", store_arg]);
+    let url = run_b.url();
+    eventually("the account of the store", || {
+        run_b
+            .logged("1 seeded from a resource directory, 1 written through the API")
+            .is_some()
+    });
+    assert!(
+        run_b.logged("the store was seeded from ").is_some(),
+        "{}",
+        run_b.log_text()
+    );
+    let dataplanes = cli(&url, &["get", "dp"]);
+    assert!(dataplanes.contains("app-b"), "{dataplanes}");
+    assert!(!dataplanes.contains("app-a"), "{dataplanes}");
+    assert!(cli(&url, &["get", "mrl"]).contains("api-only"));
+    run_b.stop();
+    remove_dirs(&first);
+    remove_dirs(&second);
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_event() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    let mut meshlimit = Meshlimit::start_with(&dir, &["--no-kernel", "--log-format", "json"]);
+    meshlimit.admin();
+    eventually("the listening event", || {
+        meshlimit.logged("admin listening").is_some()
+    });
+    meshlimit.stop();
+    let log = meshlimit.log_text();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect();
+    let listening = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "admin listening")
+        .unwrap_or_else(|| panic!("no admin listening event in {log}"));
+    assert_eq!(listening["level"], "INFO");
+    assert!(
+        listening["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
+    );
+    assert!(
+        listening["fields"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:"))
+    );
+    assert!(
+        events.iter().any(|e| e["fields"]["message"] == "stopped"),
+        "{log}"
+    );
     remove_dirs(&dir);
 }
 

@@ -40,19 +40,16 @@ pub struct Args {
     /// (`redis://host:port`). Without it, this instance enforces its share of the total.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
-    /// Seconds between status reports to the control plane.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    pub report_interval: f64,
+    /// Time between status reports to the control plane.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::cmd::parse_positive_duration)]
+    pub report_interval: Duration,
     #[command(flatten)]
     pub connections: ConnectionArgs,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&ctx.cp, ctx.token.clone())?;
-    let report_interval = Duration::try_from_secs_f64(args.report_interval)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--report-interval must be a positive number of seconds"))?;
+    let report_interval = args.report_interval;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -109,7 +106,7 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
                 let Some(version) = now.version else { continue };
                 if shown.1.is_none() || now.generation != shown.0 {
                     for problem in &now.problems {
-                        eprintln!("warning: {problem}");
+                        tracing::warn!("{problem}");
                     }
                     let inbounds = limits.borrow().value.first().map_or(0, |l| l.inbounds.len());
                     say(&format!("enforcing store version {version}: {inbounds} inbound(s)"));

@@ -83,7 +83,23 @@ pub fn refresh(
     }
 }
 
-/// Global options every subcommand may use, as clap parsed them.
+/// `--cp` and `--token`, on each command that contacts a control plane (and only there).
+#[derive(clap::Args, Clone)]
+pub struct ControlPlaneArgs {
+    /// Control-plane API URL.
+    #[arg(
+        long,
+        env = "MESHLIMIT_CP",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:5681"
+    )]
+    pub cp: String,
+    /// API token for a control plane bound to a non-loopback address.
+    #[arg(long, env = "MESHLIMIT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// How a command reaches the control plane, as the command line and environment gave it.
 pub struct Context {
     /// Control-plane API URL.
     pub cp: String,
@@ -93,4 +109,23 @@ pub struct Context {
     pub cp_on_command_line: bool,
     /// `--cp` came from `MESHLIMIT_CP`.
     pub cp_from_env: bool,
+}
+
+impl Context {
+    /// `before` is `--cp`/`--token` given before the subcommand (the older form), which wins
+    /// over the subcommand's own defaults and environment.
+    pub fn new(
+        own: ControlPlaneArgs,
+        before: (Option<String>, Option<String>),
+        source: Option<clap::parser::ValueSource>,
+    ) -> Context {
+        use clap::parser::ValueSource;
+        let (cp_before, token_before) = before;
+        Context {
+            cp_on_command_line: cp_before.is_some() || source == Some(ValueSource::CommandLine),
+            cp_from_env: cp_before.is_none() && source == Some(ValueSource::EnvVariable),
+            cp: cp_before.unwrap_or(own.cp),
+            token: token_before.or(own.token),
+        }
+    }
 }

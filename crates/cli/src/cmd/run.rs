@@ -27,7 +27,6 @@ pub mod connections;
 mod directory;
 mod report;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +45,7 @@ use meshlimit_policy::effective::DataplaneLimits;
 use meshlimit_proxy::{Admin, Proxy, ProxyOptions};
 use tokio::sync::watch;
 
+use crate::cmd::{parse_duration, parse_positive_duration};
 use crate::kernel::{Enforced, Kernel};
 use crate::watch::Watcher;
 use directory::Directory;
@@ -65,8 +65,9 @@ pub struct Args {
     /// Directory (or file) of resources (*.yaml, *.yml) that seeds the store and is followed.
     #[arg(long, value_name = "DIR")]
     resources: Option<PathBuf>,
-    /// The store file [default: $XDG_DATA_HOME/meshlimit/store.redb, else
-    /// ~/.local/share/meshlimit/store.redb].
+    /// The store file [default: with --resources DIR, one store per directory under
+    /// $XDG_DATA_HOME/meshlimit/run/ (else ~/.local/share/meshlimit/run/); without it,
+    /// $XDG_DATA_HOME/meshlimit/store.redb, else ~/.local/share/meshlimit/store.redb].
     #[arg(long, value_name = "PATH")]
     store: Option<PathBuf>,
     /// The one listener: the control plane's REST API plus /metrics (Prometheus), /ready and
@@ -117,16 +118,11 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
     watch_interval: Duration,
     /// How often the counters are reported to the control plane's stats, e.g. `1s`.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     report_interval: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    meshlimit_policy::duration::parse_go(text)
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_logging();
     let (fd_limit, line) = connections::raise_and_describe_fd_limit();
     tracing::info!("{line}");
     let token = match &args.token_file {
@@ -138,17 +134,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    if args.report_interval.is_zero() {
-        anyhow::bail!("--report-interval must be positive");
-    }
-    let store = args.store.clone().unwrap_or_else(default_store_path);
+    let store = match (&args.store, &args.resources) {
+        (Some(store), _) => store.clone(),
+        (None, Some(dir)) => directory::default_store_for(dir, &default_store_path()),
+        (None, None) => default_store_path(),
+    };
+    let existed = store.exists();
     let cp = open_store(&store)?;
 
     let mut seeded = None;
+    if args.resources.is_none() {
+        let state = cp.snapshot();
+        tracing::info!(
+            "store {}: {}",
+            store.display(),
+            if existed {
+                format!(
+                    "version {}, {} resource(s)",
+                    state.version,
+                    state.entries.len()
+                )
+            } else {
+                "new".to_string()
+            }
+        );
+    }
     if let Some(dir) = &args.resources {
         // Taken before the load, so that an edit made while loading is still noticed.
         let watcher = Watcher::new(dir);
         let mut directory = Directory::new(dir, &store);
+        tracing::info!(
+            "store {}: {}",
+            store.display(),
+            if existed {
+                directory.describe_store(&cp.snapshot())
+            } else {
+                "new".to_string()
+            }
+        );
         let result = directory.load(&cp).map_err(|problems| {
             anyhow::anyhow!("{} does not validate:\n{problems}", dir.display())
         })?;
@@ -161,7 +184,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let kernel = if args.no_kernel {
-        eprintln!("kernel limits off (--no-kernel): RateLimit resources are not enforced here");
+        tracing::info!(
+            "kernel limits off (--no-kernel): RateLimit resources are not enforced here"
+        );
         None
     } else {
         let options = LimiterOptions {
@@ -170,12 +195,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         match Kernel::attach(args.cgroup.clone(), options) {
             Ok(kernel) => {
                 if let Some(cgroup) = kernel.cgroup() {
-                    eprintln!("kernel limiter attached to cgroup {}", cgroup.display());
+                    tracing::info!("kernel limiter attached to cgroup {}", cgroup.display());
                 }
                 Some(kernel)
             }
             Err(reason) => {
-                eprintln!(
+                tracing::warn!(
                     "kernel limits not enforced: {reason}; run as root on a kernel with cgroup \
                      v2 and BPF, or pass --no-kernel"
                 );
@@ -210,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(kernel) = kernel
         && kernel.detach()
     {
-        eprintln!("kernel limiter detached");
+        tracing::info!("kernel limiter detached");
     }
     served?;
     Ok(ExitCode::SUCCESS)
@@ -462,14 +487,4 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         anyhow::bail!("the token file {} is empty", path.display());
     }
     Ok(token)
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }

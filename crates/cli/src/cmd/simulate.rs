@@ -51,7 +51,7 @@ pub struct BucketFlags {
     #[arg(
         long,
         value_name = "DUR",
-        value_parser = parse_duration,
+        value_parser = crate::cmd::parse_duration,
         requires_all = ["max_tokens", "tokens_per_fill"]
     )]
     pub fill_interval: Option<Duration>,
@@ -175,10 +175,6 @@ fn simulate(settings: &[Settings], arrivals: &[Arrival], out: &mut impl Write) -
 fn usage_error(err: &UsageError) -> ExitCode {
     eprintln!("error: {err}");
     ExitCode::from(2)
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    parse_go(text)
 }
 
 fn parse_rate(text: &str) -> Result<(u64, Duration), String> {

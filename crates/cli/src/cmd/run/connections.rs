@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::cmd::parse_duration;
 use meshlimit_proxy::{FdLimit, ProxyOptions, default_max_connections, raise_fd_limit};
 
 #[derive(clap::Args)]
@@ -46,10 +47,6 @@ impl ConnectionArgs {
         options.forward_connect = self.forward_connect;
         Ok(())
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    meshlimit_policy::duration::parse_go(text)
 }
 
 /// Raises the soft descriptor limit to the hard one and says what the limit is.

@@ -24,17 +24,51 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// Knows what an earlier run put in the store from `path`, if the record says so.
+    /// Knows what an earlier run put in the store from `path`, if the record says so. A record
+    /// written for another directory counts too: this directory's resources replace what that
+    /// one seeded (said in the log), so switching directories never leaves the old ones served.
     pub fn new(path: &Path, store: &Path) -> Directory {
         let mut record = store.as_os_str().to_owned();
         record.push(".directory.json");
         let record = PathBuf::from(record);
-        let owned = read_record(&record, path).unwrap_or_default();
+        let owned = match read_record(&record) {
+            Some((from, keys)) if from != canonical(path) && !keys.is_empty() => {
+                tracing::info!(
+                    "the store was seeded from {from}; its {} resource(s) from there are replaced \
+                     by {}",
+                    keys.len(),
+                    path.display()
+                );
+                keys
+            }
+            Some((_, keys)) => keys,
+            None => BTreeSet::new(),
+        };
         Directory {
             path: path.to_owned(),
             record,
             owned,
         }
+    }
+
+    /// What the store holds before this directory is loaded: `N resource(s) (n from DIR, m
+    /// written through the API)`, or `empty`.
+    pub fn describe_store(&self, state: &meshlimit_control_plane::StoreState) -> String {
+        let total = state.entries.len();
+        if total == 0 {
+            return "empty".to_string();
+        }
+        let from_directory = state
+            .entries
+            .keys()
+            .filter(|k| self.owned.contains(k))
+            .count();
+        format!(
+            "version {}, {total} resource(s): {from_directory} seeded from a resource directory, \
+             {} written through the API",
+            state.version,
+            total - from_directory
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -82,13 +116,11 @@ impl Directory {
     }
 }
 
-/// The keys of the record at `record` if it was written for `directory`.
-fn read_record(record: &Path, directory: &Path) -> Option<BTreeSet<Key>> {
+/// The directory the record at `record` was written for, and its keys.
+fn read_record(record: &Path) -> Option<(String, BTreeSet<Key>)> {
     let text = std::fs::read_to_string(record).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    if value["directory"].as_str()? != canonical(directory) {
-        return None;
-    }
+    let directory = value["directory"].as_str()?.to_string();
     let keys = value["resources"]
         .as_array()?
         .iter()
@@ -100,7 +132,35 @@ fn read_record(record: &Path, directory: &Path) -> Option<BTreeSet<Key>> {
             })
         })
         .collect();
-    Some(keys)
+    Some((directory, keys))
+}
+
+/// The default store of `meshlimit run --resources DIR`: one per directory, beside the
+/// default store, named after the directory and a hash of its full path, so two projects on
+/// one machine never share a store by accident.
+pub fn default_store_for(directory: &Path, default_store: &Path) -> PathBuf {
+    let full = canonical(directory);
+    // FNV-1a: stable across releases (std's hasher is not promised to be), enough to tell
+    // directories apart.
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let name: String = Path::new(&full)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let parent = default_store.parent().unwrap_or(Path::new("."));
+    parent.join("run").join(format!("{name}-{hash:016x}.redb"))
 }
 
 fn canonical(path: &Path) -> String {
@@ -167,7 +227,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_record_is_read_back_only_for_its_own_directory() {
+    fn the_record_is_read_back_and_another_directory_takes_it_over() {
         let temp = tempfile::tempdir().unwrap();
         let (dir, other) = (temp.path().join("dir"), temp.path().join("other"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -183,9 +243,33 @@ mod tests {
         directory.owned.insert(key.clone());
         directory.write_record().unwrap();
 
-        assert_eq!(Directory::new(&dir, &store).owned, BTreeSet::from([key]));
-        assert!(Directory::new(&other, &store).owned.is_empty());
+        assert_eq!(Directory::new(&dir, &store).owned, BTreeSet::from([key.clone()]));
+        // Another directory replaces what this one seeded.
+        assert_eq!(Directory::new(&other, &store).owned, BTreeSet::from([key]));
         std::fs::write(temp.path().join("store.redb.directory.json"), "{ not json").unwrap();
         assert!(Directory::new(&dir, &store).owned.is_empty());
+    }
+
+    #[test]
+    fn each_directory_has_its_own_default_store_whatever_its_spelling() {
+        let base = std::env::temp_dir().join(format!("meshlimit-stores-{}", std::process::id()));
+        let (one, two) = (base.join("one"), base.join("two words"));
+        std::fs::create_dir_all(&one).unwrap();
+        std::fs::create_dir_all(&two).unwrap();
+        let default = Path::new("/data/meshlimit/store.redb");
+        let store_one = default_store_for(&one, default);
+        assert_eq!(
+            store_one,
+            default_store_for(&base.join("two words/../one/"), default)
+        );
+        let store_two = default_store_for(&two, default);
+        assert_ne!(store_one, store_two);
+        assert_eq!(store_one.parent(), Some(Path::new("/data/meshlimit/run")));
+        let name = store_two.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("two_words-") && name.ends_with(".redb"),
+            "{name}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

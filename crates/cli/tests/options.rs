@@ -1,0 +1,107 @@
+//! The command line's shared conventions: `--cp`/`--token` only on commands that contact a
+//! control plane, environment hints that do not pretend a variable is set, and one duration
+//! form for every duration flag.
+
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
+
+fn meshlimit(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("MESHLIMIT_CP")
+        .env_remove("MESHLIMIT_TOKEN")
+        .output()
+        .expect("meshlimit runs")
+}
+
+fn help(command: &str) -> String {
+    let out = meshlimit(&[command, "--help"]);
+    assert!(out.status.success(), "{command} --help");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn control_plane_options_are_shown_only_where_they_are_used() {
+    for command in [
+        "agent",
+        "dataplane",
+        "apply",
+        "get",
+        "describe",
+        "delete",
+        "diagnose",
+        "top",
+    ] {
+        let text = help(command);
+        assert!(text.contains("--cp <CP>"), "{command} lacks --cp:\n{text}");
+        assert!(text.contains("--token <TOKEN>"), "{command} lacks --token");
+        // The hint names the variable without showing an (unset, empty) value.
+        assert!(text.contains("[env: MESHLIMIT_CP]"), "{command}:\n{text}");
+        assert!(!text.contains("MESHLIMIT_CP="), "{command}:\n{text}");
+    }
+    for command in [
+        "simulate",
+        "validate",
+        "inspect",
+        "run",
+        "control-plane",
+        "envoy",
+    ] {
+        let text = help(command);
+        assert!(!text.contains("--cp"), "{command} shows --cp:\n{text}");
+        assert!(
+            !text.contains("--token <"),
+            "{command} shows --token:\n{text}"
+        );
+    }
+    let top = String::from_utf8(meshlimit(&["--help"]).stdout).unwrap();
+    assert!(!top.contains("--cp"), "top-level help shows --cp:\n{top}");
+}
+
+#[test]
+fn cp_before_the_subcommand_still_works_and_is_refused_where_it_means_nothing() {
+    // The older form reaches the address it names (nothing listens on port 1).
+    let before = meshlimit(&["--cp", "http://127.0.0.1:1", "get", "mrl"]);
+    assert_eq!(before.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&before.stderr).contains("http://127.0.0.1:1/"));
+    let after = meshlimit(&["get", "mrl", "--cp", "http://127.0.0.1:1"]);
+    assert!(String::from_utf8_lossy(&after.stderr).contains("http://127.0.0.1:1/"));
+
+    let pointless = meshlimit(&["--cp", "http://127.0.0.1:1", "man"]);
+    assert_eq!(pointless.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&pointless.stderr).contains("does not contact a control plane"),
+        "{}",
+        String::from_utf8_lossy(&pointless.stderr)
+    );
+    let unknown = meshlimit(&["validate", "--cp", "x", "-f", "x.yaml"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn every_duration_flag_takes_the_same_go_style_form() {
+    let cases: [&[&str]; 5] = [
+        &["dataplane", "--name", "a", "--report-interval"],
+        &["run", "--report-interval"],
+        &["run", "--drain-timeout"],
+        &["run", "--request-headers-timeout"],
+        &["get", "ratelimit-stats", "--watch", "--interval"],
+    ];
+    for case in cases {
+        // A bare number is refused with the form to use.
+        let bare = meshlimit(&[case, &["2"]].concat());
+        let stderr = String::from_utf8_lossy(&bare.stderr);
+        assert_eq!(bare.status.code(), Some(2), "{case:?}: {stderr}");
+        assert!(
+            stderr.contains("has no unit: write a duration such as 2s or 2ms"),
+            "{case:?}: {stderr}"
+        );
+        let unknown_unit = meshlimit(&[case, &["2 fortnights"]].concat());
+        assert_eq!(unknown_unit.status.code(), Some(2), "{case:?}");
+    }
+    // Where zero makes no sense, zero is refused too.
+    let zero = meshlimit(&["dataplane", "--name", "a", "--report-interval", "0s"]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("must be longer than 0"));
+}
