@@ -527,6 +527,41 @@ fn a_store_seeded_from_another_directory_serves_only_the_new_one() {
 }
 
 #[test]
+fn get_json_and_yaml_lists_apply_back_unchanged() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    let mut meshlimit = Meshlimit::start(&dir);
+    let url = meshlimit.url();
+    let second = state_dir(&dir).join("second.yaml");
+    std::fs::write(&second, api_only_policy()).unwrap();
+    cli(&url, &["apply", "-f", second.to_str().unwrap()]);
+    let yaml = cli(&url, &["get", "mrl", "-o", "yaml"]);
+    assert!(
+        yaml.contains("api-only") && yaml.contains("backend-rate-limit"),
+        "{yaml}"
+    );
+
+    for format in ["json", "yaml"] {
+        let listed = state_dir(&dir).join(format!("listed.{format}"));
+        std::fs::write(&listed, cli(&url, &["get", "mrl", "-o", format])).unwrap();
+        cli(&url, &["delete", "mrl", "api-only"]);
+        assert!(!cli(&url, &["get", "mrl"]).contains("api-only"));
+        let applied = cli(&url, &["apply", "-f", listed.to_str().unwrap()]);
+        assert!(
+            applied.contains("meshratelimit/api-only created"),
+            "{applied}"
+        );
+        assert!(
+            applied.contains("meshratelimit/backend-rate-limit unchanged"),
+            "{applied}"
+        );
+        assert_eq!(cli(&url, &["get", "mrl", "-o", "yaml"]), yaml, "{format}");
+    }
+    meshlimit.stop();
+    remove_dirs(&dir);
+}
+
+#[test]
 fn log_format_json_writes_one_json_object_per_event() {
     let dir = temp_dir();
     std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();

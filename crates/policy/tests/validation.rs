@@ -629,9 +629,21 @@ fn wrong_types_say_what_was_expected() {
         problems(&mrl("rules: {}")),
         one("spec.rules", "expected a list, found a mapping")
     );
+    // A list is a list of resources (as `get -o json` prints); each item must be one.
     assert_eq!(
-        problems("- a\n- b"),
-        one("", "expected a mapping (a resource), found a list")
+        problems("- a\n- [b]"),
+        [
+            (
+                "[0]",
+                "expected a mapping (a resource), found a string (\"a\")"
+            ),
+            ("[1]", "expected a mapping (a resource), found a list")
+        ]
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+    );
+    assert_eq!(
+        problems(&format!("- {}", mrl("rules: {}").replace('\n', "\n  "))),
+        one("[0].spec.rules", "expected a list, found a mapping")
     );
 }
 

@@ -101,25 +101,42 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Parsed, Vec<Problem>> {
         if value.is_null() {
             continue;
         }
-        let mut report = Report::default();
-        let (kind, name, resource) = document(&mut report, &value);
-        let label = |(path, message): (String, String)| {
-            let p = Problem::new(path, message).at(file, number);
-            match kind {
-                Some(k) => p.of(k.as_str(), name.clone().unwrap_or_default()),
-                None => p,
-            }
+        // A document that is a list of resources (`get -o json` prints one) holds each in
+        // turn; problems name the item as `[i]` before the field path.
+        let items: Vec<(Option<usize>, &Value)> = match &value {
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Some(i), v))
+                .collect(),
+            one => vec![(None, one)],
         };
-        parsed
-            .warnings
-            .extend(report.warnings.into_iter().map(label));
-        problems.extend(report.errors.into_iter().map(label));
-        if let Some(r) = resource {
-            parsed.resources.push(r);
-            parsed.origins.push(Origin {
-                file: file.to_string(),
-                document: number,
-            });
+        for (item, value) in items {
+            let mut report = Report::default();
+            let (kind, name, resource) = document(&mut report, value);
+            let label = |(path, message): (String, String)| {
+                let path = match (item, path.is_empty()) {
+                    (None, _) => path,
+                    (Some(i), true) => format!("[{i}]"),
+                    (Some(i), false) => format!("[{i}].{path}"),
+                };
+                let p = Problem::new(path, message).at(file, number);
+                match kind {
+                    Some(k) => p.of(k.as_str(), name.clone().unwrap_or_default()),
+                    None => p,
+                }
+            };
+            parsed
+                .warnings
+                .extend(report.warnings.into_iter().map(label));
+            problems.extend(report.errors.into_iter().map(label));
+            if let Some(r) = resource {
+                parsed.resources.push(r);
+                parsed.origins.push(Origin {
+                    file: file.to_string(),
+                    document: number,
+                });
+            }
         }
     }
     if problems.is_empty() {
