@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use meshlimit_control_plane_client::wire::{AgentReport, DestinationCounters};
+use meshlimit_kernel::Counters;
 use meshlimit_kernel::{DestinationStats, KernelError, KernelLimiter, LimiterOptions};
 use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::KernelLimit;
 use meshlimit_proxy::MetricsSource;
+use meshlimit_proxy::exposition::{self, Labels, prometheus_client::encoding::DescriptorEncoder};
 use tokio::sync::watch;
 
 /// The attached limiter, shared by the enforcing task, the admin routes and the reporter;
@@ -148,20 +150,89 @@ impl Kernel {
 }
 
 impl MetricsSource for Kernel {
-    fn render(&self, out: &mut String) {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let guard = self.lock();
         let Some(limiter) = guard.as_ref() else {
-            return;
+            return Ok(());
         };
         match (limiter.stats(), limiter.counters()) {
-            (Ok(stats), Ok(counters)) => {
-                out.push_str(&meshlimit_kernel::render_prometheus(&stats, &counters));
-            }
+            (Ok(stats), Ok(counters)) => encode_kernel(&stats, &counters, encoder),
             (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!("reading the kernel counters: {error}");
+                Ok(())
             }
         }
     }
+}
+
+/// The kernel limiter's numbers as metric families.
+fn encode_kernel(
+    stats: &[DestinationStats],
+    counters: &Counters,
+    mut encoder: DescriptorEncoder<'_>,
+) -> std::fmt::Result {
+    let destination = |row: &DestinationStats| -> Labels {
+        vec![
+            ("service", row.service.clone()),
+            ("address", row.address.clone()),
+            ("port", row.port.to_string()),
+        ]
+    };
+    let e = &mut encoder;
+    exposition::counter(
+        e,
+        "meshlimit_kernel_connections",
+        "Connections to kernel-limited destinations, by decision at connect().",
+        stats.iter().flat_map(|row| {
+            [("allowed", row.allowed), ("limited", row.limited)]
+                .into_iter()
+                .map(move |(decision, value)| {
+                    let mut labels = destination(row);
+                    labels.push(("decision", decision.to_string()));
+                    (labels, value)
+                })
+        }),
+    )?;
+    exposition::gauge(
+        e,
+        "meshlimit_kernel_tokens",
+        "Whole tokens available now in the emptiest client bucket.",
+        stats
+            .iter()
+            .map(|row| (destination(row), row.tokens_available)),
+    )?;
+    exposition::gauge(
+        e,
+        "meshlimit_kernel_bucket_capacity",
+        "The bucket size (maxTokens) of a kernel-limited destination, beside its tokens.",
+        stats.iter().map(|row| (destination(row), row.max_tokens)),
+    )?;
+    let none: Labels = Vec::new();
+    for (name, help, value) in [
+        (
+            "meshlimit_kernel_allowed",
+            "Connections admitted by the kernel limiter.",
+            counters.allowed,
+        ),
+        (
+            "meshlimit_kernel_limited",
+            "Connections refused by the kernel limiter with EPERM.",
+            counters.limited,
+        ),
+        (
+            "meshlimit_kernel_untracked",
+            "Connections to limited destinations let through because no bucket could be kept.",
+            counters.untracked,
+        ),
+        (
+            "meshlimit_kernel_errors",
+            "Connections let through because of unusable settings in the kernel.",
+            counters.errors,
+        ),
+    ] {
+        exposition::counter(e, name, help, [(none.clone(), value)])?;
+    }
+    Ok(())
 }
 
 /// What [`Kernel::enforce`] decides for each value, apart from the kernel itself.

@@ -1,4 +1,4 @@
-//! The admin endpoint: `/metrics` (Prometheus text, from any number of sources), `/ready`
+//! The admin endpoint: `/metrics` (Prometheus or OpenMetrics text, from any number of sources), `/ready`
 //! and `/config` (the effective limits as JSON). It serves itself ([`Admin::serve`]) or becomes
 //! routes of a larger axum server ([`Admin::router`], merged into the control plane's API by
 //! the all-in-one).
@@ -16,15 +16,34 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
 use crate::limits::{self, Cap};
-use crate::metrics;
 use crate::proxy::Proxy;
 use crate::state::Shared;
+use crate::{exposition, metrics};
 
-/// Something that adds samples to `/metrics`. Each source writes whole metric families
-/// (`# HELP`, `# TYPE`, samples) in the Prometheus text format.
+/// Something that adds metric families to `/metrics`, read at scrape time (helpers in
+/// [`crate::exposition`]).
 pub trait MetricsSource: Send + Sync + 'static {
-    fn render(&self, out: &mut String);
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result;
+}
+
+/// A source as the library's collector.
+struct Collected(Arc<dyn MetricsSource>);
+
+impl std::fmt::Debug for Collected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("metrics source")
+    }
+}
+
+impl Collector for Collected {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        self.0.encode(encoder)
+    }
 }
 
 /// Something `/ready` waits for: `Err(reason)` while it is not ready.
@@ -197,14 +216,16 @@ impl Admin {
         }
         match path {
             "/metrics" => {
-                let mut out = String::new();
+                let mut registry = Registry::default();
                 for source in &self.metrics {
-                    source.render(&mut out);
+                    registry.register_collector(Box::new(Collected(Arc::clone(source))));
                 }
-                let mut response = text(StatusCode::OK, out);
+                let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let (body, content_type) = exposition::render(&registry, accept);
+                let mut response = text(StatusCode::OK, body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    header::HeaderValue::from_static(content_type),
                 );
                 response
             }
@@ -266,8 +287,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 struct ProxyView(Arc<Shared>);
 
 impl MetricsSource for ProxyView {
-    fn render(&self, out: &mut String) {
-        metrics::render(&self.0, out);
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        metrics::encode(&self.0, encoder)
     }
 }
 

@@ -26,6 +26,7 @@
 
 mod admin;
 mod error;
+pub mod exposition;
 mod http;
 mod inbound;
 mod limits;
@@ -42,7 +43,7 @@ mod tcp;
 pub use admin::{ADMIN_MAX_CONNECTIONS, Admin, ConfigSource, MetricsSource, ReadinessSource};
 pub use inbound::InboundKey;
 pub use limits::{FdLimit, default_max_connections, raise_fd_limit};
-pub use metrics::{InboundStats, ProxyStats, escape_label};
+pub use metrics::{InboundStats, ProxyStats};
 pub use options::ProxyOptions;
 pub use proxy::Proxy;
 pub use state::{ListenerStatus, ProxyProblem, Status};

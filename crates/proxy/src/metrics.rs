@@ -1,191 +1,158 @@
-//! The proxy's counters and bucket levels in the Prometheus text format.
+//! The proxy's counters and bucket levels as metric families (see [`crate::exposition`]).
 
-use std::fmt::Write;
+use std::fmt;
 use std::sync::Arc;
 
-use crate::inbound::{Inbound, InboundKey};
+use prometheus_client::encoding::DescriptorEncoder;
+
+use crate::exposition::{Labels, counter, gauge};
+use crate::inbound::{Counter, Inbound, InboundKey};
 use crate::state::Shared;
 
-/// Writes the counters and bucket levels of every inbound being served.
-pub(crate) fn render(shared: &Shared, out: &mut String) {
+/// The labels that name an inbound, then `extra`.
+fn labels(inbound: &Inbound, extra: &[(&'static str, &str)]) -> Labels {
+    let mut labels = vec![
+        ("mesh", inbound.key.mesh.clone()),
+        ("dataplane", inbound.key.dataplane.clone()),
+        ("inbound", inbound.key.port.to_string()),
+    ];
+    labels.extend(extra.iter().map(|(k, v)| (*k, (*v).to_string())));
+    labels
+}
+
+/// One counter family over every inbound: for each, the counters `pick` names with the
+/// extra label each carries.
+fn per_inbound<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    inbounds: &'a [Arc<Inbound>],
+    name: &str,
+    help: &str,
+    pick: impl Fn(&'a Inbound) -> Vec<(&'static [(&'static str, &'static str)], &'a Counter)>,
+) -> fmt::Result {
+    counter(
+        encoder,
+        name,
+        help,
+        inbounds.iter().flat_map(|inbound| {
+            pick(inbound)
+                .into_iter()
+                .map(move |(extra, c)| (labels(inbound, extra), c.get()))
+        }),
+    )
+}
+
+/// Encodes the counters and bucket levels of every inbound being served.
+pub(crate) fn encode(shared: &Shared, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
     let inbounds = shared.inbounds.load();
+    let inbounds = inbounds.as_slice();
     let now_ns = shared.clock.now_ns();
-    family(
-        out,
-        "meshlimit_http_requests_total",
-        "counter",
+    let e = &mut encoder;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_http_requests",
         "HTTP requests received by an inbound, by the decision of its local limit (MeshRateLimit; allowed when it has none).",
-    );
-    for inbound in inbounds.iter() {
-        sample(
-            out,
-            "meshlimit_http_requests_total",
-            inbound,
-            "decision=\"allowed\"",
-            inbound.counters.http_allowed.get(),
-        );
-        sample(
-            out,
-            "meshlimit_http_requests_total",
-            inbound,
-            "decision=\"limited\"",
-            inbound.counters.http_limited.get(),
-        );
-    }
-    family(
-        out,
-        "meshlimit_global_requests_total",
-        "counter",
+        |i| {
+            vec![
+                (&[("decision", "allowed")][..], &i.counters.http_allowed),
+                (&[("decision", "limited")][..], &i.counters.http_limited),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_global_requests",
         "HTTP requests the local limit admitted, by the decision of the inbound's global limit (MeshGlobalRateLimit); shadow_limited ones were admitted in Shadow mode.",
-    );
-    for inbound in inbounds.iter() {
-        let counters = &inbound.counters;
-        for (label, counter) in [
-            ("decision=\"allowed\"", &counters.global_allowed),
-            ("decision=\"limited\"", &counters.global_limited),
-            (
-                "decision=\"shadow_limited\"",
-                &counters.global_shadow_limited,
-            ),
-        ] {
-            sample(
-                out,
-                "meshlimit_global_requests_total",
-                inbound,
-                label,
-                counter.get(),
-            );
-        }
-    }
-    family(
-        out,
-        "meshlimit_global_store_errors_total",
-        "counter",
+        |i| {
+            vec![
+                (&[("decision", "allowed")][..], &i.counters.global_allowed),
+                (&[("decision", "limited")][..], &i.counters.global_limited),
+                (
+                    &[("decision", "shadow_limited")][..],
+                    &i.counters.global_shadow_limited,
+                ),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_global_store_errors",
         "Checks of a global limit in the shared bucket store that failed or timed out.",
-    );
-    for inbound in inbounds.iter() {
-        sample(
-            out,
-            "meshlimit_global_store_errors_total",
-            inbound,
-            "",
-            inbound.counters.global_errors.get(),
-        );
-    }
-    family(
-        out,
-        "meshlimit_global_fallbacks_total",
-        "counter",
+        |i| vec![(&[][..], &i.counters.global_errors)],
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_global_fallbacks",
         "Requests the shared bucket store could not decide, by the failure mode that decided them.",
-    );
-    for inbound in inbounds.iter() {
-        let counters = &inbound.counters;
-        for (label, counter) in [
-            ("mode=\"open\"", &counters.global_fallbacks_open),
-            ("mode=\"closed\"", &counters.global_fallbacks_closed),
-            (
-                "mode=\"local_share\"",
-                &counters.global_fallbacks_local_share,
-            ),
-        ] {
-            sample(
-                out,
-                "meshlimit_global_fallbacks_total",
-                inbound,
-                label,
-                counter.get(),
-            );
-        }
-    }
-    family(
-        out,
-        "meshlimit_upstream_timeouts_total",
-        "counter",
+        |i| {
+            vec![
+                (&[("mode", "open")][..], &i.counters.global_fallbacks_open),
+                (
+                    &[("mode", "closed")][..],
+                    &i.counters.global_fallbacks_closed,
+                ),
+                (
+                    &[("mode", "local_share")][..],
+                    &i.counters.global_fallbacks_local_share,
+                ),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_upstream_timeouts",
         "HTTP requests answered 504 because the application's response head did not arrive within the upstream timeout.",
-    );
-    for inbound in inbounds.iter() {
-        sample(
-            out,
-            "meshlimit_upstream_timeouts_total",
-            inbound,
-            "",
-            inbound.counters.upstream_timeouts.get(),
-        );
-    }
-    family(
-        out,
-        "meshlimit_upstream_resets_total",
-        "counter",
+        |i| vec![(&[][..], &i.counters.upstream_timeouts)],
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_upstream_resets",
         "HTTP responses the application broke off mid-body; the client's response is aborted too (HTTP/1.1 connection closed, HTTP/2 stream reset).",
-    );
-    for inbound in inbounds.iter() {
-        sample(
-            out,
-            "meshlimit_upstream_resets_total",
-            inbound,
-            "",
-            inbound.counters.upstream_resets.get(),
-        );
-    }
-    family(
-        out,
-        "meshlimit_tcp_connections_total",
-        "counter",
+        |i| vec![(&[][..], &i.counters.upstream_resets)],
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_tcp_connections",
         "Connections accepted by an inbound, by rate-limit decision (limited ones are closed at once).",
-    );
-    for inbound in inbounds.iter() {
-        sample(
-            out,
-            "meshlimit_tcp_connections_total",
-            inbound,
-            "decision=\"allowed\"",
-            inbound.counters.tcp_allowed.get(),
-        );
-        sample(
-            out,
-            "meshlimit_tcp_connections_total",
-            inbound,
-            "decision=\"limited\"",
-            inbound.counters.tcp_limited.get(),
-        );
-    }
-    connection_families(shared, inbounds.as_slice(), out);
-    family(
-        out,
-        "meshlimit_bucket_tokens",
-        "gauge",
-        "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection, \"global_share\" this instance's share of a global limit).",
-    );
-    for inbound in inbounds.iter() {
+        |i| {
+            vec![
+                (&[("decision", "allowed")][..], &i.counters.tcp_allowed),
+                (&[("decision", "limited")][..], &i.counters.tcp_limited),
+            ]
+        },
+    )?;
+    connection_families(shared, inbounds, e)?;
+    let mut tokens = Vec::new();
+    for inbound in inbounds {
         let plan = inbound.plan.load();
         if let Some(http) = &plan.http {
-            sample(
-                out,
-                "meshlimit_bucket_tokens",
-                inbound,
-                "limit=\"http\"",
+            tokens.push((
+                labels(inbound, &[("limit", "http")]),
                 http.bucket.peek(now_ns),
-            );
+            ));
         }
         if let Some(global) = &plan.global {
-            sample(
-                out,
-                "meshlimit_bucket_tokens",
-                inbound,
-                "limit=\"global_share\"",
+            tokens.push((
+                labels(inbound, &[("limit", "global_share")]),
                 global.local_share.peek(now_ns),
-            );
+            ));
         }
         if let Some(tcp) = &plan.tcp {
-            sample(
-                out,
-                "meshlimit_bucket_tokens",
-                inbound,
-                "limit=\"tcp\"",
-                tcp.peek(now_ns),
-            );
+            tokens.push((labels(inbound, &[("limit", "tcp")]), tcp.peek(now_ns)));
         }
     }
+    gauge(
+        e,
+        "meshlimit_bucket_tokens",
+        "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection, \"global_share\" this instance's share of a global limit).",
+        tokens,
+    )
 }
 
 /// The counters and bucket levels of one inbound, as numbers (what `/metrics` shows as text).
@@ -270,144 +237,73 @@ impl ProxyStats {
 }
 
 /// Open connections, the caps, the connections refused by them, closed by the timeouts.
-fn connection_families(shared: &Shared, inbounds: &[Arc<Inbound>], out: &mut String) {
-    family(
-        out,
+fn connection_families(
+    shared: &Shared,
+    inbounds: &[Arc<Inbound>],
+    e: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
+    gauge(
+        e,
         "meshlimit_connections_open",
-        "gauge",
         "Client connections an inbound holds open now.",
-    );
-    for inbound in inbounds {
-        let open = u64::try_from(inbound.cap.open()).unwrap_or(u64::MAX);
-        sample(out, "meshlimit_connections_open", inbound, "", open);
-    }
-    family(
-        out,
-        "meshlimit_connections_refused_total",
-        "counter",
+        inbounds.iter().map(|inbound| {
+            let open = u64::try_from(inbound.cap.open()).unwrap_or(u64::MAX);
+            (labels(inbound, &[]), open)
+        }),
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_connections_refused",
         "Client connections accepted and closed at once because a connection cap was full (cap=\"inbound\": the inbound's, \"process\": the one over all inbounds).",
-    );
-    for inbound in inbounds {
-        let counters = &inbound.counters;
-        for (label, counter) in [
-            ("cap=\"inbound\"", &counters.refused_inbound_cap),
-            ("cap=\"process\"", &counters.refused_process_cap),
-        ] {
-            sample(
-                out,
-                "meshlimit_connections_refused_total",
-                inbound,
-                label,
-                counter.get(),
-            );
-        }
-    }
-    family(
-        out,
-        "meshlimit_connection_timeouts_total",
-        "counter",
+        |i| {
+            vec![
+                (&[("cap", "inbound")][..], &i.counters.refused_inbound_cap),
+                (&[("cap", "process")][..], &i.counters.refused_process_cap),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_connection_timeouts",
         "Client connections closed by the proxy: no request head in time (timeout=\"request_headers\") or no request for the idle timeout (timeout=\"idle\").",
-    );
-    for inbound in inbounds {
-        let counters = &inbound.counters;
-        for (label, counter) in [
-            (
-                "timeout=\"request_headers\"",
-                &counters.request_headers_timeouts,
-            ),
-            ("timeout=\"idle\"", &counters.idle_timeouts),
-        ] {
-            sample(
-                out,
-                "meshlimit_connection_timeouts_total",
-                inbound,
-                label,
-                counter.get(),
-            );
-        }
-    }
-    family(
-        out,
-        "meshlimit_connect_refused_total",
-        "counter",
+        |i| {
+            vec![
+                (
+                    &[("timeout", "request_headers")][..],
+                    &i.counters.request_headers_timeouts,
+                ),
+                (&[("timeout", "idle")][..], &i.counters.idle_timeouts),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_connect_refused",
         "CONNECT requests answered 404 (no route allows CONNECT, as in Envoy).",
-    );
-    for inbound in inbounds {
-        let refused = inbound.counters.connect_refused.get();
-        sample(out, "meshlimit_connect_refused_total", inbound, "", refused);
-    }
-    family(
-        out,
+        |i| vec![(&[][..], &i.counters.connect_refused)],
+    )?;
+    let none: Labels = Vec::new();
+    let open = u64::try_from(shared.cap.open()).unwrap_or(u64::MAX);
+    gauge(
+        e,
         "meshlimit_process_connections_open",
-        "gauge",
         "Client connections open over all inbounds.",
-    );
-    let _ = writeln!(
-        out,
-        "meshlimit_process_connections_open {}",
-        shared.cap.open()
-    );
-    family(
-        out,
+        [(none.clone(), open)],
+    )?;
+    let max = u64::try_from(shared.cap.max()).unwrap_or(u64::MAX);
+    gauge(
+        e,
         "meshlimit_process_connections_max",
-        "gauge",
         "The cap on client connections over all inbounds.",
-    );
-    let _ = writeln!(
-        out,
-        "meshlimit_process_connections_max {}",
-        shared.cap.max()
-    );
-    family(
-        out,
-        "meshlimit_accept_errors_total",
-        "counter",
+        [(none.clone(), max)],
+    )?;
+    counter(
+        e,
+        "meshlimit_accept_errors",
         "Failed accepts over all inbounds (out of file descriptors and the like).",
-    );
-    let _ = writeln!(
-        out,
-        "meshlimit_accept_errors_total {}",
-        shared.accept_errors.get()
-    );
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// One sample of `inbound`, with `extra_label` (`name="value"`, or empty for none).
-fn sample(out: &mut String, name: &str, inbound: &Inbound, extra_label: &str, value: u64) {
-    let _ = write!(out, "{name}{{mesh=\"");
-    escape_label(out, &inbound.key.mesh);
-    out.push_str("\",dataplane=\"");
-    escape_label(out, &inbound.key.dataplane);
-    let _ = write!(out, "\",inbound=\"{}\"", inbound.key.port);
-    if !extra_label.is_empty() {
-        out.push(',');
-        out.push_str(extra_label);
-    }
-    let _ = writeln!(out, "}} {value}");
-}
-
-/// Label values escape `\`, `"` and newlines.
-pub fn escape_label(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        super::escape_label(&mut out, "a\"b\\c\nd");
-        assert_eq!(out, "a\\\"b\\\\c\\nd");
-    }
+        [(none, shared.accept_errors.get())],
+    )
 }

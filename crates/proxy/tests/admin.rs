@@ -12,8 +12,17 @@ use tokio::net::TcpListener;
 struct Extra;
 
 impl MetricsSource for Extra {
-    fn render(&self, out: &mut String) {
-        out.push_str("# TYPE meshlimit_kernel_example gauge\nmeshlimit_kernel_example 7\n");
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        let none: Vec<(&str, String)> = Vec::new();
+        meshlimit_proxy::exposition::gauge(
+            &mut encoder,
+            "meshlimit_kernel_example",
+            "An extra source.",
+            [(none, 7)],
+        )
     }
 }
 
@@ -66,6 +75,40 @@ async fn metrics_ready_and_config() {
             "missing {line:?} in\n{body}"
         );
     }
+    // OpenMetrics when the scraper asks for it: the same samples, families named without
+    // `_total`, ended by `# EOF`.
+    let open_metrics = H1::connect(admin_addr)
+        .await
+        .send(
+            http::Request::get("/metrics")
+                .header("host", "admin")
+                .header(
+                    "accept",
+                    "application/openmetrics-text; version=1.0.0,text/plain;q=0.5",
+                )
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await;
+    assert!(
+        open_metrics.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0")
+    );
+    for line in [
+        "# TYPE meshlimit_http_requests counter",
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 5"#,
+        "meshlimit_kernel_example 7",
+    ] {
+        assert!(
+            open_metrics.body.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            open_metrics.body
+        );
+    }
+    assert_eq!(open_metrics.body.lines().last(), Some("# EOF"));
+
     h.clock.advance(Duration::from_secs(4));
     let body = admin_get(admin_addr, "/metrics").await.body;
     assert!(body.contains(r#"meshlimit_bucket_tokens{mesh="default",dataplane="backend",inbound="0",limit="http"} 2"#), "{body}");
