@@ -235,6 +235,19 @@ static __always_inline int limit_connect(struct bpf_sock_addr *ctx, struct dest_
 	return taken == CONTENDED ? VERDICT_REJECT : VERDICT_ALLOW;
 }
 
+// connect() to the unspecified address reaches a local listener: the kernel's route lookup
+// (ip_route_output_key_hash_rcu) takes a zero destination as the socket's bound source
+// address, or 127.0.0.1 when it has none, and sends it over loopback. The limit is that of
+// the address the connection really reaches, so `0.0.0.0:P` cannot bypass `127.0.0.1:P`.
+#define LOOPBACK_V4 0x7f000001
+
+static __always_inline __u32 unspecified_v4_destination(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 source = sk ? sk->src_ip4 : 0;
+	return source ? source : bpf_htonl(LOOPBACK_V4);
+}
+
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
@@ -242,7 +255,7 @@ int connect4(struct bpf_sock_addr *ctx)
 		return VERDICT_ALLOW;
 	struct dest_key dest = {};
 	dest.addr[2] = bpf_htonl(0xffff);
-	dest.addr[3] = ctx->user_ip4;
+	dest.addr[3] = ctx->user_ip4 ? ctx->user_ip4 : unspecified_v4_destination(ctx);
 	dest.port = bpf_ntohs((__u16)ctx->user_port);
 	dest.family = AF_INET;
 	return limit_connect(ctx, &dest);
@@ -261,6 +274,22 @@ int connect6(struct bpf_sock_addr *ctx)
 	dest.port = bpf_ntohs((__u16)ctx->user_port);
 	// ::ffff:a.b.c.d is an IPv4 destination: it shares the bucket connect4 uses.
 	int mapped = dest.addr[0] == 0 && dest.addr[1] == 0 && dest.addr[2] == bpf_htonl(0xffff);
+	if (mapped && dest.addr[3] == 0) {
+		// ::ffff:0.0.0.0 goes to tcp_v4_connect as 0.0.0.0: routed as connect4's is.
+		dest.addr[3] = unspecified_v4_destination(ctx);
+	} else if (!mapped && !dest.addr[0] && !dest.addr[1] && !dest.addr[2] && !dest.addr[3]) {
+		// tcp_v6_connect() turns `::` into ::1, or into 127.0.0.1 when the socket is
+		// bound to a v4-mapped address.
+		struct bpf_sock *sk = ctx->sk;
+		if (sk && sk->src_ip6[0] == 0 && sk->src_ip6[1] == 0 &&
+		    sk->src_ip6[2] == bpf_htonl(0xffff)) {
+			dest.addr[2] = bpf_htonl(0xffff);
+			dest.addr[3] = bpf_htonl(LOOPBACK_V4);
+			mapped = 1;
+		} else {
+			dest.addr[3] = bpf_htonl(1);
+		}
+	}
 	dest.family = mapped ? AF_INET : AF_INET6;
 	return limit_connect(ctx, &dest);
 }

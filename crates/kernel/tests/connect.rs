@@ -390,3 +390,75 @@ fn attaching_to_a_directory_that_is_not_a_cgroup_is_refused() {
         "/tmp is not a directory of a cgroup v2 hierarchy"
     );
 }
+
+#[test]
+fn the_unspecified_address_is_limited_as_the_loopback_it_reaches() {
+    let mut sb = sandbox();
+    // Dual-stack: 0.0.0.0:P and [::]:P reach it over loopback.
+    let server = sb.server("[::]:0");
+    let port = server.addr.port();
+    let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+    let any4: SocketAddr = ([0, 0, 0, 0], port).into();
+    let mapped_any: SocketAddr = format!("[::ffff:0.0.0.0]:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let any6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    sb.limiter
+        .apply(&[
+            limit("v4", v4, 3, 1, HOUR_NS),
+            limit("v6", v6, 2, 1, HOUR_NS),
+        ])
+        .unwrap();
+
+    let outcomes = sb.inside(move || {
+        let shared = [any4, mapped_any, any4, v4, any4].map(connect);
+        let native = [any6, v6, any6, v6].map(connect);
+        (shared, native)
+    });
+    use Outcome::{Connected as C, Eperm as E};
+    assert_eq!(outcomes, ([C, C, C, E, E], [C, C, E, E]));
+    let stats = sb.limiter.stats().unwrap();
+    let rows: Vec<_> = stats
+        .iter()
+        .map(|r| (r.address.as_str(), r.allowed, r.limited))
+        .collect();
+    assert_eq!(rows, [("127.0.0.1", 3, 2), ("::1", 2, 2)]);
+}
+
+#[test]
+fn the_unspecified_address_from_a_bound_socket_is_its_source_address() {
+    let mut sb = sandbox();
+    let server = sb.server("[::]:0");
+    let port = server.addr.port();
+    // The kernel routes 0.0.0.0 to the bound source address, here 127.0.0.2; and `::` from a
+    // socket bound to a v4-mapped address to 127.0.0.1.
+    let second: SocketAddr = ([127, 0, 0, 2], port).into();
+    let loopback: SocketAddr = ([127, 0, 0, 1], port).into();
+    sb.limiter
+        .apply(&[
+            limit("second", second, 2, 1, HOUR_NS),
+            limit("loopback", loopback, 1, 1, HOUR_NS),
+        ])
+        .unwrap();
+    let any4: SocketAddr = ([0, 0, 0, 0], port).into();
+    let any6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let mapped_source: SocketAddr = "[::ffff:127.0.0.1]:0".parse().unwrap();
+    let outcomes = sb.inside(move || {
+        let from_second = [0; 3].map(|_| connect_from(([127, 0, 0, 2], 0).into(), any4));
+        let from_mapped = [0; 2].map(|_| connect_from(mapped_source, any6));
+        (from_second, from_mapped)
+    });
+    use Outcome::{Connected as C, Eperm as E};
+    assert_eq!(outcomes, ([C, C, E], [C, E]));
+}
+
+/// `connect()` to `to` from a socket bound to `from` first.
+fn connect_from(from: SocketAddr, to: SocketAddr) -> Outcome {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(from), Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap();
+    match socket.connect(&to.into()) {
+        Ok(()) => Outcome::Connected,
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => Outcome::Eperm,
+        Err(err) => panic!("connect {to} from {from}: {err}"),
+    }
+}
