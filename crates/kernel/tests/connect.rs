@@ -462,3 +462,123 @@ fn connect_from(from: SocketAddr, to: SocketAddr) -> Outcome {
         Err(err) => panic!("connect {to} from {from}: {err}"),
     }
 }
+
+#[test]
+fn a_second_limiter_on_the_same_cgroup_is_refused_naming_the_first() {
+    let sb = sandbox();
+    let err = KernelLimiter::attach(sb.cgroup.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "another meshlimit process (pid {}) enforces kernel limits on cgroup {}: only one \
+             may; stop it first",
+            std::process::id(),
+            sb.cgroup.path().display()
+        )
+    );
+    // The first still works, and once it is gone the cgroup is free again.
+    drop(sb.limiter);
+    KernelLimiter::attach(sb.cgroup.path()).expect("attach after the first is gone");
+}
+
+/// A pin directory of its own on bpffs, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new() -> PinDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PinDir(
+            std::path::Path::new(meshlimit_kernel::BPFFS_ROOT)
+                .join(format!("meshlimit-test-{}-{n}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn pinned_enforcement_and_tokens_outlive_the_limiter_until_the_pins_are_removed() {
+    let netns = Netns::new();
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    let server = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let addr = server.addr;
+    let inside = |n| run_in(&netns, Some(&cgroup), move || connect_n(addr, n));
+    let policy = [limit("web", addr, 5, 1, HOUR_NS)];
+
+    let mut first =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    assert_eq!(first.adopted(), None);
+    first.apply(&policy).unwrap();
+    assert_eq!(inside(3), (3, 0)); // 2 tokens left
+    drop(first);
+
+    // No limiter: still enforced, from the same bucket.
+    assert_eq!(inside(1), (1, 0));
+
+    // A new limiter adopts the pins: the bucket keeps its last token and the counters go on.
+    let options = LimiterOptions {
+        bucket_capacity: 1_000,
+    };
+    let mut second = KernelLimiter::attach_pinned(cgroup.path(), options, &pins.0).unwrap();
+    let adopted = second.adopted().expect("the pins are adopted");
+    assert_eq!(
+        (adopted.links, adopted.destinations, adopted.buckets),
+        (2, 1, 1)
+    );
+    assert_eq!(adopted.bucket_capacity, 65_536);
+    assert_eq!(second.apply(&policy).unwrap(), 1);
+    assert_eq!(inside(3), (1, 2));
+    let row = &second.stats().unwrap()[0];
+    assert_eq!(
+        (row.service.as_str(), row.allowed, row.limited),
+        ("web", 5, 2)
+    );
+
+    // Removing the pins is refused while a limiter holds the cgroup...
+    let busy = meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap_err();
+    assert!(busy.to_string().contains("only one may"), "{busy}");
+    drop(second);
+    // ...and lifts every limit once it is done.
+    assert!(meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap());
+    assert!(!pins.0.exists());
+    assert_eq!(inside(10), (10, 0));
+    assert!(!meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap());
+}
+
+#[test]
+fn adopting_applies_the_new_limits_to_the_pinned_maps() {
+    let netns = Netns::new();
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    let a = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let b = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let (a, b) = (a.addr, b.addr);
+    let inside = |addr, n| run_in(&netns, Some(&cgroup), move || connect_n(addr, n));
+
+    let mut first =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    first
+        .apply(&[limit("a", a, 2, 1, HOUR_NS), limit("b", b, 2, 1, HOUR_NS)])
+        .unwrap();
+    assert_eq!(inside(a, 2), (2, 0));
+    drop(first);
+
+    // The new configuration drops b and shrinks a: the pinned maps follow it.
+    let mut second =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    assert_eq!(second.adopted().map(|a| a.destinations), Some(2));
+    second.apply(&[limit("a", a, 1, 1, HOUR_NS)]).unwrap();
+    assert_eq!(inside(a, 2), (0, 2));
+    assert_eq!(inside(b, 5), (5, 0));
+    drop(second);
+    meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap();
+}
