@@ -8,7 +8,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// The program links pinned, by program name.
 pub(crate) const LINKS: [&str; 2] = ["connect4", "connect6"];
@@ -208,11 +209,52 @@ pub(crate) fn update_link(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> std:
     Ok(())
 }
 
-/// Removes the pins of `dir`: the links first (the kernel detaches a program once its last
-/// pin and descriptor are gone), then the maps, then the directory. True if anything was
-/// pinned there.
+/// Detaches the link's program from its cgroup now. Releasing the last reference would do it
+/// too, but the kernel does that later, from a work queue: `connect()`s right after would
+/// still be limited.
+fn detach_link(link: BorrowedFd<'_>) -> std::io::Result<()> {
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+    let attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // SAFETY: attr is a valid `bpf_attr.link_detach`; the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            std::ptr::from_ref(&attr),
+            size_of::<LinkDetachAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes the pins of `dir`: the links first, detached at once, then the maps, then the
+/// directory. True if anything was pinned there.
 pub(crate) fn remove(dir: &Path) -> Result<bool, KernelError> {
     let mut removed = false;
+    for name in LINKS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let pinned = |reason: std::io::Error| KernelError::Pinned {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let link = open(&path).map_err(pinned)?;
+        match detach_link(link.as_fd()) {
+            // ENOLINK: the cgroup went away and took the attachment with it.
+            Err(err) if err.raw_os_error() != Some(libc::ENOLINK) => return Err(pinned(err)),
+            _ => {}
+        }
+    }
     let names = LINKS.iter().copied().chain(MAPS.iter().map(|m| m.0));
     for name in names {
         match std::fs::remove_file(dir.join(name)) {
