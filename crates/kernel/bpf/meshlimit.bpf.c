@@ -58,6 +58,18 @@ struct bucket_state {
 #define SEALED (1ULL << 63)
 #define CAS_ATTEMPTS 8
 
+// The range served exactly: max_tokens <= 2^40 and tokens_per_fill <= 2^32 (the engine's
+// limits, asserted where userspace builds the settings), any fill_interval_ns >= 1.
+//
+// Why nothing overflows: a bucket is re-based (sealed and replaced, as on a settings change,
+// with the same settings) at its first check REBASE_INTERVALS or more intervals after its
+// origin. So every stored bucket was last written fewer than REBASE_INTERVALS intervals after
+// its origin, and consumed <= initial_tokens + (REBASE_INTERVALS - 1) * tokens_per_fill
+// < 2^40 + 2^52. A product n * tokens_per_fill is formed only for n < REBASE_INTERVALS
+// (< 2^52) or n <= (max_tokens + consumed) / tokens_per_fill (<= 2^40 + 2^53); beyond that the
+// bucket is full whatever n is. Every sum stays below 2^55, far from SEALED.
+#define REBASE_INTERVALS (1ULL << 20)
+
 struct dest_counters {
 	__u64 allowed;
 	__u64 limited;
@@ -123,7 +135,11 @@ static __always_inline __u64 intervals_since(const struct bucket_state *state, _
 // Tokens the bucket holds `n` intervals after its origin, given `consumed`.
 static __always_inline __u64 tokens_at(const struct bucket_state *state, __u64 n, __u64 consumed)
 {
-	__u64 earned = state->initial_tokens + n * state->settings.tokens_per_fill;
+	const struct settings *s = &state->settings;
+	// n * tokens_per_fill > max_tokens + consumed: full, and the product is not formed.
+	if (n >= REBASE_INTERVALS && n > (s->max_tokens + consumed) / s->tokens_per_fill)
+		return s->max_tokens;
+	__u64 earned = state->initial_tokens + n * s->tokens_per_fill;
 	// Only a clock reading older than a concurrent update's can make this negative: such a
 	// check sees the refill late (a rejection), never early.
 	__u64 tokens = earned > consumed ? earned - consumed : 0;
@@ -168,9 +184,11 @@ static __always_inline int admit(void *state_map, const struct bucket_key *key,
 		__u64 n = intervals_since(state, now);
 		__u64 tokens = tokens_at(state, n, consumed);
 
-		if (!same_settings(&state->settings, s)) {
+		if (!same_settings(&state->settings, s) || n >= REBASE_INTERVALS) {
 			// Seal, then replace with a bucket of the new settings holding the same tokens
-			// (clamped). A take that lands before the seal is in `tokens`; none lands after.
+			// (clamped), whose origin is the last top-up: so a settings change, and a re-base
+			// that keeps the numbers small. A take that lands before the seal is in `tokens`;
+			// none lands after.
 			if (__sync_val_compare_and_swap(&state->consumed, consumed, consumed | SEALED) != consumed)
 				continue;
 			// Intervals keep counting from the last top-up, in the new settings.

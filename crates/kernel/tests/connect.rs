@@ -582,3 +582,61 @@ fn adopting_applies_the_new_limits_to_the_pinned_maps() {
     drop(second);
     meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap();
 }
+
+#[test]
+fn the_largest_fill_is_served_every_second_and_every_30_days() {
+    const SECOND: u64 = 1_000_000_000;
+    const DAYS_30: u64 = 30 * 24 * 3_600 * SECOND;
+    let mut sb = sandbox();
+    let fast = sb.server("127.0.0.1:0");
+    let slow = sb.server("127.0.0.1:0");
+    let (f, s) = (fast.addr, slow.addr);
+    // 2^32 tokens per fill: more tokens than nanoseconds in the interval for `fast`.
+    sb.limiter
+        .apply(&[
+            limit("fast", f, 3, 1 << 32, SECOND),
+            limit("slow", s, 2, 1 << 32, DAYS_30),
+        ])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(s, 3)), (2, 1));
+    assert_eq!(sb.inside(move || connect_n(f, 4)), (3, 1));
+    let origin = sb
+        .limiter
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.port == f.port())
+        .unwrap()
+        .origin_ns;
+    // The next second: full again (capped at 3), exactly.
+    assert_eq!(burst_within_interval(&sb, f, origin, 1, SECOND), 3);
+    assert_eq!(sb.inside(move || connect_n(s, 1)), (0, 1));
+    assert_eq!(sb.limiter.counters().unwrap().errors, 0);
+}
+
+#[test]
+fn a_bucket_is_rebased_after_2_pow_20_intervals_and_keeps_its_phase() {
+    const INTERVAL: u64 = 1_000; // 2^20 intervals: about 1.05 s
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .apply(&[limit("web", addr, 2, 1, INTERVAL)])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 1)), (1, 0));
+    let origin = only_bucket(&sb.limiter).origin_ns;
+    // Past 2^20 intervals by the kernel's clock (bounded: at most 3 s of waiting).
+    let rebase_at = origin + (1 << 20) * INTERVAL;
+    for _ in 0..30 {
+        if monotonic_now_ns() > rebase_at {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(monotonic_now_ns() > rebase_at);
+    assert_eq!(sb.inside(move || connect_n(addr, 1)), (1, 0));
+    let rebased = only_bucket(&sb.limiter).origin_ns;
+    assert!(rebased >= rebase_at, "origin {origin} -> {rebased}");
+    assert_eq!((rebased - origin) % INTERVAL, 0, "a phase boundary");
+    assert_eq!(sb.limiter.counters().unwrap().errors, 0);
+}
