@@ -92,8 +92,8 @@ impl Fixture {
                 "agent",
                 "--admin",
                 "127.0.0.1:0",
-                "--poll-ms",
-                "50",
+                "--poll-interval",
+                "50ms",
                 "--resources",
             ])
             .arg(&self.resources)
@@ -126,7 +126,7 @@ impl Fixture {
                 "--admin",
                 "127.0.0.1:0",
                 "--report-interval",
-                "0.2",
+                "200ms",
                 "--cgroup",
             ])
             .arg(&self.sandbox.cgroup)
@@ -670,4 +670,62 @@ fn the_agent_takes_its_limits_from_exactly_one_source() {
         stderr.contains("--resources DIR") && stderr.contains("--cp URL"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_agent_takes_durations_and_the_kernel_buckets_flag_run_uses() {
+    // Go-style durations, positive, with a unit.
+    for (flag, value, said) in [
+        ("--poll-interval", "0s", "must be longer than 0"),
+        ("--report-interval", "0.2", "has no unit"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["agent", "--resources", ".", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{flag} {value}: {stderr}");
+    }
+    let help = Command::new(BIN)
+        .args(["agent", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--kernel-buckets <N>") && help.contains("--poll-interval <DURATION>"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--buckets") && !help.contains("--poll-ms"),
+        "{help}"
+    );
+
+    // --kernel-buckets sizes the bucket map; the old --buckets and --poll-ms still work.
+    let fixture = Fixture::new("flags");
+    let mut command = fixture.agent_command();
+    command.args(["--kernel-buckets", "16"]);
+    let mut agent = Agent::spawn(command);
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    agent.kill_9();
+    let mut command = Command::new(BIN);
+    command
+        .args(["agent", "--admin", "127.0.0.1:0", "--buckets", "32"])
+        .args(["--poll-ms", "50", "--resources"])
+        .arg(&fixture.resources)
+        .arg("--cgroup")
+        .arg(&fixture.sandbox.cgroup)
+        .arg("--pin-dir")
+        .arg(&fixture.pins);
+    let mut agent = Agent::spawn(command);
+    let adopted = agent.said_at_start("adopted the pins in").to_owned();
+    assert!(
+        adopted.contains("keeps its capacity of 16 (--kernel-buckets 32 applies after --detach)"),
+        "{adopted}"
+    );
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    // --poll-ms 50 still follows edits.
+    std::fs::remove_file(fixture.resources.join("ratelimit.yaml")).unwrap();
+    agent.wait_for("enforcing limits on 0 destination(s)");
+    agent.kill_9();
 }

@@ -58,16 +58,34 @@ pub struct Args {
     /// Address of the admin endpoint (/metrics, /stats).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5682")]
     admin: SocketAddr,
-    /// Buckets kept at most (client network namespace × destination); the least recently
-    /// used is evicted beyond it.
-    #[arg(long, default_value_t = 65_536)]
-    buckets: u32,
-    /// How often the resources are checked for changes, in milliseconds (with --resources).
-    #[arg(long, default_value_t = 250, value_name = "MS")]
-    poll_ms: u64,
-    /// Seconds between status reports to the control plane (with --cp).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    report_interval: f64,
+    /// Kernel buckets kept at most (client network namespace × destination); the least
+    /// recently used is evicted beyond it.
+    #[arg(
+        long,
+        value_name = "N",
+        alias = "buckets",
+        default_value_t = LimiterOptions::default().bucket_capacity
+    )]
+    kernel_buckets: u32,
+    /// How often the resources are checked for changes (with --resources).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "250ms",
+        value_parser = super::parse_positive_duration
+    )]
+    poll_interval: Duration,
+    /// The old --poll-interval, in milliseconds.
+    #[arg(long, value_name = "MS", hide = true, conflicts_with = "poll_interval")]
+    poll_ms: Option<u64>,
+    /// Time between status reports to the control plane (with --cp).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = super::parse_positive_duration
+    )]
+    report_interval: Duration,
     /// Directory on bpffs where the programs' links and maps are pinned [default:
     /// /sys/fs/bpf/meshlimit/cgroup-<cgroup id>].
     #[arg(long, value_name = "DIR", conflicts_with = "no_pin")]
@@ -124,7 +142,7 @@ async fn agent(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 
     let prepared = Prepared::new(ctx, &args)?;
     let options = LimiterOptions {
-        bucket_capacity: args.buckets,
+        bucket_capacity: args.kernel_buckets,
     };
     let kernel = if args.no_pin {
         Kernel::attach(args.cgroup.clone(), options)?
@@ -132,7 +150,7 @@ async fn agent(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         Kernel::attach_pinned(args.cgroup.clone(), options, args.pin_dir.clone())?
     };
     if let Some((dir, adopted)) = kernel.pins() {
-        say(&pinned_line(&dir, adopted, args.buckets));
+        say(&pinned_line(&dir, adopted, args.kernel_buckets));
     }
     let (mut source, limits) = prepared.follow();
     let enforced = kernel.enforce(limits);
@@ -193,8 +211,8 @@ fn pinned_line(dir: &Path, adopted: Option<meshlimit_kernel::Adopted>, buckets: 
     );
     if adopted.bucket_capacity != buckets {
         line.push_str(&format!(
-            "; the pinned bucket map keeps its capacity of {} (--buckets {buckets} applies \
-             after --detach)",
+            "; the pinned bucket map keeps its capacity of {} (--kernel-buckets {buckets} \
+             applies after --detach)",
             adopted.bucket_capacity
         ));
     }
@@ -235,7 +253,11 @@ impl Prepared {
     fn new(ctx: &Context, args: &Args) -> anyhow::Result<Prepared> {
         Ok(match &args.resources {
             Some(dir) => {
-                let poll = Duration::from_millis(args.poll_ms.max(10));
+                let poll = match args.poll_ms {
+                    Some(0) => anyhow::bail!("--poll-ms must be more than 0"),
+                    Some(ms) => Duration::from_millis(ms),
+                    None => args.poll_interval,
+                };
                 Prepared::Directory(Directory::open(dir, poll)?)
             }
             None => Prepared::ControlPlane(Box::new(Reports::new(ctx, args)?)),
@@ -449,12 +471,7 @@ struct Reports {
 impl Reports {
     fn new(ctx: &Context, args: &Args) -> anyhow::Result<Reports> {
         let client = Client::new(&ctx.cp, ctx.token.clone())?;
-        let interval = Duration::try_from_secs_f64(args.report_interval)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                anyhow::anyhow!("--report-interval must be a positive number of seconds")
-            })?;
+        let interval = args.report_interval;
         let name = match &args.name {
             Some(name) if !name.trim().is_empty() => name.trim().to_string(),
             Some(_) => anyhow::bail!("--name must not be empty"),
