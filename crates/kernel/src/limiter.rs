@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
@@ -180,6 +181,18 @@ impl KernelLimiter {
                         reason: source.to_string(),
                     };
                     let link = pins::open(path).map_err(pin_error)?;
+                    // A pin directory given for another cgroup must not move its programs.
+                    let attached_to = pins::link_cgroup_id(link.as_fd()).map_err(pin_error)?;
+                    let ours = cgroup_dir.metadata().map(|m| m.ino()).unwrap_or(0);
+                    if attached_to != ours {
+                        return Err(KernelError::Pinned {
+                            path: path.clone(),
+                            reason: format!(
+                                "it is attached to cgroup id {attached_to}, not to {} (id {ours})",
+                                cgroup.display()
+                            ),
+                        });
+                    }
                     let fd = program.fd().map_err(program_error)?;
                     pins::update_link(link.as_fd(), fd.as_fd()).map_err(pin_error)?;
                     adopted_links += 1;

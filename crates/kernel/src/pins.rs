@@ -22,6 +22,7 @@ use crate::shared::{BucketKey, BucketSettings, BucketState, DestCounters, DestKe
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -176,6 +177,49 @@ pub(crate) fn open(path: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The id of the cgroup a cgroup link is attached to (its directory's inode number), or 0 if
+/// the cgroup is gone.
+pub(crate) fn link_cgroup_id(link: BorrowedFd<'_>) -> std::io::Result<u64> {
+    /// The head of `struct bpf_link_info` with its `cgroup` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct CgroupLinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _pad2: u32,
+    }
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = CgroupLinkInfo::default();
+    let attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<CgroupLinkInfo>() as u32,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: attr is a valid `bpf_attr.info`; the kernel writes at most info_len bytes to
+    // `info`, which we own and which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            std::ptr::from_ref(&attr),
+            size_of::<InfoAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.cgroup_id)
 }
 
 /// Makes the link run `program` instead of the program it runs now, in one step: no

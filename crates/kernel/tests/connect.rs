@@ -640,3 +640,24 @@ fn a_bucket_is_rebased_after_2_pow_20_intervals_and_keeps_its_phase() {
     assert_eq!((rebased - origin) % INTERVAL, 0, "a phase boundary");
     assert_eq!(sb.limiter.counters().unwrap().errors, 0);
 }
+
+#[test]
+fn the_pins_of_another_cgroup_are_not_adopted() {
+    let (mine, other) = (Cgroup::new(), Cgroup::new());
+    let pins = PinDir::new();
+    let first =
+        KernelLimiter::attach_pinned(other.path(), LimiterOptions::default(), &pins.0).unwrap();
+    drop(first);
+    let err = KernelLimiter::attach_pinned(mine.path(), LimiterOptions::default(), &pins.0)
+        .unwrap_err()
+        .to_string();
+    let link = pins.0.join("connect4");
+    assert!(
+        err.starts_with(&format!(
+            "cannot adopt the pinned {}: it is attached to cgroup id",
+            link.display()
+        )) && err.contains(&format!("not to {}", mine.path().display())),
+        "{err}"
+    );
+    meshlimit_kernel::remove_pins(other.path(), &pins.0).unwrap();
+}
