@@ -661,3 +661,26 @@ fn the_pins_of_another_cgroup_are_not_adopted() {
     );
     meshlimit_kernel::remove_pins(other.path(), &pins.0).unwrap();
 }
+
+#[test]
+fn maps_pinned_by_an_incompatible_version_are_refused_with_the_way_out() {
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    std::fs::create_dir_all(&pins.0).unwrap();
+    let state = pins.0.join("STATE");
+    support::pin_hash_map(&state, 32, 40);
+    let err = KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot adopt the pinned {}: its entries are 32 + 40 bytes, this version uses 32 + \
+             48 (pinned by another version); remove the pins with `meshlimit agent --detach` \
+             first",
+            state.display()
+        )
+    );
+    // Nothing was attached: the cgroup is free, and the pins come off.
+    meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap();
+    assert!(!pins.0.exists());
+}
