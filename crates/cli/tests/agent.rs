@@ -218,9 +218,14 @@ impl Agent {
     }
 
     /// SIGTERM, then the exit status once the agent said it stopped (its pins stay).
-    fn terminate(mut self) -> std::process::ExitStatus {
+    fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_saying("stopped; the limits stay enforced from the pins in")
+    }
+
+    /// SIGTERM, then the exit status once the agent said `last`.
+    fn terminate_saying(mut self, last: &str) -> std::process::ExitStatus {
         self.signal("-TERM");
-        self.wait_for("stopped; the limits stay enforced from the pins in");
+        self.wait_for(last);
         self.child.wait().unwrap()
     }
 
@@ -728,4 +733,31 @@ fn the_agent_takes_durations_and_the_kernel_buckets_flag_run_uses() {
     std::fs::remove_file(fixture.resources.join("ratelimit.yaml")).unwrap();
     agent.wait_for("enforcing limits on 0 destination(s)");
     agent.kill_9();
+}
+
+#[test]
+fn with_no_pin_the_programs_live_as_long_as_the_agent() {
+    let fixture = Fixture::new("nopin");
+    let mut command = Command::new(BIN);
+    command
+        .args(["agent", "--admin", "127.0.0.1:0", "--no-pin", "--resources"])
+        .arg(&fixture.resources)
+        .arg("--cgroup")
+        .arg(&fixture.sandbox.cgroup);
+    let mut agent = Agent::spawn(command);
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    assert!(
+        agent.startup.iter().all(|l| !l.contains("pinned")),
+        "{:?}",
+        agent.startup
+    );
+    assert_eq!(fixture.connect(3), "CCE");
+    let status = agent.terminate_saying("detached");
+    assert!(status.success(), "{status}");
+    assert_eq!(fixture.connect(2), "CC");
+    let default_pins = Path::new("/sys/fs/bpf/meshlimit").join(format!(
+        "cgroup-{}",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&fixture.sandbox.cgroup).unwrap())
+    ));
+    assert!(!default_pins.exists());
 }
