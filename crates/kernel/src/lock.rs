@@ -45,21 +45,25 @@ pub(crate) fn acquire(cgroup: &Path, dir: &File) -> Result<(), KernelError> {
 /// (`1: FLOCK  ADVISORY  WRITE 1234 00:26:728 0 EOF`; device numbers in hex).
 fn flock_holder(locks: &str, dev: u64, ino: u64) -> Option<u32> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
-    locks.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // Waiters are listed as `1: -> FLOCK ...`: only the holder line has FLOCK second.
-        if fields.get(1) != Some(&"FLOCK") {
-            return None;
-        }
-        let pid: u32 = fields.get(4)?.parse().ok()?;
-        let mut id = fields.get(5)?.split(':');
-        let found = (
-            u32::from_str_radix(id.next()?, 16).ok()?,
-            u32::from_str_radix(id.next()?, 16).ok()?,
-            id.next()?.parse::<u64>().ok()?,
-        );
-        (found == (major, minor, ino)).then_some(pid)
-    })
+    locks
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Waiters are listed as `1: -> FLOCK ...`: only the holder line has FLOCK second.
+            if fields.get(1) != Some(&"FLOCK") {
+                return None;
+            }
+            let pid: u32 = fields.get(4)?.parse().ok()?;
+            let mut id = fields.get(5)?.split(':');
+            let found = (
+                u32::from_str_radix(id.next()?, 16).ok()?,
+                u32::from_str_radix(id.next()?, 16).ok()?,
+                id.next()?.parse::<u64>().ok()?,
+            );
+            (found == (major, minor, ino)).then_some(pid)
+        })
+        // A holder outside our pid namespace is listed as pid 0: unknown, not pid 0.
+        .filter(|pid| *pid != 0)
 }
 
 #[cfg(test)]
@@ -79,5 +83,7 @@ mod tests {
         assert_eq!(flock_holder(locks, libc::makedev(0xfe, 0), 77), Some(4242));
         assert_eq!(flock_holder(locks, libc::makedev(0xfe, 0), 78), None);
         assert_eq!(flock_holder("garbage\n\n", 1, 1), None);
+        let elsewhere = "1: FLOCK  ADVISORY  WRITE 0 00:26:728 0 EOF\n";
+        assert_eq!(flock_holder(elsewhere, libc::makedev(0, 0x26), 728), None);
     }
 }
