@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use meshlimit_control_plane_client::wire::{AgentReport, DestinationCounters};
-use meshlimit_kernel::Counters;
-use meshlimit_kernel::{DestinationStats, KernelError, KernelLimiter, LimiterOptions};
+use meshlimit_kernel::{
+    Adopted, Counters, DestinationStats, KernelError, KernelLimiter, LimiterOptions,
+};
 use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::KernelLimit;
 use meshlimit_proxy::MetricsSource;
@@ -54,6 +55,34 @@ impl Kernel {
         Ok(Kernel(Arc::new(Mutex::new(Some(limiter)))))
     }
 
+    /// Attaches to `cgroup` with the programs' links and maps pinned in `pin_dir` (default:
+    /// the cgroup's directory under `/sys/fs/bpf/meshlimit`): enforcement and tokens outlive
+    /// this process, and what an earlier one pinned there is adopted.
+    pub fn attach_pinned(
+        cgroup: Option<PathBuf>,
+        options: LimiterOptions,
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Kernel, KernelError> {
+        let cgroup = match cgroup {
+            Some(path) => path,
+            None => meshlimit_kernel::cgroup2_root()?,
+        };
+        let pin_dir = match pin_dir {
+            Some(dir) => dir,
+            None => meshlimit_kernel::default_pin_dir(&cgroup)?,
+        };
+        let limiter = KernelLimiter::attach_pinned(&cgroup, options, &pin_dir)?;
+        Ok(Kernel(Arc::new(Mutex::new(Some(limiter)))))
+    }
+
+    /// Where the programs are pinned, and what was adopted from there; `None` when unpinned
+    /// or detached.
+    pub fn pins(&self) -> Option<(PathBuf, Option<Adopted>)> {
+        let guard = self.lock();
+        let limiter = guard.as_ref()?;
+        Some((limiter.pin_dir()?.to_owned(), limiter.adopted()))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<KernelLimiter>> {
         // The limiter's state lives in the kernel maps; a panic elsewhere leaves them whole.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
@@ -64,8 +93,8 @@ impl Kernel {
         self.lock().as_ref().map(|l| l.cgroup().to_owned())
     }
 
-    /// Detaches the programs (dropping the limiter does it), which lifts every limit. False
-    /// when already detached.
+    /// Lets go of the limiter: unpinned, that detaches the programs and lifts every limit;
+    /// pinned, they go on enforcing without this process. False when already done.
     pub fn detach(&self) -> bool {
         self.lock().take().is_some()
     }

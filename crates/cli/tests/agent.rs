@@ -46,10 +46,12 @@ spec:
       fillInterval: 3600000000000
 ";
 
-/// A [`Sandbox`] and a resource directory, removed on drop.
+/// A [`Sandbox`], a resource directory and a pin directory of its own on bpffs, removed on
+/// drop.
 struct Fixture {
     sandbox: Sandbox,
     resources: PathBuf,
+    pins: PathBuf,
 }
 
 impl Fixture {
@@ -59,7 +61,47 @@ impl Fixture {
         std::fs::create_dir_all(&resources).unwrap();
         std::fs::write(resources.join("dataplane.yaml"), DATAPLANE).unwrap();
         std::fs::write(resources.join("ratelimit.yaml"), RATE_LIMIT).unwrap();
-        Fixture { sandbox, resources }
+        let pins = Path::new("/sys/fs/bpf").join(format!("meshlimit-test-{}", sandbox.netns));
+        Fixture {
+            sandbox,
+            resources,
+            pins,
+        }
+    }
+
+    /// `meshlimit agent --detach` for this fixture's cgroup and pins: `(exit code, stderr)`.
+    fn detach(&self) -> (Option<i32>, String) {
+        let out = Command::new(BIN)
+            .args(["agent", "--detach", "--cgroup"])
+            .arg(&self.sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pins)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The command of an agent following the resource directory.
+    fn agent_command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "agent",
+                "--admin",
+                "127.0.0.1:0",
+                "--poll-interval",
+                "50ms",
+                "--resources",
+            ])
+            .arg(&self.resources)
+            .arg("--cgroup")
+            .arg(&self.sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pins);
+        command
     }
 
     /// What `n` connects to the limited destination met (see [`Sandbox::connect`]).
@@ -68,20 +110,7 @@ impl Fixture {
     }
 
     fn agent(&self) -> Agent {
-        let mut command = Command::new(BIN);
-        command
-            .args([
-                "agent",
-                "--admin",
-                "127.0.0.1:0",
-                "--poll-ms",
-                "50",
-                "--resources",
-            ])
-            .arg(&self.resources)
-            .arg("--cgroup")
-            .arg(&self.sandbox.cgroup);
-        Agent::spawn(command)
+        Agent::spawn(self.agent_command())
     }
 
     /// An agent following the control plane at `url`, as `test-agent`.
@@ -97,10 +126,12 @@ impl Fixture {
                 "--admin",
                 "127.0.0.1:0",
                 "--report-interval",
-                "0.2",
+                "200ms",
                 "--cgroup",
             ])
             .arg(&self.sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(&self.pins)
             .env_remove("MESHLIMIT_TOKEN");
         Agent::spawn(command)
     }
@@ -109,6 +140,8 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.resources);
+        // Lifts what a test left pinned (its agents are gone by now).
+        let _ = self.detach();
     }
 }
 
@@ -116,6 +149,8 @@ struct Agent {
     child: Child,
     lines: Receiver<String>,
     admin: Option<SocketAddr>,
+    /// Every line before the admin address.
+    startup: Vec<String>,
 }
 
 impl Agent {
@@ -134,11 +169,20 @@ impl Agent {
             child,
             lines,
             admin: None,
+            startup: Vec::new(),
         };
         let line = agent.wait_for("admin on http://");
         let addr = line.rsplit("http://").next().unwrap().parse().unwrap();
         agent.admin = Some(addr);
         agent
+    }
+
+    /// The line the agent said at start (before its admin address) containing `text`.
+    fn said_at_start(&self, text: &str) -> &str {
+        self.startup
+            .iter()
+            .find(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("the agent never said {text:?}; it said {:#?}", self.startup))
     }
 
     /// The next stderr line containing `text` (every line the agent writes is an event).
@@ -147,7 +191,12 @@ impl Agent {
         loop {
             match self.lines.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) if line.contains(text) => return line,
-                Ok(line) => seen.push(line),
+                Ok(line) => {
+                    if self.admin.is_none() {
+                        self.startup.push(line.clone());
+                    }
+                    seen.push(line)
+                }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     panic!("the agent never said {text:?}; it said {seen:#?}")
                 }
@@ -168,17 +217,33 @@ impl Agent {
         response.split_once("\r\n\r\n").unwrap().1.to_owned()
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then the exit status once the agent said it stopped (its pins stay).
+    fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_saying("stopped; the limits stay enforced from the pins in")
+    }
+
+    /// SIGTERM, then the exit status once the agent said `last`.
+    fn terminate_saying(mut self, last: &str) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.wait_for(last);
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up.
+    fn kill_9(mut self) {
+        self.signal("-KILL");
+        self.child.wait().unwrap();
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
         );
-        self.wait_for("detached");
-        self.child.wait().unwrap()
     }
 }
 
@@ -244,10 +309,92 @@ fn the_agent_enforces_reports_follows_edits_and_detaches() {
     agent.wait_for("enforcing limits on 1 destination(s)");
     assert_eq!(fixture.connect(3), "CCE");
 
-    // SIGTERM: a clean exit, and the programs are gone (the empty bucket no longer applies).
+    // SIGTERM: a clean exit; the pinned programs go on enforcing with the empty bucket...
     let status = agent.terminate();
     assert!(status.success(), "{status}");
+    assert_eq!(fixture.connect(1), "E");
+    // ...until --detach removes them.
+    let (code, said) = fixture.detach();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("detached: removed the pins in"), "{said}");
     assert_eq!(fixture.connect(2), "CC");
+    assert!(!fixture.pins.exists());
+}
+
+#[test]
+fn a_second_agent_on_the_same_cgroup_is_refused_naming_the_first() {
+    let fixture = Fixture::new("twice");
+    let mut first = fixture.agent();
+    first.wait_for("enforcing limits on 1 destination(s)");
+
+    let second = fixture.agent_command().output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!(
+        "another meshlimit process (pid {}) enforces kernel limits on cgroup {}: only one may; \
+         stop it first",
+        first.child.id(),
+        fixture.sandbox.cgroup.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // So is --detach while the first runs; the first is untouched by both.
+    let (code, said) = fixture.detach();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains(&expected), "{said}");
+    assert_eq!(fixture.connect(3), "CCE");
+    let metrics = first.get("/metrics");
+    let allowed = format!(
+        "meshlimit_kernel_connections_total{{service=\"web\",address=\"127.0.0.1\",port=\"{PORT}\",decision=\"allowed\"}} 2"
+    );
+    assert!(metrics.lines().any(|l| l == allowed), "{metrics}");
+    first.kill_9();
+}
+
+#[test]
+fn enforcement_and_tokens_survive_kill_9_and_a_restart_adopts_them() {
+    let fixture = Fixture::new("kill");
+    let mut agent = fixture.agent();
+    agent.said_at_start("programs and maps pinned in");
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    assert_eq!(fixture.connect(1), "C"); // 1 token left of 2
+    agent.kill_9();
+
+    // No agent runs: still limited, from the same bucket.
+    assert_eq!(fixture.connect(2), "CE");
+    assert_eq!(fixture.connect(1), "E");
+
+    // A new agent adopts the pins: the bucket is not refilled, the counters go on.
+    let mut agent = fixture.agent();
+    let adopted = agent.said_at_start("adopted the pins in").to_owned();
+    assert!(
+        adopted.contains("2 program link(s), 1 destination(s), 1 bucket(s) with their tokens"),
+        "{adopted}"
+    );
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    assert_eq!(fixture.connect(2), "EE");
+    let stats: serde_json::Value = serde_json::from_str(&agent.get("/stats")).unwrap();
+    assert_eq!(
+        (&stats[0]["allowed"], &stats[0]["limited"]),
+        (&2.into(), &4.into())
+    );
+
+    // It applies its own limits to the adopted maps: a larger bucket keeps the 0 tokens.
+    std::fs::write(
+        fixture.resources.join("ratelimit.yaml"),
+        RATE_LIMIT.replace("maxTokens: 2", "maxTokens: 5"),
+    )
+    .unwrap();
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    assert_eq!(fixture.connect(1), "E");
+
+    // Detach removes the enforcement (after the agent is gone).
+    agent.kill_9();
+    let (code, said) = fixture.detach();
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(fixture.connect(3), "CCC");
+    let (code, said) = fixture.detach();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("nothing was pinned in"), "{said}");
 }
 
 #[test]
@@ -528,4 +675,89 @@ fn the_agent_takes_its_limits_from_exactly_one_source() {
         stderr.contains("--resources DIR") && stderr.contains("--cp URL"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_agent_takes_durations_and_the_kernel_buckets_flag_run_uses() {
+    // Go-style durations, positive, with a unit.
+    for (flag, value, said) in [
+        ("--poll-interval", "0s", "must be longer than 0"),
+        ("--report-interval", "0.2", "has no unit"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["agent", "--resources", ".", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{flag} {value}: {stderr}");
+    }
+    let help = Command::new(BIN)
+        .args(["agent", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--kernel-buckets <N>") && help.contains("--poll-interval <DURATION>"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--buckets") && !help.contains("--poll-ms"),
+        "{help}"
+    );
+
+    // --kernel-buckets sizes the bucket map; the old --buckets and --poll-ms still work.
+    let fixture = Fixture::new("flags");
+    let mut command = fixture.agent_command();
+    command.args(["--kernel-buckets", "16"]);
+    let mut agent = Agent::spawn(command);
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    agent.kill_9();
+    let mut command = Command::new(BIN);
+    command
+        .args(["agent", "--admin", "127.0.0.1:0", "--buckets", "32"])
+        .args(["--poll-ms", "50", "--resources"])
+        .arg(&fixture.resources)
+        .arg("--cgroup")
+        .arg(&fixture.sandbox.cgroup)
+        .arg("--pin-dir")
+        .arg(&fixture.pins);
+    let mut agent = Agent::spawn(command);
+    let adopted = agent.said_at_start("adopted the pins in").to_owned();
+    assert!(
+        adopted.contains("keeps its capacity of 16 (--kernel-buckets 32 applies after --detach)"),
+        "{adopted}"
+    );
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    // --poll-ms 50 still follows edits.
+    std::fs::remove_file(fixture.resources.join("ratelimit.yaml")).unwrap();
+    agent.wait_for("enforcing limits on 0 destination(s)");
+    agent.kill_9();
+}
+
+#[test]
+fn with_no_pin_the_programs_live_as_long_as_the_agent() {
+    let fixture = Fixture::new("nopin");
+    let mut command = Command::new(BIN);
+    command
+        .args(["agent", "--admin", "127.0.0.1:0", "--no-pin", "--resources"])
+        .arg(&fixture.resources)
+        .arg("--cgroup")
+        .arg(&fixture.sandbox.cgroup);
+    let mut agent = Agent::spawn(command);
+    agent.wait_for("enforcing limits on 1 destination(s)");
+    assert!(
+        agent.startup.iter().all(|l| !l.contains("pinned")),
+        "{:?}",
+        agent.startup
+    );
+    assert_eq!(fixture.connect(3), "CCE");
+    let status = agent.terminate_saying("detached");
+    assert!(status.success(), "{status}");
+    assert_eq!(fixture.connect(2), "CC");
+    let default_pins = Path::new("/sys/fs/bpf/meshlimit").join(format!(
+        "cgroup-{}",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&fixture.sandbox.cgroup).unwrap())
+    ));
+    assert!(!default_pins.exists());
 }

@@ -1,7 +1,7 @@
 //! What `meshlimit validate` accepts, every data path serves, on the boundary of the ranges:
-//! hourly and monthly quotas that Kuma accepts (the bucket engine's wide path), and the kernel's
-//! own limit on `RateLimit` rates, which validation reports at the field instead of the kernel
-//! refusing the set later. The proxy's half runs through real sockets in the proxy crate's
+//! hourly and monthly quotas that Kuma accepts (the bucket engine's wide path), and the
+//! `RateLimit` range the kernel serves (the engine's whole range; beyond it validation reports
+//! the field instead of the kernel refusing the set later). The proxy's half runs through real sockets in the proxy crate's
 //! `tests/quota.rs`; here: `validate`, `inspect` (the proxy's and Envoy's view) and `simulate`.
 
 use std::io::Write;
@@ -139,7 +139,7 @@ fn an_hourly_quota_of_100001_admits_exactly_its_burst_in_the_simulator() {
 }
 
 #[test]
-fn kernel_rates_are_refused_by_validation_where_the_kernel_would_refuse_them() {
+fn kernel_rates_are_served_up_to_the_engines_limits_and_refused_past_them() {
     let rate_limit = |max: u64, per_fill: u64, interval: u64| {
         format!(
             "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata: {{name: r}}\nspec:\n  \
@@ -147,14 +147,17 @@ fn kernel_rates_are_refused_by_validation_where_the_kernel_would_refuse_them() {
              {interval}}}]\n"
         )
     };
-    // At the boundary: one token per nanosecond, the largest bucket.
-    let ok = file("kernel-ok", &rate_limit(1 << 40, 1_000_000, 1_000_000));
-    let out = meshlimit(&["validate", "-f", ok.to_str().expect("utf-8")], None);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // Past it, each refused at its field.
+    // At the boundaries: the largest bucket and fill, every millisecond (the shortest
+    // fillInterval) or every 30 days.
+    for interval in [1_000_000, 30 * 24 * 3_600_000_000_000u64] {
+        let ok = file("kernel-ok", &rate_limit(1 << 40, 1 << 32, interval));
+        let out = meshlimit(&["validate", "-f", ok.to_str().expect("utf-8")], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // Past them, each refused at its field.
     for (max, per_fill, field) in [
         ((1u64 << 40) + 1, 1, "maxTokens"),
-        (10, 1_000_001, "tokensPerFill"),
+        (10, (1 << 32) + 1, "tokensPerFill"),
     ] {
         let bad = file("kernel-bad", &rate_limit(max, per_fill, 1_000_000));
         let out = meshlimit(&["validate", "-f", bad.to_str().expect("utf-8")], None);

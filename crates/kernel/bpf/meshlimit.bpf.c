@@ -58,6 +58,18 @@ struct bucket_state {
 #define SEALED (1ULL << 63)
 #define CAS_ATTEMPTS 8
 
+// The range served exactly: max_tokens <= 2^40 and tokens_per_fill <= 2^32 (the engine's
+// limits, asserted where userspace builds the settings), any fill_interval_ns >= 1.
+//
+// Why nothing overflows: a bucket is re-based (sealed and replaced, as on a settings change,
+// with the same settings) at its first check REBASE_INTERVALS or more intervals after its
+// origin. So every stored bucket was last written fewer than REBASE_INTERVALS intervals after
+// its origin, and consumed <= initial_tokens + (REBASE_INTERVALS - 1) * tokens_per_fill
+// < 2^40 + 2^52. A product n * tokens_per_fill is formed only for n < REBASE_INTERVALS
+// (< 2^52) or n <= (max_tokens + consumed) / tokens_per_fill (<= 2^40 + 2^53); beyond that the
+// bucket is full whatever n is. Every sum stays below 2^55, far from SEALED.
+#define REBASE_INTERVALS (1ULL << 20)
+
 struct dest_counters {
 	__u64 allowed;
 	__u64 limited;
@@ -123,7 +135,11 @@ static __always_inline __u64 intervals_since(const struct bucket_state *state, _
 // Tokens the bucket holds `n` intervals after its origin, given `consumed`.
 static __always_inline __u64 tokens_at(const struct bucket_state *state, __u64 n, __u64 consumed)
 {
-	__u64 earned = state->initial_tokens + n * state->settings.tokens_per_fill;
+	const struct settings *s = &state->settings;
+	// n * tokens_per_fill > max_tokens + consumed: full, and the product is not formed.
+	if (n >= REBASE_INTERVALS && n > (s->max_tokens + consumed) / s->tokens_per_fill)
+		return s->max_tokens;
+	__u64 earned = state->initial_tokens + n * s->tokens_per_fill;
 	// Only a clock reading older than a concurrent update's can make this negative: such a
 	// check sees the refill late (a rejection), never early.
 	__u64 tokens = earned > consumed ? earned - consumed : 0;
@@ -168,9 +184,11 @@ static __always_inline int admit(void *state_map, const struct bucket_key *key,
 		__u64 n = intervals_since(state, now);
 		__u64 tokens = tokens_at(state, n, consumed);
 
-		if (!same_settings(&state->settings, s)) {
+		if (!same_settings(&state->settings, s) || n >= REBASE_INTERVALS) {
 			// Seal, then replace with a bucket of the new settings holding the same tokens
-			// (clamped). A take that lands before the seal is in `tokens`; none lands after.
+			// (clamped), whose origin is the last top-up: so a settings change, and a re-base
+			// that keeps the numbers small. A take that lands before the seal is in `tokens`;
+			// none lands after.
 			if (__sync_val_compare_and_swap(&state->consumed, consumed, consumed | SEALED) != consumed)
 				continue;
 			// Intervals keep counting from the last top-up, in the new settings.
@@ -235,6 +253,19 @@ static __always_inline int limit_connect(struct bpf_sock_addr *ctx, struct dest_
 	return taken == CONTENDED ? VERDICT_REJECT : VERDICT_ALLOW;
 }
 
+// connect() to the unspecified address reaches a local listener: the kernel's route lookup
+// (ip_route_output_key_hash_rcu) takes a zero destination as the socket's bound source
+// address, or 127.0.0.1 when it has none, and sends it over loopback. The limit is that of
+// the address the connection really reaches, so `0.0.0.0:P` cannot bypass `127.0.0.1:P`.
+#define LOOPBACK_V4 0x7f000001
+
+static __always_inline __u32 unspecified_v4_destination(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 source = sk ? sk->src_ip4 : 0;
+	return source ? source : bpf_htonl(LOOPBACK_V4);
+}
+
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
@@ -242,7 +273,7 @@ int connect4(struct bpf_sock_addr *ctx)
 		return VERDICT_ALLOW;
 	struct dest_key dest = {};
 	dest.addr[2] = bpf_htonl(0xffff);
-	dest.addr[3] = ctx->user_ip4;
+	dest.addr[3] = ctx->user_ip4 ? ctx->user_ip4 : unspecified_v4_destination(ctx);
 	dest.port = bpf_ntohs((__u16)ctx->user_port);
 	dest.family = AF_INET;
 	return limit_connect(ctx, &dest);
@@ -261,6 +292,22 @@ int connect6(struct bpf_sock_addr *ctx)
 	dest.port = bpf_ntohs((__u16)ctx->user_port);
 	// ::ffff:a.b.c.d is an IPv4 destination: it shares the bucket connect4 uses.
 	int mapped = dest.addr[0] == 0 && dest.addr[1] == 0 && dest.addr[2] == bpf_htonl(0xffff);
+	if (mapped && dest.addr[3] == 0) {
+		// ::ffff:0.0.0.0 goes to tcp_v4_connect as 0.0.0.0: routed as connect4's is.
+		dest.addr[3] = unspecified_v4_destination(ctx);
+	} else if (!mapped && !dest.addr[0] && !dest.addr[1] && !dest.addr[2] && !dest.addr[3]) {
+		// tcp_v6_connect() turns `::` into ::1, or into 127.0.0.1 when the socket is
+		// bound to a v4-mapped address.
+		struct bpf_sock *sk = ctx->sk;
+		if (sk && sk->src_ip6[0] == 0 && sk->src_ip6[1] == 0 &&
+		    sk->src_ip6[2] == bpf_htonl(0xffff)) {
+			dest.addr[2] = bpf_htonl(0xffff);
+			dest.addr[3] = bpf_htonl(LOOPBACK_V4);
+			mapped = 1;
+		} else {
+			dest.addr[3] = bpf_htonl(1);
+		}
+	}
 	dest.family = mapped ? AF_INET : AF_INET6;
 	return limit_connect(ctx, &dest);
 }

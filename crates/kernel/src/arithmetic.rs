@@ -51,7 +51,7 @@ impl ArithmeticProbe {
             return Err(KernelError::NotPermitted);
         }
         // Only the probe's own map matters; keep the connect path's maps tiny.
-        let mut ebpf = load_object(&[("STATE", 1), ("SETTINGS", 1), ("DEST_COUNTERS", 1)])?;
+        let mut ebpf = load_object(&[("STATE", 1), ("SETTINGS", 1), ("DEST_COUNTERS", 1)], &[])?;
         let program_error = |source| KernelError::Program {
             program: "arithmetic",
             what: "sched_cls copy of the bucket logic",

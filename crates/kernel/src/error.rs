@@ -48,6 +48,26 @@ pub enum KernelError {
     },
     #[error("invalid limits: {}", join(.0))]
     Limits(Vec<LimitError>),
+    #[error(
+        "another meshlimit process{} enforces kernel limits on cgroup {}: only one may; stop \
+         it first",
+        .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        .cgroup.display()
+    )]
+    CgroupBusy {
+        cgroup: PathBuf,
+        holder: Option<u32>,
+    },
+    #[error("cannot pin in {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot adopt the pinned {path}: {reason}; remove the pins with `meshlimit agent \
+         --detach` first"
+    )]
+    Pinned { path: PathBuf, reason: String },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(std::io::Error),
 }

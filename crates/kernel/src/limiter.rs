@@ -3,9 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use meshlimit_policy::effective::KernelLimit;
@@ -15,7 +18,7 @@ use crate::error::KernelError;
 use crate::limits::{self, DestKeyOrd, Destination};
 use crate::shared::{BucketKey, BucketSettings, BucketState, DestCounters, DestKey, counter};
 use crate::stats::{Counters, DestinationStats, tokens_at};
-use crate::system;
+use crate::{lock, pins, system};
 
 /// The compiled BPF object (built from `bpf/meshlimit.bpf.c` by `build.rs`).
 pub(crate) static BPF_OBJECT: &[u8] =
@@ -51,19 +54,38 @@ pub struct BucketInfo {
     pub tokens: u64,
 }
 
+/// What a limiter found pinned and took over when it attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Program links that were pinned (and now run this build's programs).
+    pub links: usize,
+    /// Limited destinations in the pinned settings map (enforced until the next `apply`).
+    pub destinations: usize,
+    /// Buckets kept, with their tokens.
+    pub buckets: usize,
+    /// The pinned bucket map's capacity, which stays until the pins are removed.
+    pub bucket_capacity: u32,
+}
+
 /// The kernel data path: BPF programs attached to one cgroup v2 directory, refusing
-/// `connect()` with `EPERM` to limited destinations whose bucket is empty. Dropping it
-/// detaches the programs and frees the maps.
+/// `connect()` with `EPERM` to limited destinations whose bucket is empty. Holds the cgroup's
+/// lock (one limiter per cgroup). Unpinned ([`KernelLimiter::attach_with`]), dropping it
+/// detaches the programs and frees the maps; pinned ([`KernelLimiter::attach_pinned`]),
+/// dropping it (or the process dying) leaves them enforcing until [`remove_pins`].
 pub struct KernelLimiter {
     cgroup: PathBuf,
+    pin_dir: Option<PathBuf>,
+    adopted: Option<Adopted>,
     settings: HashMap<MapData, DestKey, BucketSettings>,
     state: HashMap<MapData, BucketKey, BucketState>,
     counters: PerCpuArray<MapData, u64>,
     dest_counters: PerCpuHashMap<MapData, DestKey, DestCounters>,
     current: BTreeMap<DestKeyOrd, Destination>,
-    // Owns the programs and their links: dropping it detaches them. Declared last so the maps
-    // above are closed first.
+    // Owns the programs and, unpinned, their links: dropping it detaches them. Declared after
+    // the maps so that they are closed first.
     _ebpf: Ebpf,
+    // The cgroup directory, open and locked until the limiter is dropped.
+    _cgroup_lock: File,
 }
 
 impl std::fmt::Debug for KernelLimiter {
@@ -86,6 +108,28 @@ impl KernelLimiter {
         cgroup: &Path,
         options: LimiterOptions,
     ) -> Result<KernelLimiter, KernelError> {
+        KernelLimiter::attach_inner(cgroup, options, None)
+    }
+
+    /// Attaches with the program links and maps pinned in `pin_dir` (a directory on bpffs,
+    /// mounted at `/sys/fs/bpf` if needed; see [`default_pin_dir`]), so that enforcement and
+    /// the buckets' tokens survive this process. What is pinned there already is adopted:
+    /// the same maps (tokens and counters kept; the destinations they hold stay limited until
+    /// the next [`KernelLimiter::apply`]), and this build's programs swapped into the pinned
+    /// links without a gap.
+    pub fn attach_pinned(
+        cgroup: &Path,
+        options: LimiterOptions,
+        pin_dir: &Path,
+    ) -> Result<KernelLimiter, KernelError> {
+        KernelLimiter::attach_inner(cgroup, options, Some(pin_dir))
+    }
+
+    fn attach_inner(
+        cgroup: &Path,
+        options: LimiterOptions,
+        pin_dir: Option<&Path>,
+    ) -> Result<KernelLimiter, KernelError> {
         if !system::has_bpf_privileges() {
             return Err(KernelError::NotPermitted);
         }
@@ -94,8 +138,26 @@ impl KernelLimiter {
             path: cgroup.to_owned(),
             source,
         })?;
+        lock::acquire(cgroup, &cgroup_dir)?;
 
-        let mut ebpf = load_object(&[("STATE", options.bucket_capacity.max(1))])?;
+        let mut pinned_capacity = None;
+        if let Some(dir) = pin_dir {
+            pins::prepare(dir)?;
+            pinned_capacity = pins::check_pinned_maps(dir)?;
+        }
+        let map_pins: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| {
+                pins::MAPS
+                    .iter()
+                    .map(|(name, _, _)| (*name, dir.join(name)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut ebpf = load_object(
+            &[("STATE", options.bucket_capacity.max(1)), ("TEST_STATE", 1)],
+            &map_pins,
+        )?;
+        let mut adopted_links = 0;
         for (name, what) in [
             ("connect4", "cgroup/connect4"),
             ("connect6", "cgroup/connect6"),
@@ -111,20 +173,99 @@ impl KernelLimiter {
                 .try_into()
                 .map_err(program_error)?;
             program.load().map_err(program_error)?;
-            program
-                .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(program_error)?;
+            let link_pin = pin_dir.map(|dir| dir.join(name));
+            match &link_pin {
+                Some(path) if path.exists() => {
+                    let pin_error = |source: std::io::Error| KernelError::Pinned {
+                        path: path.clone(),
+                        reason: source.to_string(),
+                    };
+                    let link = pins::open(path).map_err(pin_error)?;
+                    // A pin directory given for another cgroup must not move its programs.
+                    let attached_to = pins::link_cgroup_id(link.as_fd()).map_err(pin_error)?;
+                    let ours = cgroup_dir.metadata().map(|m| m.ino()).unwrap_or(0);
+                    if attached_to != ours {
+                        return Err(KernelError::Pinned {
+                            path: path.clone(),
+                            reason: format!(
+                                "it is attached to cgroup id {attached_to}, not to {} (id {ours})",
+                                cgroup.display()
+                            ),
+                        });
+                    }
+                    let fd = program.fd().map_err(program_error)?;
+                    pins::update_link(link.as_fd(), fd.as_fd()).map_err(pin_error)?;
+                    adopted_links += 1;
+                }
+                _ => {
+                    let id = program
+                        .attach(&cgroup_dir, CgroupAttachMode::Single)
+                        .map_err(program_error)?;
+                    if let Some(path) = &link_pin {
+                        let link = FdLink::try_from(program.take_link(id).map_err(program_error)?)
+                            .map_err(|err| KernelError::Pinned {
+                                path: path.clone(),
+                                reason: err.to_string(),
+                            })?;
+                        // The pin holds the link from now on; our descriptor closes here.
+                        link.pin(path).map_err(|err| KernelError::Pinned {
+                            path: path.clone(),
+                            reason: err.to_string(),
+                        })?;
+                    }
+                }
+            }
         }
 
-        Ok(KernelLimiter {
+        let mut limiter = KernelLimiter {
             cgroup: cgroup.to_owned(),
+            pin_dir: pin_dir.map(Path::to_owned),
+            adopted: None,
             settings: take_map(&mut ebpf, "SETTINGS")?,
             state: take_map(&mut ebpf, "STATE")?,
             counters: take_map(&mut ebpf, "COUNTERS")?,
             dest_counters: take_map(&mut ebpf, "DEST_COUNTERS")?,
             current: BTreeMap::new(),
             _ebpf: ebpf,
-        })
+            _cgroup_lock: cgroup_dir,
+        };
+        if let Some(capacity) = pinned_capacity {
+            limiter.adopt_settings()?;
+            limiter.adopted = Some(Adopted {
+                links: adopted_links,
+                destinations: limiter.current.len(),
+                buckets: limiter.state.keys().count(),
+                bucket_capacity: capacity,
+            });
+        }
+        Ok(limiter)
+    }
+
+    /// Takes the pinned settings map as what is applied, so that the next `apply` keeps
+    /// destinations whose settings are unchanged (with their buckets) and removes the others.
+    fn adopt_settings(&mut self) -> Result<(), KernelError> {
+        for entry in self.settings.iter() {
+            let (key, settings) = entry.map_err(map_error("SETTINGS"))?;
+            let destination = Destination {
+                service: String::new(),
+                ip: key.ip(),
+                port: key.port,
+                settings,
+            };
+            self.current.insert(DestKeyOrd(key), destination);
+        }
+        Ok(())
+    }
+
+    /// Where the programs' links and maps are pinned; `None` when they live only as long as
+    /// this limiter.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// What was found pinned and adopted at attach; `None` if nothing was (or unpinned).
+    pub fn adopted(&self) -> Option<Adopted> {
+        self.adopted
     }
 
     /// The cgroup the programs are attached to.
@@ -289,11 +430,29 @@ impl KernelLimiter {
     }
 }
 
+/// Removes what a pinned limiter left in `pin_dir`, which lifts its limits: refused while a
+/// limiter holds `cgroup`. True if anything was pinned there.
+pub fn remove_pins(cgroup: &Path, pin_dir: &Path) -> Result<bool, KernelError> {
+    let cgroup_dir = File::open(cgroup).map_err(|source| KernelError::Cgroup {
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    lock::acquire(cgroup, &cgroup_dir)?;
+    pins::remove(pin_dir)
+}
+
 /// Loads the embedded object, creating its maps (programs are loaded by the caller).
-pub(crate) fn load_object(max_entries: &[(&str, u32)]) -> Result<Ebpf, KernelError> {
+/// Maps named in `pinned` are opened from their pin if it exists, else made and pinned there.
+pub(crate) fn load_object(
+    max_entries: &[(&str, u32)],
+    pinned: &[(&str, PathBuf)],
+) -> Result<Ebpf, KernelError> {
     let mut loader = EbpfLoader::new();
     for (map, entries) in max_entries {
         loader.map_max_entries(map, *entries);
+    }
+    for (map, path) in pinned {
+        loader.map_pin_path(map, path.as_path());
     }
     loader.load(BPF_OBJECT).map_err(|source| {
         if is_permission_error(&source) {

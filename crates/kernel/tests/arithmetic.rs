@@ -167,3 +167,131 @@ fn invalid_settings_are_refused_by_the_program_too() {
         "BPF_PROG_TEST_RUN failed: the program refused the settings"
     );
 }
+
+/// Settings at the edges of the range the kernel serves: the largest bucket (2^40) and fill
+/// (2^32), one token, intervals from 1 ns to 30 days; and small buckets, so that sequences
+/// also reach empty buckets (a change to a large bucket keeps the few tokens held).
+fn edge_settings(rng: &mut Rng) -> BucketSettings {
+    const MAXES: [u64; 5] = [1, 3, (1 << 32) - 1, 1 << 32, 1 << 40];
+    const FILLS: [u64; 5] = [1, 2, (1 << 32) - 1, 1 << 32, 5];
+    const INTERVALS: [u64; 7] = [
+        1,
+        3,
+        1_000,
+        1_000_000,
+        50_000_001,
+        3_600_000_000_000,
+        30 * 24 * 3_600_000_000_000,
+    ];
+    BucketSettings {
+        max_tokens: MAXES[rng.below(5) as usize],
+        tokens_per_fill: FILLS[rng.below(5) as usize],
+        fill_interval_ns: INTERVALS[rng.below(7) as usize],
+    }
+}
+
+/// Gaps that cross the program's re-basing threshold (2^20 intervals) and its guard against
+/// large products: just under, at and over 2^20 intervals, and idle stretches up to 2^61 ns.
+fn edge_gap(rng: &mut Rng, interval: u64) -> u64 {
+    const REBASE: u64 = 1 << 20;
+    let intervals = |k: u64| interval.saturating_mul(k);
+    match rng.below(8) {
+        0 => 0,
+        1 => rng.below(interval.max(2)),
+        2 => intervals(REBASE - 1),
+        3 => intervals(REBASE),
+        4 => intervals(REBASE + 1).saturating_add(rng.below(interval)),
+        5 => rng.below(1 << 61),
+        6 => intervals(1 + rng.below(3)),
+        _ => interval - 1,
+    }
+}
+
+#[test]
+fn kernel_decisions_match_the_model_at_the_edges_of_the_range() {
+    let mut probe = ArithmeticProbe::load().expect("load the arithmetic program");
+    let (mut admitted, mut rejected, mut reconfigured) = (0, 0, 0);
+    for seed in 1..=200u64 {
+        let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut settings = edge_settings(&mut rng);
+        let mut now = 1_000_000_000 + rng.below(1 << 40);
+        let mut model = reference(settings, now);
+        for step in 0..120 {
+            // (Not before the first check: the kernel makes a bucket at its first check.)
+            if step > 0 && rng.below(6) == 0 {
+                settings = edge_settings(&mut rng);
+                model.reconfigure(
+                    settings.max_tokens,
+                    settings.tokens_per_fill,
+                    settings.fill_interval_ns,
+                    Refill::Interval,
+                    now,
+                );
+                reconfigured += 1;
+            }
+            let kernel = probe.check(seed, settings, now).expect("test run");
+            let expected = model.check(now);
+            assert_eq!(
+                kernel, expected,
+                "seed {seed}, step {step}, {settings:?}, now {now}: kernel {kernel}, model {expected}"
+            );
+            if kernel {
+                admitted += 1;
+            } else {
+                rejected += 1;
+            }
+            // Bursts at one instant drain the small buckets.
+            if rng.below(3) != 0 {
+                now = now.saturating_add(edge_gap(&mut rng, settings.fill_interval_ns));
+            }
+            // Keep clear of the end of the clock: the kernel's runs for centuries.
+            if now > 1 << 63 {
+                break;
+            }
+        }
+    }
+    assert!(
+        admitted > 1_000 && rejected > 500,
+        "{admitted} admitted, {rejected} rejected"
+    );
+    assert!(reconfigured > 500, "only {reconfigured} settings changes");
+}
+
+#[test]
+fn a_fast_bucket_refills_exactly_across_the_rebase_and_long_idle_stretches() {
+    let mut probe = ArithmeticProbe::load().unwrap();
+    // 2^32 tokens per nanosecond: the fastest fill of the range, whose running total passes
+    // 2^64 after 2^32 ns (about 4 s) without the program's re-basing.
+    let s = BucketSettings {
+        max_tokens: 2,
+        tokens_per_fill: 1 << 32,
+        fill_interval_ns: 1,
+    };
+    let t0 = 1_000_000;
+    let mut model = reference(s, t0);
+    let mut check = |probe: &mut ArithmeticProbe, now: u64| {
+        let kernel = probe.check(3, s, now).unwrap();
+        assert_eq!(kernel, model.check(now), "at {now}");
+        kernel
+    };
+    let mut now = t0;
+    assert_eq!([0; 3].map(|_| check(&mut probe, now)), [true, true, false]);
+    // Around the re-base, seconds, an hour, a year and centuries later: full again, never a
+    // wrapped count.
+    for idle in [
+        (1 << 20) - 1,
+        1 << 20,
+        (1 << 20) + 1,
+        1 << 32,
+        3_600_000_000_000,
+        365 * 24 * 3_600_000_000_000,
+        1 << 62,
+    ] {
+        now += idle;
+        assert_eq!(
+            [0; 3].map(|_| check(&mut probe, now)),
+            [true, true, false],
+            "after {idle} ns"
+        );
+    }
+}

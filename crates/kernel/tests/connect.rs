@@ -390,3 +390,297 @@ fn attaching_to_a_directory_that_is_not_a_cgroup_is_refused() {
         "/tmp is not a directory of a cgroup v2 hierarchy"
     );
 }
+
+#[test]
+fn the_unspecified_address_is_limited_as_the_loopback_it_reaches() {
+    let mut sb = sandbox();
+    // Dual-stack: 0.0.0.0:P and [::]:P reach it over loopback.
+    let server = sb.server("[::]:0");
+    let port = server.addr.port();
+    let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+    let any4: SocketAddr = ([0, 0, 0, 0], port).into();
+    let mapped_any: SocketAddr = format!("[::ffff:0.0.0.0]:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let any6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    sb.limiter
+        .apply(&[
+            limit("v4", v4, 3, 1, HOUR_NS),
+            limit("v6", v6, 2, 1, HOUR_NS),
+        ])
+        .unwrap();
+
+    let outcomes = sb.inside(move || {
+        let shared = [any4, mapped_any, any4, v4, any4].map(connect);
+        let native = [any6, v6, any6, v6].map(connect);
+        (shared, native)
+    });
+    use Outcome::{Connected as C, Eperm as E};
+    assert_eq!(outcomes, ([C, C, C, E, E], [C, C, E, E]));
+    let stats = sb.limiter.stats().unwrap();
+    let rows: Vec<_> = stats
+        .iter()
+        .map(|r| (r.address.as_str(), r.allowed, r.limited))
+        .collect();
+    assert_eq!(rows, [("127.0.0.1", 3, 2), ("::1", 2, 2)]);
+}
+
+#[test]
+fn the_unspecified_address_from_a_bound_socket_is_its_source_address() {
+    let mut sb = sandbox();
+    let server = sb.server("[::]:0");
+    let port = server.addr.port();
+    // The kernel routes 0.0.0.0 to the bound source address, here 127.0.0.2; and `::` from a
+    // socket bound to a v4-mapped address to 127.0.0.1.
+    let second: SocketAddr = ([127, 0, 0, 2], port).into();
+    let loopback: SocketAddr = ([127, 0, 0, 1], port).into();
+    sb.limiter
+        .apply(&[
+            limit("second", second, 2, 1, HOUR_NS),
+            limit("loopback", loopback, 1, 1, HOUR_NS),
+        ])
+        .unwrap();
+    let any4: SocketAddr = ([0, 0, 0, 0], port).into();
+    let any6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+    let mapped_source: SocketAddr = "[::ffff:127.0.0.1]:0".parse().unwrap();
+    let outcomes = sb.inside(move || {
+        let from_second = [0; 3].map(|_| connect_from(([127, 0, 0, 2], 0).into(), any4));
+        let from_mapped = [0; 2].map(|_| connect_from(mapped_source, any6));
+        (from_second, from_mapped)
+    });
+    use Outcome::{Connected as C, Eperm as E};
+    assert_eq!(outcomes, ([C, C, E], [C, E]));
+}
+
+/// `connect()` to `to` from a socket bound to `from` first.
+fn connect_from(from: SocketAddr, to: SocketAddr) -> Outcome {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(from), Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap();
+    match socket.connect(&to.into()) {
+        Ok(()) => Outcome::Connected,
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => Outcome::Eperm,
+        Err(err) => panic!("connect {to} from {from}: {err}"),
+    }
+}
+
+#[test]
+fn a_second_limiter_on_the_same_cgroup_is_refused_naming_the_first() {
+    let sb = sandbox();
+    let err = KernelLimiter::attach(sb.cgroup.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "another meshlimit process (pid {}) enforces kernel limits on cgroup {}: only one \
+             may; stop it first",
+            std::process::id(),
+            sb.cgroup.path().display()
+        )
+    );
+    // The first still works, and once it is gone the cgroup is free again.
+    drop(sb.limiter);
+    KernelLimiter::attach(sb.cgroup.path()).expect("attach after the first is gone");
+}
+
+/// A pin directory of its own on bpffs, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl PinDir {
+    fn new() -> PinDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PinDir(
+            std::path::Path::new(meshlimit_kernel::BPFFS_ROOT)
+                .join(format!("meshlimit-test-{}-{n}", std::process::id())),
+        )
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn pinned_enforcement_and_tokens_outlive_the_limiter_until_the_pins_are_removed() {
+    let netns = Netns::new();
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    let server = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let addr = server.addr;
+    let inside = |n| run_in(&netns, Some(&cgroup), move || connect_n(addr, n));
+    let policy = [limit("web", addr, 5, 1, HOUR_NS)];
+
+    let mut first =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    assert_eq!(first.adopted(), None);
+    first.apply(&policy).unwrap();
+    assert_eq!(inside(3), (3, 0)); // 2 tokens left
+    drop(first);
+
+    // No limiter: still enforced, from the same bucket.
+    assert_eq!(inside(1), (1, 0));
+
+    // A new limiter adopts the pins: the bucket keeps its last token and the counters go on.
+    let options = LimiterOptions {
+        bucket_capacity: 1_000,
+    };
+    let mut second = KernelLimiter::attach_pinned(cgroup.path(), options, &pins.0).unwrap();
+    let adopted = second.adopted().expect("the pins are adopted");
+    assert_eq!(
+        (adopted.links, adopted.destinations, adopted.buckets),
+        (2, 1, 1)
+    );
+    assert_eq!(adopted.bucket_capacity, 65_536);
+    assert_eq!(second.apply(&policy).unwrap(), 1);
+    assert_eq!(inside(3), (1, 2));
+    let row = &second.stats().unwrap()[0];
+    assert_eq!(
+        (row.service.as_str(), row.allowed, row.limited),
+        ("web", 5, 2)
+    );
+
+    // Removing the pins is refused while a limiter holds the cgroup...
+    let busy = meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap_err();
+    assert!(busy.to_string().contains("only one may"), "{busy}");
+    drop(second);
+    // ...and lifts every limit once it is done.
+    assert!(meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap());
+    assert!(!pins.0.exists());
+    assert_eq!(inside(10), (10, 0));
+    assert!(!meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap());
+}
+
+#[test]
+fn adopting_applies_the_new_limits_to_the_pinned_maps() {
+    let netns = Netns::new();
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    let a = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let b = run_in(&netns, None, || Server::bind("127.0.0.1:0"));
+    let (a, b) = (a.addr, b.addr);
+    let inside = |addr, n| run_in(&netns, Some(&cgroup), move || connect_n(addr, n));
+
+    let mut first =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    first
+        .apply(&[limit("a", a, 2, 1, HOUR_NS), limit("b", b, 2, 1, HOUR_NS)])
+        .unwrap();
+    assert_eq!(inside(a, 2), (2, 0));
+    drop(first);
+
+    // The new configuration drops b and shrinks a: the pinned maps follow it.
+    let mut second =
+        KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0).unwrap();
+    assert_eq!(second.adopted().map(|a| a.destinations), Some(2));
+    second.apply(&[limit("a", a, 1, 1, HOUR_NS)]).unwrap();
+    assert_eq!(inside(a, 2), (0, 2));
+    assert_eq!(inside(b, 5), (5, 0));
+    drop(second);
+    meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap();
+}
+
+#[test]
+fn the_largest_fill_is_served_every_second_and_every_30_days() {
+    const SECOND: u64 = 1_000_000_000;
+    const DAYS_30: u64 = 30 * 24 * 3_600 * SECOND;
+    let mut sb = sandbox();
+    let fast = sb.server("127.0.0.1:0");
+    let slow = sb.server("127.0.0.1:0");
+    let (f, s) = (fast.addr, slow.addr);
+    // 2^32 tokens per fill: more tokens than nanoseconds in the interval for `fast`.
+    sb.limiter
+        .apply(&[
+            limit("fast", f, 3, 1 << 32, SECOND),
+            limit("slow", s, 2, 1 << 32, DAYS_30),
+        ])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(s, 3)), (2, 1));
+    assert_eq!(sb.inside(move || connect_n(f, 4)), (3, 1));
+    let origin = sb
+        .limiter
+        .buckets()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.port == f.port())
+        .unwrap()
+        .origin_ns;
+    // The next second: full again (capped at 3), exactly.
+    assert_eq!(burst_within_interval(&sb, f, origin, 1, SECOND), 3);
+    assert_eq!(sb.inside(move || connect_n(s, 1)), (0, 1));
+    assert_eq!(sb.limiter.counters().unwrap().errors, 0);
+}
+
+#[test]
+fn a_bucket_is_rebased_after_2_pow_20_intervals_and_keeps_its_phase() {
+    const INTERVAL: u64 = 1_000; // 2^20 intervals: about 1.05 s
+    let mut sb = sandbox();
+    let server = sb.server("127.0.0.1:0");
+    let addr = server.addr;
+    sb.limiter
+        .apply(&[limit("web", addr, 2, 1, INTERVAL)])
+        .unwrap();
+    assert_eq!(sb.inside(move || connect_n(addr, 1)), (1, 0));
+    let origin = only_bucket(&sb.limiter).origin_ns;
+    // Past 2^20 intervals by the kernel's clock (bounded: at most 3 s of waiting).
+    let rebase_at = origin + (1 << 20) * INTERVAL;
+    for _ in 0..30 {
+        if monotonic_now_ns() > rebase_at {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(monotonic_now_ns() > rebase_at);
+    assert_eq!(sb.inside(move || connect_n(addr, 1)), (1, 0));
+    let rebased = only_bucket(&sb.limiter).origin_ns;
+    assert!(rebased >= rebase_at, "origin {origin} -> {rebased}");
+    assert_eq!((rebased - origin) % INTERVAL, 0, "a phase boundary");
+    assert_eq!(sb.limiter.counters().unwrap().errors, 0);
+}
+
+#[test]
+fn the_pins_of_another_cgroup_are_not_adopted() {
+    let (mine, other) = (Cgroup::new(), Cgroup::new());
+    let pins = PinDir::new();
+    let first =
+        KernelLimiter::attach_pinned(other.path(), LimiterOptions::default(), &pins.0).unwrap();
+    drop(first);
+    let err = KernelLimiter::attach_pinned(mine.path(), LimiterOptions::default(), &pins.0)
+        .unwrap_err()
+        .to_string();
+    let link = pins.0.join("connect4");
+    assert!(
+        err.starts_with(&format!(
+            "cannot adopt the pinned {}: it is attached to cgroup id",
+            link.display()
+        )) && err.contains(&format!("not to {}", mine.path().display())),
+        "{err}"
+    );
+    meshlimit_kernel::remove_pins(other.path(), &pins.0).unwrap();
+}
+
+#[test]
+fn maps_pinned_by_an_incompatible_version_are_refused_with_the_way_out() {
+    let cgroup = Cgroup::new();
+    let pins = PinDir::new();
+    std::fs::create_dir_all(&pins.0).unwrap();
+    let state = pins.0.join("STATE");
+    support::pin_hash_map(&state, 32, 40);
+    let err = KernelLimiter::attach_pinned(cgroup.path(), LimiterOptions::default(), &pins.0)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot adopt the pinned {}: its entries are 32 + 40 bytes, this version uses 32 + \
+             48 (pinned by another version); remove the pins with `meshlimit agent --detach` \
+             first",
+            state.display()
+        )
+    );
+    // Nothing was attached: the cgroup is free, and the pins come off.
+    meshlimit_kernel::remove_pins(cgroup.path(), &pins.0).unwrap();
+    assert!(!pins.0.exists());
+}

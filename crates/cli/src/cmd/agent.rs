@@ -8,6 +8,10 @@
 //!   the store version it enforces and its counters per destination, which `get
 //!   ratelimit-stats`, `top` and `diagnose` show.
 //!
+//! The programs' links and maps are pinned in bpffs (`--pin-dir`, unless `--no-pin`), so the
+//! limits and buckets outlive the process: a restarted agent adopts them, `--detach` removes
+//! them. One agent per cgroup (the kernel crate's cgroup lock refuses a second).
+//!
 //! One flow either way: the source yields a `watch` of versioned limits, [`Kernel::enforce`]
 //! consumes it, and [`follow`] (one loop) prints what is enforced, polls the directory or sends
 //! the reports, until SIGINT or SIGTERM.
@@ -38,6 +42,7 @@ use crate::kernel::{Enforced, Kernel};
 use crate::watch::Watcher;
 
 #[derive(clap::Args)]
+#[command(after_long_help = PINNING_HELP)]
 pub struct Args {
     /// Directory (or file) of resources; RateLimit services are resolved to the Dataplane
     /// inbounds carrying that kuma.io/service. Without it, the limits come from the control
@@ -53,19 +58,61 @@ pub struct Args {
     /// Address of the admin endpoint (/metrics, /stats).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5682")]
     admin: SocketAddr,
-    /// Buckets kept at most (client network namespace × destination); the least recently
-    /// used is evicted beyond it.
-    #[arg(long, default_value_t = 65_536)]
-    buckets: u32,
-    /// How often the resources are checked for changes, in milliseconds (with --resources).
-    #[arg(long, default_value_t = 250, value_name = "MS")]
-    poll_ms: u64,
-    /// Seconds between status reports to the control plane (with --cp).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    report_interval: f64,
+    /// Kernel buckets kept at most (client network namespace × destination); the least
+    /// recently used is evicted beyond it.
+    #[arg(
+        long,
+        value_name = "N",
+        alias = "buckets",
+        default_value_t = LimiterOptions::default().bucket_capacity
+    )]
+    kernel_buckets: u32,
+    /// How often the resources are checked for changes (with --resources).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "250ms",
+        value_parser = super::parse_positive_duration
+    )]
+    poll_interval: Duration,
+    /// The old --poll-interval, in milliseconds.
+    #[arg(long, value_name = "MS", hide = true, conflicts_with = "poll_interval")]
+    poll_ms: Option<u64>,
+    /// Time between status reports to the control plane (with --cp).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = super::parse_positive_duration
+    )]
+    report_interval: Duration,
+    /// Directory on bpffs where the programs' links and maps are pinned [default:
+    /// /sys/fs/bpf/meshlimit/cgroup-<cgroup id>].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_pin")]
+    pin_dir: Option<PathBuf>,
+    /// Do not pin: the programs live only as long as this process (if it dies, every limit
+    /// lifts; a restart refills every bucket).
+    #[arg(long)]
+    no_pin: bool,
+    /// Remove the programs and maps an agent pinned for --cgroup (lifting its limits), and
+    /// exit. Refused while an agent runs on that cgroup.
+    #[arg(long, conflicts_with_all = ["resources", "no_pin", "name"])]
+    detach: bool,
 }
 
+const PINNING_HELP: &str = "\
+Pinning: the agent pins the links that attach its programs to the cgroup, and the maps that \
+hold the limits, the buckets and the counters, in bpffs (--pin-dir; bpffs is mounted at \
+/sys/fs/bpf if it is not). So enforcement does not depend on the process: if the agent is \
+killed, crashes or stops (SIGTERM), connections stay limited with the same buckets; the next \
+agent on that cgroup adopts the pins (tokens and counters kept, its own programs swapped in \
+without a gap) and applies its limits. `meshlimit agent --detach` removes the pins and lifts \
+the limits. One agent per cgroup: a second one exits with an error naming the first.";
+
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    if args.detach {
+        return detach(&args);
+    }
     let (cp_given, cp_from_env) = (ctx.cp_on_command_line, ctx.cp_from_env);
     if args.resources.is_some() && cp_given {
         anyhow::bail!(
@@ -95,9 +142,16 @@ async fn agent(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 
     let prepared = Prepared::new(ctx, &args)?;
     let options = LimiterOptions {
-        bucket_capacity: args.buckets,
+        bucket_capacity: args.kernel_buckets,
     };
-    let kernel = Kernel::attach(args.cgroup.clone(), options)?;
+    let kernel = if args.no_pin {
+        Kernel::attach(args.cgroup.clone(), options)?
+    } else {
+        Kernel::attach_pinned(args.cgroup.clone(), options, args.pin_dir.clone())?
+    };
+    if let Some((dir, adopted)) = kernel.pins() {
+        say(&pinned_line(&dir, adopted, args.kernel_buckets));
+    }
     let (mut source, limits) = prepared.follow();
     let enforced = kernel.enforce(limits);
     let listener = tokio::net::TcpListener::bind(args.admin)
@@ -117,12 +171,73 @@ async fn agent(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let version = follow(&mut source, &kernel, enforced, stop).await;
 
     admin.abort();
-    kernel.detach();
-    if let Source::ControlPlane { reports, .. } = &source {
-        // Tell the control plane the programs are gone (best effort).
+    let pins = kernel.pins();
+    if pins.is_some()
+        && let Source::ControlPlane { reports, .. } = &source
+    {
+        // The last counters; the programs stay attached (best effort).
         reports.send_last(kernel.report(version)).await;
     }
-    say("detached");
+    kernel.detach();
+    match pins {
+        Some((dir, _)) => say(&format!(
+            "stopped; the limits stay enforced from the pins in {} (`meshlimit agent --detach` \
+             removes them)",
+            dir.display()
+        )),
+        None => {
+            if let Source::ControlPlane { reports, .. } = &source {
+                // Tell the control plane the programs are gone (best effort).
+                reports.send_last(kernel.report(version)).await;
+            }
+            say("detached");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the agent found pinned, said once at start.
+fn pinned_line(dir: &Path, adopted: Option<meshlimit_kernel::Adopted>, buckets: u32) -> String {
+    let Some(adopted) = adopted else {
+        return format!("programs and maps pinned in {}", dir.display());
+    };
+    let mut line = format!(
+        "adopted the pins in {}: {} program link(s), {} destination(s), {} bucket(s) with their \
+         tokens",
+        dir.display(),
+        adopted.links,
+        adopted.destinations,
+        adopted.buckets
+    );
+    if adopted.bucket_capacity != buckets {
+        line.push_str(&format!(
+            "; the pinned bucket map keeps its capacity of {} (--kernel-buckets {buckets} \
+             applies after --detach)",
+            adopted.bucket_capacity
+        ));
+    }
+    line
+}
+
+/// `--detach`: removes the pins of the cgroup's agent, which lifts its limits.
+fn detach(args: &Args) -> anyhow::Result<ExitCode> {
+    let cgroup = match &args.cgroup {
+        Some(path) => path.clone(),
+        None => meshlimit_kernel::cgroup2_root()?,
+    };
+    let dir = match &args.pin_dir {
+        Some(dir) => dir.clone(),
+        None => meshlimit_kernel::default_pin_dir(&cgroup)?,
+    };
+    if meshlimit_kernel::remove_pins(&cgroup, &dir)? {
+        say(&format!(
+            "detached: removed the pins in {}; cgroup {} is no longer limited",
+            dir.display(),
+            cgroup.display()
+        ));
+    } else {
+        say(&format!("nothing was pinned in {}", dir.display()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -138,7 +253,11 @@ impl Prepared {
     fn new(ctx: &Context, args: &Args) -> anyhow::Result<Prepared> {
         Ok(match &args.resources {
             Some(dir) => {
-                let poll = Duration::from_millis(args.poll_ms.max(10));
+                let poll = match args.poll_ms {
+                    Some(0) => anyhow::bail!("--poll-ms must be more than 0"),
+                    Some(ms) => Duration::from_millis(ms),
+                    None => args.poll_interval,
+                };
                 Prepared::Directory(Directory::open(dir, poll)?)
             }
             None => Prepared::ControlPlane(Box::new(Reports::new(ctx, args)?)),
@@ -352,12 +471,7 @@ struct Reports {
 impl Reports {
     fn new(ctx: &Context, args: &Args) -> anyhow::Result<Reports> {
         let client = Client::new(&ctx.cp, ctx.token.clone())?;
-        let interval = Duration::try_from_secs_f64(args.report_interval)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                anyhow::anyhow!("--report-interval must be a positive number of seconds")
-            })?;
+        let interval = args.report_interval;
         let name = match &args.name {
             Some(name) if !name.trim().is_empty() => name.trim().to_string(),
             Some(_) => anyhow::bail!("--name must not be empty"),

@@ -258,3 +258,68 @@ pub fn limit(
 }
 
 pub const HOUR_NS: u64 = 3_600_000_000_000;
+
+/// Pins a new BPF hash map with `key_size`/`value_size` byte entries at `path` (on bpffs): a
+/// stand-in for a map pinned by another version of the program.
+pub fn pin_hash_map(path: &Path, key_size: u32, value_size: u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        _rest: [u32; 16],
+    }
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries: 1,
+        _rest: [0; 16],
+    };
+    // SAFETY: a valid `bpf_attr` for BPF_MAP_CREATE; the kernel only reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            std::ptr::from_ref(&create),
+            size_of::<MapCreate>() as libc::c_uint,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = ObjPin {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: a valid `bpf_attr` for BPF_OBJ_PIN whose path outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            std::ptr::from_ref(&pin),
+            size_of::<ObjPin>() as libc::c_uint,
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: we own the descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}

@@ -243,7 +243,10 @@ mod tests {
         directory.owned.insert(key.clone());
         directory.write_record().unwrap();
 
-        assert_eq!(Directory::new(&dir, &store).owned, BTreeSet::from([key.clone()]));
+        assert_eq!(
+            Directory::new(&dir, &store).owned,
+            BTreeSet::from([key.clone()])
+        );
         // Another directory replaces what this one seeded.
         assert_eq!(Directory::new(&other, &store).owned, BTreeSet::from([key]));
         std::fs::write(temp.path().join("store.redb.directory.json"), "{ not json").unwrap();
