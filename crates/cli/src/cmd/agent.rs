@@ -16,7 +16,6 @@
 //! consumes it, and [`follow`] (one loop) prints what is enforced, polls the directory or sends
 //! the reports, until SIGINT or SIGTERM.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -345,7 +344,7 @@ impl Source {
         match self {
             Source::Directory(_) => {
                 if let Some(refused) = refused {
-                    say(&format!(
+                    warn(&format!(
                         "change ignored, previous limits kept:\n  {}",
                         refused.reason
                     ));
@@ -358,7 +357,7 @@ impl Source {
             }
             Source::ControlPlane { reports, .. } => {
                 if let Some(refused) = refused {
-                    say(&format!(
+                    warn(&format!(
                         "store version {} not applied, previous limits kept: {}",
                         refused.version, refused.reason
                     ));
@@ -382,7 +381,7 @@ impl Source {
             Source::Directory(directory) => {
                 directory.poll.tick().await;
                 if let Err(problems) = directory.reload() {
-                    say(&format!(
+                    warn(&format!(
                         "change ignored, previous limits kept:\n  {}",
                         problems.join("\n  ")
                     ));
@@ -391,7 +390,7 @@ impl Source {
             Source::ControlPlane { reports, link } => tokio::select! {
                 Ok(()) = link.changed() => {
                     if let Link::Disconnected { error, retry_in } = link.borrow_and_update().clone() {
-                        say(&format!(
+                        warn(&format!(
                             "control plane unreachable ({error}); enforcing the last limits \
                              (store version {}); retrying in {retry_in:?}",
                             enforced.version.map_or_else(|| "none".to_string(), |v| v.to_string())
@@ -543,9 +542,12 @@ fn host_name() -> String {
         .unwrap_or_else(|| "agent".to_string())
 }
 
-/// Every line the agent writes is an event, on stderr (stdout stays free for nothing else).
+/// Every event goes to the process's one log (stderr; `RUST_LOG`, `--log-format`).
 fn say(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "meshlimit agent: {line}");
-    let _ = err.flush();
+    tracing::info!("{line}");
+}
+
+/// An event that needs the operator: a change not applied, the control plane lost.
+fn warn(line: &str) {
+    tracing::warn!("{line}");
 }
