@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use meshlimit_testkit::{Answer, EnvoyProcess, envoy_binary};
+use meshlimit_testkit::{Answer, EnvoyProcess, envoy_binary, listener_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 
@@ -184,31 +184,6 @@ fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) ->
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// A port for an Envoy listener, below the kernel's ephemeral range: ports picked by binding
-/// port 0 come from that range, where parallel tests' outgoing connections take ports all the
-/// time. Spread by process id, each checked free by binding it once.
-fn listener_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const LOWEST: u64 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
-    // Offset from the xDS crate's tests, which use the same scheme.
-    let start = (u64::from(std::process::id()) * 211 + span / 2) % span;
-    for _ in 0..span {
-        let port = LOWEST + (start + NEXT.fetch_add(7, Ordering::SeqCst)) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOWEST} and {}", LOWEST + span)
 }
 
 /// `GET path` on a fresh connection (see [`meshlimit_testkit::http_get`]).

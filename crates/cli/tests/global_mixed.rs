@@ -10,24 +10,21 @@
 //! they reach. The interval is one hour, so refill during the test is negligible.
 //!
 //! Servers bind port 0 and print what they got; the Dataplanes' inbound ports are fixed in
-//! YAML, so they are picked free beforehand (below the ephemeral range, see `listener_port`).
+//! YAML, so they are picked free beforehand (below the ephemeral range, see `meshlimit_testkit::listener_port`).
 //! Readiness is established without sending a request through any instance (each admitted
 //! request spends a token): the proxies' `/ready` and `/config`, Envoy's `/ready`,
 //! `/listeners` and `/clusters`, and the control plane's `GET /xds`.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 #[path = "support/net.rs"]
 mod net;
 
 use meshlimit_testkit::redis::RedisServer;
-use meshlimit_testkit::{Answer, EnvoyProcess};
+use meshlimit_testkit::{Answer, EnvoyProcess, Process, listener_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a condition may take before the test gives up (Envoy starts in about a second).
@@ -55,137 +52,6 @@ fn poll<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A `meshlimit` process: stdout lines arrive on a channel, stderr goes to a log printed when
-/// the test fails; killed (SIGKILL) when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, mut command: Command) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).expect("a log file");
-        let mut child = command
-            .env_remove("MESHLIMIT_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("the meshlimit binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        // Read to the end, so the process never writes into a closed pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            name: name.to_string(),
-            child,
-            lines,
-            seen: Vec::new(),
-            log,
-        }
-    }
-
-    /// Waits for a stdout line matching `want` (lines already seen count too).
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| want(l)) {
-            return line.clone();
-        }
-        let deadline = SystemTime::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}); stdout {:?}; stderr:\n{}",
-                    self.name,
-                    self.seen,
-                    self.log()
-                );
-            }
-            let left = deadline
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
-                Err(e) => panic!(
-                    "{}: no expected line ({e}); saw {:?}; stderr:\n{}",
-                    self.name,
-                    self.seen,
-                    self.log()
-                ),
-            }
-        }
-    }
-
-    /// The text after `prefix` on the first stdout line holding it, up to `end` if given.
-    fn wait_value(&mut self, prefix: &str, end: Option<char>) -> String {
-        let line = self.wait_line(|l| l.contains(prefix));
-        let rest = line
-            .split(prefix)
-            .nth(1)
-            .expect("the line holds the prefix");
-        let value = match end {
-            Some(end) => rest.split(end).next().unwrap_or(rest),
-            None => rest,
-        };
-        value.trim().to_string()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- {} stderr ---\n{}", self.name, self.log());
-        }
-    }
-}
-
-/// A port for a Dataplane inbound, below the kernel's ephemeral range (ports picked by binding
-/// port 0 come from that range, where outgoing connections take ports all the time). Spread by
-/// process id, offset from the schemes of `envoy.rs` and the xDS crate's tests, each checked
-/// free by binding it once.
-fn listener_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const LOWEST: u64 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
-    let start = (u64::from(std::process::id()) * 389 + span / 4) % span;
-    for _ in 0..span {
-        let port = LOWEST + (start + NEXT.fetch_add(11, Ordering::SeqCst)) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOWEST} and {}", LOWEST + span)
 }
 
 /// `GET path` on a fresh connection (see [`meshlimit_testkit::http_get`]).
@@ -251,12 +117,12 @@ spec:
 
 /// A `meshlimit dataplane` for `name`, once it enforces store `version` with its inbound bound.
 struct Dataplane {
-    _proc: Proc,
+    _proc: Process,
     admin: String,
 }
 
 impl Dataplane {
-    fn start(dir: &Path, cp: &str, redis: &str, name: &str, port: u16, version: u64) -> Self {
+    fn start(cp: &str, redis: &str, name: &str, port: u16, version: u64) -> Self {
         let mut command = Command::new(BIN);
         command.args([
             "--cp",
@@ -269,10 +135,10 @@ impl Dataplane {
             "--report-interval",
             "200ms",
         ]);
-        let mut proc = Proc::spawn(name, dir, command);
+        let mut proc = Process::spawn(name, command, PATIENCE);
         let admin = proc.wait_value("admin listening on ", Some(';'));
         let enforcing = format!("enforcing store version {version}:");
-        proc.wait_line(|l| l.starts_with(&enforcing));
+        proc.wait_line(|l| l.contains(&enforcing));
         let dataplane = Dataplane { _proc: proc, admin };
         // Ready: the configuration applied with every inbound bound, and it holds the global
         // limit. No request is sent: each admitted one would spend a token of the total.
@@ -331,7 +197,7 @@ fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
         ])
         .args(["--rls", "127.0.0.1:0", "--redis", &redis.url(), "--store"])
         .arg(dir.path().join("store.redb"));
-    let mut cp = Proc::spawn("control-plane", dir.path(), command);
+    let mut cp = Process::spawn("control-plane", command, PATIENCE);
     let url = cp.wait_value("API listening on ", None);
     let api: SocketAddr = url
         .trim_start_matches("http://")
@@ -376,8 +242,8 @@ fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
 
     // web-1 and web-2: meshlimit's proxy, taking tokens from Redis itself.
     let dataplanes = [
-        Dataplane::start(dir.path(), &url, &redis.url(), names[0], ports[0], version),
-        Dataplane::start(dir.path(), &url, &redis.url(), names[1], ports[1], version),
+        Dataplane::start(&url, &redis.url(), names[0], ports[0], version),
+        Dataplane::start(&url, &redis.url(), names[1], ports[1], version),
     ];
 
     // web-3: a real Envoy, asking the rate-limit service.
