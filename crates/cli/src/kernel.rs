@@ -147,6 +147,7 @@ impl Kernel {
         AgentReport {
             version,
             attached: true,
+            disabled: None,
             destinations,
         }
     }

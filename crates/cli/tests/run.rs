@@ -562,6 +562,39 @@ fn get_json_and_yaml_lists_apply_back_unchanged() {
 }
 
 #[test]
+fn diagnose_tells_a_kernel_limiter_off_on_purpose_from_a_problem() {
+    let dir = temp_dir();
+    let port = free_port();
+    std::fs::write(
+        dir.join("dp.yaml"),
+        dataplane_yaml("redis", port, 9).replace("kuma.io/protocol: http", "kuma.io/protocol: tcp"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rl.yaml"),
+        "apiVersion: kmesh.net/v1alpha1\nkind: RateLimit\nmetadata:\n  name: redis-connections\n\
+         spec:\n  service: redis\n  rules:\n    - maxTokens: 20\n      tokensPerFill: 2\n      \
+         fillInterval: 1000000000\n",
+    )
+    .unwrap();
+    let mut meshlimit = Meshlimit::start(&dir);
+    let url = meshlimit.url();
+    let mut diagnosed = String::new();
+    eventually("the kernel limiter's report", || {
+        diagnosed = cli(&url, &["diagnose", "rate-limit"]);
+        diagnosed.contains("the kernel limiter is off there on purpose")
+    });
+    assert!(
+        diagnosed.contains("[info]    1 kernel limit(s) not enforced on "),
+        "{diagnosed}"
+    );
+    assert!(!diagnosed.contains("[problem]"), "{diagnosed}");
+    assert!(diagnosed.contains("No problem found."), "{diagnosed}");
+    meshlimit.stop();
+    remove_dirs(&dir);
+}
+
+#[test]
 fn log_format_json_writes_one_json_object_per_event() {
     let dir = temp_dir();
     std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();

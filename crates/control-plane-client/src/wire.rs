@@ -187,6 +187,10 @@ pub struct AgentReport {
     pub version: Option<u64>,
     /// Whether the BPF programs are attached to the cgroup.
     pub attached: bool,
+    /// Why the kernel limiter is off on purpose on this host (`meshlimit run --no-kernel`):
+    /// its kernel limits are then not enforced there, by the operator's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
     #[serde(default)]
     pub destinations: Vec<DestinationCounters>,
 }
@@ -260,6 +264,9 @@ pub struct AgentStatus {
     pub name: String,
     pub connected: bool,
     pub attached: bool,
+    /// Why the kernel limiter is off on purpose on this host, as the agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<String>,
     pub acknowledged_version: Option<u64>,
     pub last_seen_seconds: Option<f64>,
     pub destinations: Vec<DestinationStatus>,

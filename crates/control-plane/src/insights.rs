@@ -126,6 +126,8 @@ struct Peer<K: Ord> {
     last_seen: Option<Instant>,
     acknowledged: Option<u64>,
     attached: bool,
+    /// An agent's reason for being off on purpose.
+    disabled: Option<String>,
     series: BTreeMap<K, Series>,
 }
 
@@ -247,6 +249,7 @@ impl Insights {
         let peer = registry.agents.entry(name.to_string()).or_default();
         peer.seen(now);
         peer.attached = report.attached;
+        peer.disabled.clone_from(&report.disabled);
         if report.version.is_some() {
             peer.acknowledged = report.version;
         }
@@ -311,6 +314,7 @@ impl Insights {
                 name: name.clone(),
                 connected: peer.streams > 0,
                 attached: peer.attached,
+                disabled: peer.disabled.clone(),
                 acknowledged_version: peer.acknowledged,
                 last_seen_seconds: seconds(peer.last_seen),
                 destinations: peer

@@ -446,7 +446,28 @@ fn check_kernel(facts: &Facts, report: &mut Report) {
         .filter(|a| a.connected && a.attached)
         .map(|a| a.name.as_str())
         .collect();
-    if attached.is_empty() {
+    let off: Vec<(&str, &str)> = facts
+        .status
+        .agents
+        .iter()
+        .filter(|a| a.connected && !a.attached)
+        .filter_map(|a| Some((a.name.as_str(), a.disabled.as_deref()?)))
+        .collect();
+    for (name, reason) in &off {
+        report.info(
+            format!(
+                "{} kernel limit(s) not enforced on {name}: the kernel limiter is off there on \
+                 purpose ({reason})",
+                facts.kernel.len()
+            ),
+            "to enforce them there, run it without --no-kernel as root (or run \
+             `meshlimit agent --cp URL` on that host)"
+                .to_string(),
+        );
+    }
+    if attached.is_empty() && !off.is_empty() {
+        // The operator's choice, said above; nothing is broken.
+    } else if attached.is_empty() {
         report.problem(
             format!(
                 "{} kernel limit(s) but no kernel agent is connected with its programs attached",

@@ -452,6 +452,12 @@ fn start_reporting(
         proxy.stats(),
         kernel.map(|k| (report::agent_name(), k)),
     );
+    if args.no_kernel {
+        reporter = reporter.kernel_off(
+            report::agent_name(),
+            "meshlimit run --no-kernel: RateLimit resources are not enforced on this host".into(),
+        );
+    }
     let status = proxy.status();
     let interval = args.report_interval;
     tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use meshlimit_control_plane::ControlPlane;
 use meshlimit_control_plane::insights::StreamGuard;
+use meshlimit_control_plane_client::wire::AgentReport;
 use meshlimit_policy::effective::DataplaneLimits;
 use meshlimit_proxy::ProxyStats;
 
@@ -16,6 +17,8 @@ pub struct Reporter {
     cp: ControlPlane,
     proxy: ProxyStats,
     kernel: Option<(String, Kernel, StreamGuard)>,
+    /// The kernel limiter turned off on purpose: this host's name, the reason.
+    kernel_off: Option<(String, String, StreamGuard)>,
     connected: BTreeMap<(String, String), StreamGuard>,
 }
 
@@ -30,8 +33,17 @@ impl Reporter {
             cp,
             proxy,
             kernel,
+            kernel_off: None,
             connected: BTreeMap::new(),
         }
+    }
+
+    /// Reports this host's kernel limiter as off on purpose (`reason`), so that `diagnose`
+    /// tells it from an agent that failed or never started.
+    pub fn kernel_off(mut self, name: String, reason: String) -> Reporter {
+        let guard = self.cp.insights().agent_connected(&name);
+        self.kernel_off = Some((name, reason, guard));
+        self
     }
 
     /// Reports the counters of every Dataplane in `limits` (enforced as of store `version`)
@@ -58,6 +70,13 @@ impl Reporter {
         }
         if let Some((name, kernel, _)) = &self.kernel {
             insights.report_agent(name, &kernel.report(kernel_version));
+        }
+        if let Some((name, reason, _)) = &self.kernel_off {
+            let report = AgentReport {
+                disabled: Some(reason.clone()),
+                ..AgentReport::default()
+            };
+            insights.report_agent(name, &report);
         }
     }
 }
