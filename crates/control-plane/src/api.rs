@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -20,12 +20,13 @@ use meshlimit_xds::{XdsHandle, XdsStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::model;
+use crate::ops::{Format, Metrics};
 use crate::state::{ControlPlane, CpError};
 use crate::store_state::{Entry, StoreState};
 use crate::stream;
 use crate::wire::{
     AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, InvalidParameter,
-    KernelEvent, Page, Selection, SourceFile, StreamEvent,
+    KernelEvent, Page, Selection, SourceFile, StoreCondition, StreamEvent,
 };
 
 /// How the API is served.
@@ -39,6 +40,12 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
     /// The xDS server this process runs, whose status `GET /xds` answers; without it, 404.
     pub xds: Option<XdsHandle>,
+    /// Serve `/ready` and `/metrics` too (the standalone control plane). Off by default: the
+    /// all-in-one serves them on its admin routes, from [`ControlPlane::ready`] and
+    /// [`Metrics::render`].
+    pub serve_ops: bool,
+    /// The API's counters (requests, refused connections), for `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +55,8 @@ impl Default for ApiConfig {
             max_body_bytes: 4 * 1024 * 1024,
             heartbeat: Duration::from_secs(5),
             xds: None,
+            serve_ops: false,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -58,11 +67,14 @@ pub(crate) struct AppState {
     pub(crate) config: ApiConfig,
 }
 
-/// Every endpoint, once: `(path, method, handler)`. [`router`] serves exactly these and
-/// [`routes`] lists them (a test holds `openapi.yaml` to the same list).
+/// Every endpoint, once: `(path, method, handler)`. [`router`] serves exactly these (the
+/// [`OPS_PATHS`] only with [`ApiConfig::serve_ops`]) and [`routes`] lists them (a test holds
+/// `openapi.yaml` to the same list).
 fn endpoints() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
     vec![
         endpoint("/", Method::GET, index),
+        endpoint("/ready", Method::GET, ready),
+        endpoint("/metrics", Method::GET, metrics),
         endpoint("/meshes", Method::GET, list_meshes),
         endpoint("/meshes/{mesh}", Method::GET, get_mesh),
         endpoint("/meshes/{mesh}", Method::PUT, put_mesh),
@@ -121,6 +133,9 @@ where
     (path, method, on(filter, handler))
 }
 
+/// The operators' routes, which the all-in-one serves on its admin routes instead.
+const OPS_PATHS: [&str; 2] = ["/ready", "/metrics"];
+
 /// Every `(method, path)` the API serves, paths in axum's `{param}` syntax (OpenAPI's too).
 pub fn routes() -> Vec<(Method, &'static str)> {
     endpoints()
@@ -134,6 +149,9 @@ pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
     let state = AppState { cp, config };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for (path, _, handler) in endpoints() {
+        if OPS_PATHS.contains(&path) && !state.config.serve_ops {
+            continue;
+        }
         match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
             None => by_path.push((path, handler)),
@@ -146,6 +164,7 @@ pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
         })
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
 
@@ -190,6 +209,18 @@ fn error_response(error: ApiError) -> Response {
             conflict.to_string(),
             vec![],
         ),
+        ApiError::Cp(CpError::Store(e)) if e.is_unavailable() => {
+            tracing::error!("write refused: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                format!(
+                    "{e}; nothing was changed. Fix the cause (e.g. free space on the store's \
+                     disk) and retry: the next write reopens the store"
+                ),
+                vec![],
+            )
+        }
         ApiError::Cp(e @ (CpError::Store(_) | CpError::Canonical(_) | CpError::Internal(_))) => {
             tracing::error!("request failed: {e}");
             (
@@ -233,6 +264,11 @@ fn error_response(error: ApiError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
@@ -266,6 +302,21 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         }
     }
     next.run(request).await
+}
+
+/// Counts every answer by method, route template and status class.
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state
+        .config
+        .metrics
+        .request(&method, &route, response.status().as_u16());
+    response
 }
 
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
@@ -412,6 +463,7 @@ struct Index {
     product: &'static str,
     version: &'static str,
     store_version: u64,
+    store: StoreCondition,
 }
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -419,8 +471,43 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
         product: "meshlimit",
         version: env!("CARGO_PKG_VERSION"),
         store_version: state.cp.snapshot().version,
+        store: state.cp.store_condition(),
     };
     render(&headers, StatusCode::OK, &index)
+}
+
+/// `200 ready`, or `503` with the reason while the store refuses writes.
+async fn ready(State(state): State<AppState>) -> Response {
+    let text = |status: StatusCode, body: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
+    match state.cp.ready() {
+        Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{reason}\n"),
+        ),
+    }
+}
+
+/// Every series of [`Metrics::render`]: Prometheus text, or OpenMetrics when the scraper asks.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = state
+        .config
+        .metrics
+        .render(&state.cp, state.config.xds.as_ref(), format);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn list_meshes(
@@ -806,6 +893,7 @@ async fn xds_status(
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.cp.snapshot();
-    let status = state.cp.insights().status(&snapshot);
+    let mut status = state.cp.insights().status(&snapshot);
+    status.store = state.cp.store_condition();
     render(&headers, StatusCode::OK, &status)
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod follow;
 pub mod insights;
 pub mod model;
+pub mod ops;
 pub mod select;
 pub mod state;
 pub mod store;
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use api::{ApiConfig, router};
+pub use ops::Metrics;
 pub use state::{CanonicalError, Conflict, ControlPlane, CpError};
 pub use store_state::StoreState;
 

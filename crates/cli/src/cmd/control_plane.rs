@@ -103,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = ApiConfig {
         token,
         max_body_bytes: args.max_body_bytes,
+        serve_ops: true,
         ..ApiConfig::default()
     };
     init_logging();
