@@ -1137,3 +1137,20 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
     assert!(!focused.contains("web-3"), "{focused}");
     assert!(!focused.contains("web-2"), "{focused}");
 }
+
+#[test]
+fn files_starting_with_a_byte_order_mark_validate_and_apply() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
+    let path = dir.path().join("bom.yaml");
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend_from_slice(policy_yaml("bom", 5, "1s").as_bytes());
+    std::fs::write(&path, &bytes).expect("the file");
+    let shown = path.display().to_string();
+    let validated = cli(&cp.url, &["validate", "-f", &shown]);
+    assert!(validated.status.success(), "{}", stderr(&validated));
+    let applied = cli(&cp.url, &["apply", "-f", &shown]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let listed = cli(&cp.url, &["get", "meshratelimits"]);
+    assert!(stdout(&listed).contains("bom"), "{}", stdout(&listed));
+}

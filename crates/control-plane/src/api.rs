@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -295,8 +296,7 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
             return error_response(ApiError::Unauthorized);
         }
@@ -319,6 +319,15 @@ async fn count(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -333,6 +342,51 @@ async fn not_found(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ))
+}
+
+/// `Query`, with a malformed query string answered like every other 400 (problem JSON) rather
+/// than axum's plain-text rejection.
+struct ApiQuery<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(ApiQuery(query)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "the query string {:?} is invalid: {}",
+                parts.uri.query().unwrap_or(""),
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// `Path`, with a path parameter that does not decode answered as problem JSON too.
+struct ApiPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(path)) => Ok(ApiPath(path)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "the path {:?} is invalid: {}",
+                parts.uri.path(),
+                rejection.body_text()
+            ))),
+        }
+    }
 }
 
 /// Reads a body up to the configured limit.
@@ -513,7 +567,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 async fn list_meshes(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.cp.snapshot();
     let implicit = implicit_default_mesh();
@@ -540,7 +594,7 @@ fn implicit_default_mesh() -> Option<Resource> {
 async fn get_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.cp.snapshot();
     if let Some(entry) = snapshot.get(Kind::Mesh, "", &mesh) {
@@ -563,7 +617,7 @@ async fn get_mesh(
 async fn put_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     write_one(state, headers, Kind::Mesh, String::new(), mesh, body).await
@@ -572,7 +626,7 @@ async fn put_mesh(
 async fn delete_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     delete_one(state, headers, Kind::Mesh, String::new(), mesh).await
 }
@@ -580,11 +634,20 @@ async fn delete_mesh(
 async fn list_in_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection)): Path<(String, String)>,
-    Query(query): Query<PageQuery>,
+    ApiPath((mesh, collection)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
+    // As Kuma does: a mesh that does not exist has no resources to list, it is not found.
+    if !snapshot.mesh_names().contains(&mesh) {
+        return Err(CpError::NotFound {
+            kind: Kind::Mesh,
+            mesh: String::new(),
+            name: mesh,
+        }
+        .into());
+    }
     let items = snapshot
         .list(kind, Some(&mesh))
         .into_iter()
@@ -597,8 +660,8 @@ async fn list_in_mesh(
 async fn list_all(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(collection): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiPath(collection): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -631,7 +694,7 @@ fn stored<'a>(
 async fn get_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -645,7 +708,7 @@ async fn get_resource(
 async fn put_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
@@ -655,7 +718,7 @@ async fn put_resource(
 async fn delete_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     delete_one(state, headers, kind, mesh, name).await
@@ -725,7 +788,7 @@ struct ApplyQuery {
 async fn apply(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<ApplyQuery>,
+    ApiQuery(query): ApiQuery<ApplyQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let media = content_type(&headers).to_string();
@@ -760,7 +823,7 @@ async fn apply(
 async fn selection(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -785,8 +848,8 @@ struct WatchQuery {
 async fn dataplane_limits(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
-    Query(query): Query<WatchQuery>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Result<Response, ApiError> {
     if collection_kind(&collection)? != Kind::Dataplane {
         return Err(ApiError::NotFound(format!(
@@ -820,7 +883,7 @@ async fn dataplane_limits(
 async fn kernel_limits(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<WatchQuery>,
+    ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Response {
     if query.watch {
         return stream::kernel(&state.cp, state.config.heartbeat, query.agent);
@@ -836,7 +899,7 @@ async fn kernel_limits(
 async fn dataplane_status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     if collection_kind(&collection)? != Kind::Dataplane {
@@ -852,7 +915,7 @@ async fn dataplane_status(
 async fn agent_status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let report: AgentReport = json_body(&state, &headers, body).await?;
