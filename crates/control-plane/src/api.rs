@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use meshlimit_policy::{Kind, Problem, Resource};
-use meshlimit_xds::{XdsHandle, XdsStatus};
+use meshlimit_xds::XdsHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::model;
@@ -482,18 +482,23 @@ struct PageQuery {
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 
-fn page<'a>(
-    path: &str,
-    query: &PageQuery,
-    items: Vec<&'a Resource>,
-) -> Result<Page<&'a Resource>, ApiError> {
+/// `(size, offset)` of a page query, the size within bounds.
+fn page_bounds(query: &PageQuery) -> Result<(usize, usize), ApiError> {
     let size = query.size.unwrap_or(DEFAULT_PAGE_SIZE);
     if size == 0 || size > MAX_PAGE_SIZE {
         return Err(ApiError::BadRequest(format!(
             "size must be between 1 and {MAX_PAGE_SIZE}"
         )));
     }
-    let offset = query.offset.unwrap_or(0);
+    Ok((size, query.offset.unwrap_or(0)))
+}
+
+fn page<'a>(
+    path: &str,
+    query: &PageQuery,
+    items: Vec<&'a Resource>,
+) -> Result<Page<&'a Resource>, ApiError> {
+    let (size, offset) = page_bounds(query)?;
     let total = items.len();
     let end = offset.saturating_add(size).min(total);
     let next = (end < total).then(|| format!("{path}?offset={end}&size={size}"));
@@ -938,20 +943,39 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
-/// The xDS server's nodes, versions and rejections; 404 when this process serves no xDS.
+/// `GET /xds`: one page of the nodes (the body deserializes as a [`meshlimit_xds::XdsStatus`]),
+/// with the total and the next page's URL like every other list.
+#[derive(Serialize)]
+struct XdsPage {
+    total: usize,
+    nodes: Vec<meshlimit_xds::NodeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// The xDS server's nodes, versions and rejections, paginated (`size`, `offset`); 404 when this
+/// process serves no xDS.
 async fn xds_status(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let Some(xds) = &state.config.xds else {
         return Err(ApiError::NotFound(
             "xDS is not served: start the control plane with --xds".into(),
         ));
     };
-    let status = XdsStatus {
-        nodes: xds.status(),
+    let nodes = xds.status();
+    let (size, offset) = page_bounds(&query)?;
+    let total = nodes.len();
+    let end = offset.saturating_add(size).min(total);
+    let next = (end < total).then(|| format!("/xds?offset={end}&size={size}"));
+    let page = XdsPage {
+        total,
+        nodes: nodes.into_iter().skip(offset).take(size).collect(),
+        next,
     };
-    Ok(render(&headers, StatusCode::OK, &status))
+    Ok(render(&headers, StatusCode::OK, &page))
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {

@@ -1,7 +1,7 @@
 //! Requests at the edges of the API, over a real socket with hand-written HTTP: a body that
 //! starts with a UTF-8 byte order mark, the `Bearer` scheme in any case, malformed query strings
 //! (answered with the same problem JSON as every other 400), and a listing in a mesh that does
-//! not exist (404, as `openapi.yaml` and Kuma say).
+//! not exist (404, as `openapi.yaml` and Kuma say), and `GET /xds` in pages.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -80,12 +80,15 @@ fn assert_problem(answer: &Answer, status: u16, want: &str) {
 
 /// Serves the API on a loopback port from a thread of its own; returns `host:port`.
 fn serve(token: Option<&str>) -> (String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let cp = ControlPlane::open(&dir.path().join("store.redb")).expect("the store opens");
-    let config = ApiConfig {
+    serve_with(ApiConfig {
         token: token.map(str::to_string),
         ..ApiConfig::default()
-    };
+    })
+}
+
+fn serve_with(config: ApiConfig) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cp = ControlPlane::open(&dir.path().join("store.redb")).expect("the store opens");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("bound").to_string();
     listener.set_nonblocking(true).expect("non-blocking");
@@ -201,4 +204,62 @@ fn listing_in_a_mesh_that_does_not_exist_is_not_found() {
     assert_eq!(mesh.status, 201, "{}", mesh.body);
     let listed = request(&addr, "GET", "/meshes/other/dataplanes", &[], b"");
     assert_eq!(listed.status, 200, "{}", listed.body);
+}
+
+#[test]
+fn the_xds_status_comes_in_bounded_pages() {
+    let (_server, xds) = meshlimit_xds::XdsServer::new();
+    let dataplanes = (0..250)
+        .map(|i| meshlimit_policy::effective::DataplaneLimits {
+            dataplane: format!("dp-{i:03}"),
+            mesh: "default".into(),
+            address: "127.0.0.1".into(),
+            inbounds: vec![],
+            kernel: vec![],
+        })
+        .collect();
+    xds.update(dataplanes);
+    let (addr, _dir) = serve_with(ApiConfig {
+        xds: Some(xds),
+        ..ApiConfig::default()
+    });
+    let mut seen = Vec::new();
+    let mut next = Some("/xds".to_string());
+    let mut pages = 0;
+    while let Some(path) = next {
+        let answer = request(&addr, "GET", &path, &[], b"");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let page: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
+        assert_eq!(page["total"], 250);
+        let nodes = page["nodes"].as_array().expect("nodes");
+        assert!(nodes.len() <= 100, "a default page holds at most 100");
+        seen.extend(
+            nodes
+                .iter()
+                .map(|n| n["node"].as_str().expect("id").to_string()),
+        );
+        // Still what `meshlimit diagnose` reads.
+        let status: meshlimit_xds::XdsStatus =
+            serde_json::from_str(&answer.body).expect("an XdsStatus");
+        assert_eq!(status.nodes.len(), nodes.len());
+        next = page["next"].as_str().map(str::to_string);
+        pages += 1;
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..250).map(|i| format!("default.dp-{i:03}")).collect();
+    assert_eq!(seen, expected);
+    let small = request(&addr, "GET", "/xds?size=7&offset=245", &[], b"");
+    let page: serde_json::Value = serde_json::from_str(&small.body).expect("JSON");
+    assert_eq!(page["nodes"].as_array().map(Vec::len), Some(5));
+    assert!(page["next"].is_null());
+    assert_problem(
+        &request(&addr, "GET", "/xds?size=5000", &[], b""),
+        400,
+        "size",
+    );
+    assert_problem(
+        &request(&addr, "GET", "/xds?size=-1", &[], b""),
+        400,
+        "query string",
+    );
 }

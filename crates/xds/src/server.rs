@@ -259,12 +259,25 @@ impl Shared {
         }
     }
 
+    /// A stream of `node` ended. A node that names no Dataplane is forgotten with its last
+    /// stream: anyone can open streams with made-up ids, and nothing about them is worth
+    /// keeping once they are gone (a Dataplane's node keeps its record for `GET /xds`).
     fn disconnected(&self, node: &str) {
         let mut records = self.records();
-        if let Some(status) = records.get_mut(node) {
-            status.streams = status.streams.saturating_sub(1);
+        let Some(status) = records.get_mut(node) else {
+            return;
+        };
+        status.streams = status.streams.saturating_sub(1);
+        let known = self.table.borrow().nodes.get(node).is_some_and(|n| n.known);
+        if status.streams == 0 && !known {
+            records.remove(node);
+            tracing::debug!(
+                node,
+                "Envoy with an unknown node id disconnected: forgotten"
+            );
+        } else {
+            tracing::info!(node, "Envoy disconnected");
         }
-        tracing::info!(node, "Envoy disconnected");
     }
 }
 
@@ -328,10 +341,16 @@ async fn run_stream(
                         .map_err(|e| Status::invalid_argument(e.0))
                 }
                 Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = stream.node(), %status, "ADS stream ended");
-                    break;
-                }
+                // A message that does not decode is the client's fault: say so with
+                // INVALID_ARGUMENT rather than end the stream as if all went well. (A client
+                // that went away does not read the answer; that costs nothing.)
+                Err(status) => match refusal(&status) {
+                    Some(refused) => Err(refused),
+                    None => {
+                        tracing::debug!(node = stream.node(), %status, "ADS stream ended");
+                        break;
+                    }
+                },
             },
             changed = tables.changed() => {
                 if changed.is_err() {
@@ -360,6 +379,18 @@ async fn run_stream(
     }
     if let Some(node) = stream.node() {
         shared.disconnected(node);
+    }
+}
+
+/// The status to end a stream with after reading the client's messages failed: `Some` when
+/// the client sent something that does not decode (tonic reports a bad message or frame as
+/// INTERNAL), `None` when the stream simply went away (a reset, a closed connection).
+fn refusal(status: &Status) -> Option<Status> {
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::InvalidArgument => Some(Status::invalid_argument(
+            format!("undecodable DiscoveryRequest: {}", status.message()),
+        )),
+        _ => None,
     }
 }
 
