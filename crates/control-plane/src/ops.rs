@@ -93,8 +93,11 @@ impl Metrics {
         Metrics::default()
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request. Methods outside the standard ones count as `other`: a
+    /// client must not be able to add series at will.
     pub fn request(&self, method: &str, route: &str, status: u16) {
+        const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+        let method = KNOWN.into_iter().find(|m| *m == method).unwrap_or("other");
         let labels = RequestLabels {
             method: method.to_string(),
             route: route.to_string(),

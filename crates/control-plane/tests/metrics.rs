@@ -289,7 +289,33 @@ async fn metrics_parse_strictly_in_both_formats_and_move_with_the_api() {
     let first: Option<DataplaneEvent> = stream.next().await.expect("a first line");
     assert!(first.is_some());
 
+    // A made-up method adds no series of its own.
+    let odd = client
+        .call(
+            "BREW".parse().expect("an extension method"),
+            "/apply",
+            None,
+            "application/json",
+            Default::default(),
+        )
+        .await;
+    assert!(odd.is_err(), "{odd:?}");
+
     let (_, after) = scrape(&client, true).await;
+    assert!(
+        after
+            .iter()
+            .all(|s| s.labels.get("method").is_none_or(|m| m != "BREW")),
+        "a series per made-up method"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "meshlimit_api_requests_total",
+            &[("method", "other"), ("route", "/apply"), ("class", "4xx")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(value(&after, "meshlimit_store_version", &[]), Some(1.0));
     let requests = |method: &str, route: &str, class: &str| {
         value(
