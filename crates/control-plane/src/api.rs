@@ -943,11 +943,10 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
-/// `GET /xds`: one page of the nodes (the body deserializes as a [`meshlimit_xds::XdsStatus`]),
-/// with the total and the next page's URL like every other list.
+/// `GET /xds`: one page of the nodes (the body deserializes as a [`meshlimit_xds::XdsStatus`],
+/// and an unpaged one is exactly that), with the next page's URL, Kuma-style.
 #[derive(Serialize)]
 struct XdsPage {
-    total: usize,
     nodes: Vec<meshlimit_xds::NodeStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
@@ -971,7 +970,6 @@ async fn xds_status(
     let end = offset.saturating_add(size).min(total);
     let next = (end < total).then(|| format!("/xds?offset={end}&size={size}"));
     let page = XdsPage {
-        total,
         nodes: nodes.into_iter().skip(offset).take(size).collect(),
         next,
     };

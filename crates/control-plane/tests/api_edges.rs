@@ -230,7 +230,6 @@ fn the_xds_status_comes_in_bounded_pages() {
         let answer = request(&addr, "GET", &path, &[], b"");
         assert_eq!(answer.status, 200, "{}", answer.body);
         let page: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON");
-        assert_eq!(page["total"], 250);
         let nodes = page["nodes"].as_array().expect("nodes");
         assert!(nodes.len() <= 100, "a default page holds at most 100");
         seen.extend(

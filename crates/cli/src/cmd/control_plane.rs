@@ -8,6 +8,10 @@
 //! `Authorization: Bearer <token>`. Once listening it prints `API listening on http://ADDR`
 //! (the real port when given port 0) and writes the URL to `--address-file` if asked; likewise
 //! `xDS listening on ADDR` and `--xds-address-file`.
+//!
+//! The API's listener also serves `/ready` (503 while the store refuses writes) and `/metrics`,
+//! and bounds its clients: `--api-max-connections` at once, `--api-request-headers-timeout` to
+//! send a request head.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
