@@ -13,7 +13,7 @@ use meshlimit_xds::XdsHandle;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -137,8 +137,9 @@ impl Metrics {
             "API connections closed at accept because the listener held its maximum",
             self.inner.connections_refused.clone(),
         );
+        // A family built at each scrape: its gauges are set from the state of now.
         let (dataplanes, agents) = cp.insights().open_streams();
-        let subscribers = Family::<StreamLabels, ConstGaugeCell>::default();
+        let subscribers = Family::<StreamLabels, Gauge>::default();
         subscribers
             .get_or_create(&StreamLabels {
                 stream: "dataplane",
@@ -196,9 +197,6 @@ impl Metrics {
         registry
     }
 }
-
-/// A gauge of a family set at scrape time.
-type ConstGaugeCell = prometheus_client::metrics::gauge::Gauge;
 
 fn gauge_value(value: impl TryInto<i64>) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
