@@ -1137,3 +1137,91 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
     assert!(!focused.contains("web-3"), "{focused}");
     assert!(!focused.contains("web-2"), "{focused}");
 }
+
+#[test]
+fn files_starting_with_a_byte_order_mark_validate_and_apply() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
+    let path = dir.path().join("bom.yaml");
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend_from_slice(policy_yaml("bom", 5, "1s").as_bytes());
+    std::fs::write(&path, &bytes).expect("the file");
+    let shown = path.display().to_string();
+    let validated = cli(&cp.url, &["validate", "-f", &shown]);
+    assert!(validated.status.success(), "{}", stderr(&validated));
+    let applied = cli(&cp.url, &["apply", "-f", &shown]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let listed = cli(&cp.url, &["get", "meshratelimits"]);
+    assert!(stdout(&listed).contains("bom"), "{}", stdout(&listed));
+}
+
+#[test]
+fn the_api_listener_refuses_past_its_cap_and_answers_once_the_flood_ends() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "control-plane",
+            "--api",
+            "127.0.0.1:0",
+            "--api-max-connections",
+            "4",
+            "--store",
+        ])
+        .arg(dir.path().join("store.redb"));
+    let cp = ControlPlane::from_command(command);
+    let addr = SocketAddr::from(([127, 0, 0, 1], cp.port()));
+    let get = |path: &str| -> Option<String> {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(PATIENCE)).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        (!text.is_empty()).then_some(text)
+    };
+    assert!(get("/ready").is_some_and(|t| t.starts_with("HTTP/1.1 200")));
+
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(addr).expect("accepted"))
+        .collect();
+    let mut flood: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(addr).expect("the kernel accepts"))
+        .collect();
+    let mut refused = 0;
+    for stream in &mut flood {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        let mut byte = [0_u8; 1];
+        if matches!(stream.read(&mut byte), Ok(0)) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 45, "{refused} of 50 refused");
+    drop(flood);
+    drop(held);
+
+    let mut metrics = None;
+    for _ in 0..500 {
+        metrics = get("/metrics");
+        if metrics.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let metrics = metrics.expect("the API answers once the flood ends");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let counted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlimit_api_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the refused counter");
+    assert!(
+        counted >= f64::from(refused),
+        "{counted} counted, {refused} seen"
+    );
+}

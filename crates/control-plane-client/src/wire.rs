@@ -280,6 +280,33 @@ pub struct StatusResponse {
     pub version: u64,
     pub dataplanes: Vec<DataplaneStatus>,
     pub agents: Vec<AgentStatus>,
+    /// Whether the store takes writes (absent from older control planes: assume it does).
+    #[serde(default)]
+    pub store: StoreCondition,
+}
+
+/// Whether the store takes writes: after a failed write (a full disk, an I/O error) every
+/// write is refused with 503 until the cause is fixed; the next write then reopens the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreCondition {
+    pub writable: bool,
+    /// Why the last write failed, while the store is not writable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Writes the store failed since the control plane started.
+    #[serde(default)]
+    pub write_errors: u64,
+}
+
+impl Default for StoreCondition {
+    fn default() -> Self {
+        StoreCondition {
+            writable: true,
+            error: None,
+            write_errors: 0,
+        }
+    }
 }
 
 /// `GET /meshes/{mesh}/{kind}/{name}/_resources/dataplanes`: what a policy selects and the

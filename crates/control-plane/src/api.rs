@@ -8,24 +8,26 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::handler::Handler;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use meshlimit_policy::{Kind, Problem, Resource};
-use meshlimit_xds::{XdsHandle, XdsStatus};
+use meshlimit_xds::XdsHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::model;
+use crate::ops::{Format, Metrics};
 use crate::state::{ControlPlane, CpError};
 use crate::store_state::{Entry, StoreState};
 use crate::stream;
 use crate::wire::{
     AgentReport, ApplyRequest, DataplaneEvent, DataplaneReport, ErrorBody, InvalidParameter,
-    KernelEvent, Page, Selection, SourceFile, StreamEvent,
+    KernelEvent, Page, Selection, SourceFile, StoreCondition, StreamEvent,
 };
 
 /// How the API is served.
@@ -39,6 +41,12 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
     /// The xDS server this process runs, whose status `GET /xds` answers; without it, 404.
     pub xds: Option<XdsHandle>,
+    /// Serve `/ready` and `/metrics` too (the standalone control plane). Off by default: the
+    /// all-in-one serves them on its admin routes, from [`ControlPlane::ready`] and
+    /// [`Metrics::render`].
+    pub serve_ops: bool,
+    /// The API's counters (requests, refused connections), for `/metrics`.
+    pub metrics: Metrics,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +56,8 @@ impl Default for ApiConfig {
             max_body_bytes: 4 * 1024 * 1024,
             heartbeat: Duration::from_secs(5),
             xds: None,
+            serve_ops: false,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -58,11 +68,14 @@ pub(crate) struct AppState {
     pub(crate) config: ApiConfig,
 }
 
-/// Every endpoint, once: `(path, method, handler)`. [`router`] serves exactly these and
-/// [`routes`] lists them (a test holds `openapi.yaml` to the same list).
+/// Every endpoint, once: `(path, method, handler)`. [`router`] serves exactly these (the
+/// [`OPS_PATHS`] only with [`ApiConfig::serve_ops`]) and [`routes`] lists them (a test holds
+/// `openapi.yaml` to the same list).
 fn endpoints() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
     vec![
         endpoint("/", Method::GET, index),
+        endpoint("/ready", Method::GET, ready),
+        endpoint("/metrics", Method::GET, metrics),
         endpoint("/meshes", Method::GET, list_meshes),
         endpoint("/meshes/{mesh}", Method::GET, get_mesh),
         endpoint("/meshes/{mesh}", Method::PUT, put_mesh),
@@ -121,6 +134,9 @@ where
     (path, method, on(filter, handler))
 }
 
+/// The operators' routes, which the all-in-one serves on its admin routes instead.
+const OPS_PATHS: [&str; 2] = ["/ready", "/metrics"];
+
 /// Every `(method, path)` the API serves, paths in axum's `{param}` syntax (OpenAPI's too).
 pub fn routes() -> Vec<(Method, &'static str)> {
     endpoints()
@@ -134,6 +150,9 @@ pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
     let state = AppState { cp, config };
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for (path, _, handler) in endpoints() {
+        if OPS_PATHS.contains(&path) && !state.config.serve_ops {
+            continue;
+        }
         match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
             None => by_path.push((path, handler)),
@@ -146,6 +165,7 @@ pub fn router(cp: ControlPlane, config: ApiConfig) -> Router {
         })
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
 
@@ -190,6 +210,18 @@ fn error_response(error: ApiError) -> Response {
             conflict.to_string(),
             vec![],
         ),
+        ApiError::Cp(CpError::Store(e)) if e.is_unavailable() => {
+            tracing::error!("write refused: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Store unavailable",
+                format!(
+                    "{e}; nothing was changed. Fix the cause (e.g. free space on the store's \
+                     disk) and retry: the next write reopens the store"
+                ),
+                vec![],
+            )
+        }
         ApiError::Cp(e @ (CpError::Store(_) | CpError::Canonical(_) | CpError::Internal(_))) => {
             tracing::error!("request failed: {e}");
             (
@@ -233,6 +265,11 @@ fn error_response(error: ApiError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
@@ -259,13 +296,36 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
             return error_response(ApiError::Unauthorized);
         }
     }
     next.run(request).await
+}
+
+/// Counts every answer by method, route template and status class.
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state
+        .config
+        .metrics
+        .request(&method, &route, response.status().as_u16());
+    response
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
@@ -282,6 +342,51 @@ async fn not_found(request: Request) -> ApiError {
         request.method(),
         request.uri().path()
     ))
+}
+
+/// `Query`, with a malformed query string answered like every other 400 (problem JSON) rather
+/// than axum's plain-text rejection.
+struct ApiQuery<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(ApiQuery(query)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "the query string {:?} is invalid: {}",
+                parts.uri.query().unwrap_or(""),
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// `Path`, with a path parameter that does not decode answered as problem JSON too.
+struct ApiPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(path)) => Ok(ApiPath(path)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "the path {:?} is invalid: {}",
+                parts.uri.path(),
+                rejection.body_text()
+            ))),
+        }
+    }
 }
 
 /// Reads a body up to the configured limit.
@@ -377,18 +482,23 @@ struct PageQuery {
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 
-fn page<'a>(
-    path: &str,
-    query: &PageQuery,
-    items: Vec<&'a Resource>,
-) -> Result<Page<&'a Resource>, ApiError> {
+/// `(size, offset)` of a page query, the size within bounds.
+fn page_bounds(query: &PageQuery) -> Result<(usize, usize), ApiError> {
     let size = query.size.unwrap_or(DEFAULT_PAGE_SIZE);
     if size == 0 || size > MAX_PAGE_SIZE {
         return Err(ApiError::BadRequest(format!(
             "size must be between 1 and {MAX_PAGE_SIZE}"
         )));
     }
-    let offset = query.offset.unwrap_or(0);
+    Ok((size, query.offset.unwrap_or(0)))
+}
+
+fn page<'a>(
+    path: &str,
+    query: &PageQuery,
+    items: Vec<&'a Resource>,
+) -> Result<Page<&'a Resource>, ApiError> {
+    let (size, offset) = page_bounds(query)?;
     let total = items.len();
     let end = offset.saturating_add(size).min(total);
     let next = (end < total).then(|| format!("{path}?offset={end}&size={size}"));
@@ -412,6 +522,7 @@ struct Index {
     product: &'static str,
     version: &'static str,
     store_version: u64,
+    store: StoreCondition,
 }
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -419,14 +530,49 @@ async fn index(State(state): State<AppState>, headers: HeaderMap) -> Response {
         product: "meshlimit",
         version: env!("CARGO_PKG_VERSION"),
         store_version: state.cp.snapshot().version,
+        store: state.cp.store_condition(),
     };
     render(&headers, StatusCode::OK, &index)
+}
+
+/// `200 ready`, or `503` with the reason while the store refuses writes.
+async fn ready(State(state): State<AppState>) -> Response {
+    let text = |status: StatusCode, body: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
+    match state.cp.ready() {
+        Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{reason}\n"),
+        ),
+    }
+}
+
+/// Every series of [`Metrics::render`]: Prometheus text, or OpenMetrics when the scraper asks.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let body = state
+        .config
+        .metrics
+        .render(&state.cp, state.config.xds.as_ref(), format);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn list_meshes(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.cp.snapshot();
     let implicit = implicit_default_mesh();
@@ -453,7 +599,7 @@ fn implicit_default_mesh() -> Option<Resource> {
 async fn get_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let snapshot = state.cp.snapshot();
     if let Some(entry) = snapshot.get(Kind::Mesh, "", &mesh) {
@@ -476,7 +622,7 @@ async fn get_mesh(
 async fn put_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     write_one(state, headers, Kind::Mesh, String::new(), mesh, body).await
@@ -485,7 +631,7 @@ async fn put_mesh(
 async fn delete_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(mesh): Path<String>,
+    ApiPath(mesh): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     delete_one(state, headers, Kind::Mesh, String::new(), mesh).await
 }
@@ -493,11 +639,20 @@ async fn delete_mesh(
 async fn list_in_mesh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection)): Path<(String, String)>,
-    Query(query): Query<PageQuery>,
+    ApiPath((mesh, collection)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
+    // As Kuma does: a mesh that does not exist has no resources to list, it is not found.
+    if !snapshot.mesh_names().contains(&mesh) {
+        return Err(CpError::NotFound {
+            kind: Kind::Mesh,
+            mesh: String::new(),
+            name: mesh,
+        }
+        .into());
+    }
     let items = snapshot
         .list(kind, Some(&mesh))
         .into_iter()
@@ -510,8 +665,8 @@ async fn list_in_mesh(
 async fn list_all(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(collection): Path<String>,
-    Query(query): Query<PageQuery>,
+    ApiPath(collection): ApiPath<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -544,7 +699,7 @@ fn stored<'a>(
 async fn get_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -558,7 +713,7 @@ async fn get_resource(
 async fn put_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
@@ -568,7 +723,7 @@ async fn put_resource(
 async fn delete_resource(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     delete_one(state, headers, kind, mesh, name).await
@@ -638,7 +793,7 @@ struct ApplyQuery {
 async fn apply(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<ApplyQuery>,
+    ApiQuery(query): ApiQuery<ApplyQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let media = content_type(&headers).to_string();
@@ -673,7 +828,7 @@ async fn apply(
 async fn selection(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let kind = collection_kind(&collection)?;
     let snapshot = state.cp.snapshot();
@@ -698,8 +853,8 @@ struct WatchQuery {
 async fn dataplane_limits(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
-    Query(query): Query<WatchQuery>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
+    ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Result<Response, ApiError> {
     if collection_kind(&collection)? != Kind::Dataplane {
         return Err(ApiError::NotFound(format!(
@@ -733,7 +888,7 @@ async fn dataplane_limits(
 async fn kernel_limits(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<WatchQuery>,
+    ApiQuery(query): ApiQuery<WatchQuery>,
 ) -> Response {
     if query.watch {
         return stream::kernel(&state.cp, state.config.heartbeat, query.agent);
@@ -749,7 +904,7 @@ async fn kernel_limits(
 async fn dataplane_status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((mesh, collection, name)): Path<(String, String, String)>,
+    ApiPath((mesh, collection, name)): ApiPath<(String, String, String)>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     if collection_kind(&collection)? != Kind::Dataplane {
@@ -765,7 +920,7 @@ async fn dataplane_status(
 async fn agent_status(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let report: AgentReport = json_body(&state, &headers, body).await?;
@@ -788,24 +943,42 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
-/// The xDS server's nodes, versions and rejections; 404 when this process serves no xDS.
+/// `GET /xds`: one page of the nodes (the body deserializes as a [`meshlimit_xds::XdsStatus`],
+/// and an unpaged one is exactly that), with the next page's URL, Kuma-style.
+#[derive(Serialize)]
+struct XdsPage {
+    nodes: Vec<meshlimit_xds::NodeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// The xDS server's nodes, versions and rejections, paginated (`size`, `offset`); 404 when this
+/// process serves no xDS.
 async fn xds_status(
     State(state): State<AppState>,
     headers: HeaderMap,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let Some(xds) = &state.config.xds else {
         return Err(ApiError::NotFound(
             "xDS is not served: start the control plane with --xds".into(),
         ));
     };
-    let status = XdsStatus {
-        nodes: xds.status(),
+    let nodes = xds.status();
+    let (size, offset) = page_bounds(&query)?;
+    let total = nodes.len();
+    let end = offset.saturating_add(size).min(total);
+    let next = (end < total).then(|| format!("/xds?offset={end}&size={size}"));
+    let page = XdsPage {
+        nodes: nodes.into_iter().skip(offset).take(size).collect(),
+        next,
     };
-    Ok(render(&headers, StatusCode::OK, &status))
+    Ok(render(&headers, StatusCode::OK, &page))
 }
 
 async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let snapshot = state.cp.snapshot();
-    let status = state.cp.insights().status(&snapshot);
+    let mut status = state.cp.insights().status(&snapshot);
+    status.store = state.cp.store_condition();
     render(&headers, StatusCode::OK, &status)
 }

@@ -197,6 +197,16 @@ impl Insights {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Watch streams open now: `(data planes', kernel agents')`.
+    pub fn open_streams(&self) -> (u64, u64) {
+        let registry = self.lock();
+        let sum = |streams: &mut dyn Iterator<Item = u32>| streams.map(u64::from).sum::<u64>();
+        (
+            sum(&mut registry.dataplanes.values().map(|p| p.streams)),
+            sum(&mut registry.agents.values().map(|p| p.streams)),
+        )
+    }
+
     pub fn dataplane_connected(&self, mesh: &str, name: &str) -> StreamGuard {
         let mut registry = self.lock();
         let peer = registry
@@ -333,6 +343,7 @@ impl Insights {
             version: snapshot.version,
             dataplanes,
             agents,
+            store: Default::default(),
         }
     }
 }

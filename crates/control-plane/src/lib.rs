@@ -9,13 +9,17 @@
 //! of `meshlimit-control-plane-client`, the crate data planes link (the wire types are there).
 //!
 //! Modules use each other one way. In the order `store`, `model`, `store_state`, `insights`,
-//! `select`, `state`, `follow`, `stream`, `api`, each uses only modules before it: the store
-//! knows nothing of resources, a [`StoreState`] nothing of writes, nothing below `stream` of HTTP.
+//! `select`, `state`, `follow`, `stream`, `ops`, `api`, `listen`, each uses only modules before
+//! it: the store knows nothing of resources, a [`StoreState`] nothing of writes, nothing below
+//! `stream` of HTTP. [`ops`] is `/metrics` and `/ready`; [`listen`] bounds the API's
+//! connections.
 
 pub mod api;
 pub mod follow;
 pub mod insights;
+pub mod listen;
 pub mod model;
+pub mod ops;
 pub mod select;
 pub mod state;
 pub mod store;
@@ -28,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use api::{ApiConfig, router};
+pub use ops::Metrics;
 pub use state::{CanonicalError, Conflict, ControlPlane, CpError};
 pub use store_state::StoreState;
 
@@ -48,10 +53,10 @@ pub fn default_store_path() -> PathBuf {
     }
 }
 
-/// Serves `router` on `listener` until the task is dropped. (No graceful drain: watch streams
-/// never end by themselves, and every acknowledged write is already durable.)
+/// Serves `router` on `listener` until the task is dropped, with the default connection cap
+/// and request-headers timeout ([`listen::ServeOptions`]; [`listen::serve_with`] for others).
 pub async fn serve(listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    listen::serve_with(listener, router, listen::ServeOptions::default()).await
 }
 
 /// Whether an API address needs a token: anything but loopback does.

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::insights::Insights;
 use crate::model;
-use crate::store::{Change, Key, Store, StoreError};
+use crate::store::{Change, Health, Key, Store, StoreError};
 use crate::store_state::{Entry, StoreState};
 use crate::wire::{Action, Applied, SourceFile, WriteResult};
 
@@ -147,33 +147,7 @@ impl ControlPlane {
     /// stored resource no longer validates, rather than silently dropping it.
     pub fn open(path: &Path) -> Result<ControlPlane, CpError> {
         let store = Store::open(path)?;
-        let (version, stored) = store.load()?;
-        let mut entries = BTreeMap::new();
-        let mut problems = Vec::new();
-        for item in stored {
-            let label = format!(
-                "store {}/{}/{}",
-                item.key.mesh, item.key.kind, item.key.name
-            );
-            match model::parse_one(&label, &item.yaml) {
-                Ok(resource) => {
-                    entries.insert(
-                        item.key,
-                        Entry {
-                            resource,
-                            version: item.version,
-                            yaml: item.yaml,
-                            origin: stored_origin(&label),
-                        },
-                    );
-                }
-                Err(mut p) => problems.append(&mut p),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(CpError::Invalid(problems));
-        }
-        let state = StoreState::build(version, entries).map_err(CpError::Invalid)?;
+        let state = load_state(&store)?;
         let (tx, _) = watch::channel(Arc::new(state));
         Ok(ControlPlane {
             inner: Arc::new(Inner {
@@ -183,6 +157,51 @@ impl ControlPlane {
                 insights: Insights::default(),
             }),
         })
+    }
+
+    /// Whether the store takes writes now (see [`Store::health`]).
+    pub fn store_health(&self) -> Health {
+        self.inner.store.health()
+    }
+
+    /// [`ControlPlane::store_health`] as `GET /status` and `GET /` show it.
+    pub fn store_condition(&self) -> crate::wire::StoreCondition {
+        let health = self.store_health();
+        crate::wire::StoreCondition {
+            writable: health.failure.is_none(),
+            error: health.failure,
+            write_errors: health.write_errors,
+        }
+    }
+
+    /// `/ready`: `Err(reason)` while the last write to the store failed.
+    pub fn ready(&self) -> Result<(), String> {
+        match self.store_health().failure {
+            None => Ok(()),
+            Some(failure) => Err(format!(
+                "store not writable: {failure}; writes are refused until the cause is fixed \
+                 (e.g. space freed on its disk), and the next write reopens the store"
+            )),
+        }
+    }
+
+    /// Before a write, after an earlier one failed: reopens the store, and if what is on disk
+    /// is not the state served (a failed commit that reached the disk after all), serves what
+    /// is on disk, which is the truth a restart would load.
+    fn recover_store(&self) -> Result<(), CpError> {
+        let Some(version) = self.inner.store.recover()? else {
+            return Ok(());
+        };
+        if version != self.snapshot().version {
+            tracing::warn!(
+                on_disk = version,
+                served = self.snapshot().version,
+                "the store on disk differs from the state served: serving what is on disk"
+            );
+            let state = load_state(&self.inner.store)?;
+            self.publish(state);
+        }
+        Ok(())
     }
 
     /// The current state.
@@ -333,6 +352,12 @@ impl ControlPlane {
         let write = canonical_forms(write)?;
         let deleting = matches!(write, Write::Delete(_));
         let _guard = self.lock_writer();
+        // A dry run needs no store: it answers even while the store is not writable.
+        if let Err(e) = self.recover_store()
+            && !dry_run
+        {
+            return Err(e);
+        }
         let current = self.snapshot();
         let Diff {
             entries,
@@ -370,6 +395,38 @@ impl ControlPlane {
     fn publish(&self, next: StoreState) {
         self.inner.tx.send_replace(Arc::new(next));
     }
+}
+
+/// Every resource in `store`, parsed and validated as a whole. Refuses a store whose resources
+/// no longer validate, rather than silently dropping them.
+fn load_state(store: &Store) -> Result<StoreState, CpError> {
+    let (version, stored) = store.load()?;
+    let mut entries = BTreeMap::new();
+    let mut problems = Vec::new();
+    for item in stored {
+        let label = format!(
+            "store {}/{}/{}",
+            item.key.mesh, item.key.kind, item.key.name
+        );
+        match model::parse_one(&label, &item.yaml) {
+            Ok(resource) => {
+                entries.insert(
+                    item.key,
+                    Entry {
+                        resource,
+                        version: item.version,
+                        yaml: item.yaml,
+                        origin: stored_origin(&label),
+                    },
+                );
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CpError::Invalid(problems));
+    }
+    StoreState::build(version, entries).map_err(CpError::Invalid)
 }
 
 /// Resources named twice in one apply (the second would silently win otherwise).

@@ -11,9 +11,15 @@
 //! [`StoreError::Damaged`] rather than trusted: every open verifies the checksum of every page
 //! (the store is small), and commits are two-phase so that a damaged latest commit is reported
 //! rather than silently rolled back to the one before it.
+//!
+//! A failed commit (a full disk, an I/O error) leaves redb refusing every later transaction
+//! until the database is reopened, so the store closes it at once and reopens it on the next
+//! write ([`Store::recover`]); until a commit succeeds again, [`Store::health`] says why the
+//! store is not writable. Nothing acknowledged is lost: a failed commit changes nothing.
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use meshlimit_policy::Kind;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -61,6 +67,14 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+}
+
+impl StoreError {
+    /// A failure of the disk or the database rather than of the request or the file's
+    /// contents: the write may succeed once the cause is gone (space freed, disk back).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db { .. })
+    }
 }
 
 /// Where a resource lives in the store.
@@ -114,9 +128,31 @@ pub enum Change {
 }
 
 pub struct Store {
-    db: Database,
-    path: String,
+    slot: Mutex<Slot>,
+    path: PathBuf,
+    shown: String,
 }
+
+/// The open database (none after a failed write, until [`Store::recover`] reopens it) and the
+/// store's write health.
+struct Slot {
+    db: Option<Database>,
+    /// Why the last write failed, until one succeeds again.
+    failure: Option<String>,
+    write_errors: u64,
+}
+
+/// Whether the store takes writes, and why not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The last write failed (and nothing has been committed since).
+    pub failure: Option<String>,
+    /// Writes that failed in the store since the process started.
+    pub write_errors: u64,
+}
+
+/// The store is closed after a failed write and could not be reopened yet.
+const CLOSED: &str = "the store is closed after a failed write";
 
 impl Store {
     /// Opens the store at `path`, creating it if there is no file there. An existing file is
@@ -132,16 +168,66 @@ impl Store {
                 .open(path)
                 .map_err(|e| classify(&shown, e))?,
         };
-        let store = Store { db, path: shown };
+        let store = Store {
+            slot: Mutex::new(Slot {
+                db: None,
+                failure: None,
+                write_errors: 0,
+            }),
+            path: path.to_path_buf(),
+            shown,
+        };
         // Older stores, and one whose tables were never created, get both tables so that readers
         // never see "table does not exist".
-        let txn = store.begin_write()?;
+        let txn = store.begin_write(&db)?;
         {
             txn.open_table(RESOURCES).map_err(|e| store.err(e))?;
             txn.open_table(META).map_err(|e| store.err(e))?;
         }
         txn.commit().map_err(|e| store.err(e))?;
+        store.lock().db = Some(db);
         Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // The slot holds a handle and counters; a panic elsewhere cannot leave them half-set.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether writes succeed now, and how many failed.
+    pub fn health(&self) -> Health {
+        let slot = self.lock();
+        Health {
+            failure: slot.failure.clone(),
+            write_errors: slot.write_errors,
+        }
+    }
+
+    /// After a failed write, reopens the database (once per call: the caller's next write is the
+    /// retry) and returns the store version on disk; `None` when the store was open already.
+    /// A reopen that fails counts as a failed write and leaves the store closed.
+    pub fn recover(&self) -> Result<Option<u64>, StoreError> {
+        let mut slot = self.lock();
+        if slot.db.is_some() {
+            return Ok(None);
+        }
+        let reopened = Builder::new()
+            .set_check_integrity_on_open(true)
+            .open(&self.path)
+            .map_err(|e| self.err(e))
+            .and_then(|db| Ok((version_of(&db).map_err(|e| self.err(e))?, db)));
+        match reopened {
+            Ok((version, db)) => {
+                tracing::info!(store = %self.shown, version, "store reopened after a failed write");
+                slot.db = Some(db);
+                Ok(Some(version))
+            }
+            Err(e) => {
+                slot.write_errors += 1;
+                slot.failure = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 
     /// A new store, made under a temporary name and linked into place only once initialized, so
@@ -175,19 +261,28 @@ impl Store {
 
     /// A write transaction that commits in two phases: with one, a damaged latest commit looks
     /// like a torn one and the next open would silently fall back to the commit before it.
-    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+    fn begin_write(&self, db: &Database) -> Result<WriteTransaction, StoreError> {
+        let mut txn = db.begin_write().map_err(|e| self.err(e))?;
         txn.set_two_phase_commit(true);
         Ok(txn)
     }
 
     fn err(&self, source: impl Into<redb::Error>) -> StoreError {
-        classify(&self.path, source)
+        classify(&self.shown, source)
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Db {
+            path: self.shown.clone(),
+            source: redb::Error::Io(std::io::Error::other(CLOSED)),
+        }
     }
 
     /// The store version and every resource, in key order.
     pub fn load(&self) -> Result<(u64, Vec<StoredResource>), StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let slot = self.lock();
+        let db = slot.db.as_ref().ok_or_else(|| self.closed())?;
+        let txn = db.begin_read().map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let version = meta
             .get(VERSION_KEY)
@@ -202,7 +297,7 @@ impl Store {
             let (version, yaml) = v.value();
             let Some(kind) = kind_named(kind) else {
                 return Err(StoreError::UnknownKind {
-                    path: self.path.clone(),
+                    path: self.shown.clone(),
                     mesh: mesh.to_string(),
                     kind: kind.to_string(),
                     name: name.to_string(),
@@ -224,8 +319,40 @@ impl Store {
     /// Applies every change in one durable transaction and returns the new store version.
     /// `expected_version` guards against a concurrent writer of the same file (there is only one
     /// process per store, so a mismatch means the caller's view is stale).
+    ///
+    /// A failure other than a stale version closes the database (redb refuses every later
+    /// transaction after an I/O error) and is reported by [`Store::health`] until a commit
+    /// succeeds; call [`Store::recover`] before the next one.
     pub fn commit(&self, expected_version: u64, changes: &[Change]) -> Result<u64, StoreError> {
-        let txn = self.begin_write()?;
+        let mut slot = self.lock();
+        let result = match &slot.db {
+            Some(db) => self.commit_on(db, expected_version, changes),
+            None => Err(self.closed()),
+        };
+        match &result {
+            Ok(_) => {
+                if let Some(failure) = slot.failure.take() {
+                    tracing::info!(store = %self.shown, after = %failure, "store writable again");
+                }
+            }
+            Err(StoreError::Stale { .. }) => {}
+            Err(e) => {
+                tracing::error!(store = %self.shown, error = %e, "store write failed; the store is reopened on the next write");
+                slot.write_errors += 1;
+                slot.failure = Some(e.to_string());
+                slot.db = None;
+            }
+        }
+        result
+    }
+
+    fn commit_on(
+        &self,
+        db: &Database,
+        expected_version: u64,
+        changes: &[Change],
+    ) -> Result<u64, StoreError> {
+        let txn = self.begin_write(db)?;
         let new_version;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
@@ -236,7 +363,7 @@ impl Store {
                 .unwrap_or(0);
             if current != expected_version {
                 return Err(StoreError::Stale {
-                    path: self.path.clone(),
+                    path: self.shown.clone(),
                     found: current,
                     expected: expected_version,
                 });
@@ -261,6 +388,13 @@ impl Store {
         txn.commit().map_err(|e| self.err(e))?;
         Ok(new_version)
     }
+}
+
+/// The store version recorded in `db`.
+fn version_of(db: &Database) -> Result<u64, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    Ok(meta.get(VERSION_KEY)?.map(|v| v.value()).unwrap_or(0))
 }
 
 /// The error for `e` on the store at `path`: damage gets its own, which says what to do.
@@ -416,7 +550,8 @@ mod tests {
         let path = dir.path().join("s.redb");
         let store = Store::open(&path).unwrap();
         {
-            let txn = store.db.begin_write().unwrap();
+            let slot = store.lock();
+            let txn = slot.db.as_ref().unwrap().begin_write().unwrap();
             {
                 let mut table = txn.open_table(RESOURCES).unwrap();
                 table

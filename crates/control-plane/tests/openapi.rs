@@ -196,6 +196,7 @@ async fn serve(token: Option<&str>) -> (Client, tempfile::TempDir) {
     let cp = ControlPlane::open(&dir.path().join("store.redb")).expect("the store opens");
     let config = ApiConfig {
         token: token.map(str::to_string),
+        serve_ops: true,
         ..ApiConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

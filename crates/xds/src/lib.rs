@@ -24,5 +24,5 @@ mod status;
 pub use bootstrap::{Bootstrap, XdsAddress};
 pub use render::render_yaml;
 pub use resources::node_id;
-pub use server::{XdsError, XdsHandle, XdsServer};
+pub use server::{NodeCounts, XdsError, XdsHandle, XdsServer};
 pub use status::{Nack, NodeStatus, TypeStatus, XdsStatus};

@@ -19,6 +19,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use crate::node_table::NodeTable;
 use crate::resources::{CLUSTER_TYPE, LISTENER_TYPE};
 
+/// The longest node id served: a Dataplane's `<mesh>.<dataplane>` is far shorter (names are
+/// DNS labels), and every id is kept while its stream is open.
+pub(crate) const MAX_NODE_ID_BYTES: usize = 1024;
+
 /// Identifies this server in every response (Envoy shows it in `/config_dump`).
 const CONTROL_PLANE: &str = "meshlimit";
 
@@ -87,6 +91,13 @@ impl AdsStream {
                     return Err(ProtocolError(
                         "the first request of a stream must carry node.id".to_string(),
                     ));
+                }
+                if id.len() > MAX_NODE_ID_BYTES {
+                    return Err(ProtocolError(format!(
+                        "node.id is {} bytes, more than the {MAX_NODE_ID_BYTES} a node id may \
+                         have (it is <mesh>.<dataplane>)",
+                        id.len()
+                    )));
                 }
                 self.node = Some(id.to_string());
                 outcome.events.push(Event::Connected);

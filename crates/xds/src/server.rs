@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -49,12 +50,25 @@ impl std::fmt::Debug for XdsHandle {
     }
 }
 
+/// See [`XdsHandle::counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Nodes with an ADS stream open now.
+    pub connected: usize,
+    /// Nodes the server keeps a record for (what they were sent, acknowledged, rejected).
+    pub tracked: usize,
+    /// NACKs over every node since the server started.
+    pub nacks: u64,
+}
+
 struct Shared {
     table: watch::Sender<Arc<NodeTable>>,
     /// Set on shutdown: every stream ends, so a graceful stop does not wait forever.
     closing: watch::Sender<bool>,
     /// Per node id: what its streams sent, acknowledged and rejected.
     records: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Every NACK since the start, including those of nodes forgotten since.
+    nacks: AtomicU64,
 }
 
 impl XdsServer {
@@ -66,6 +80,7 @@ impl XdsServer {
             table,
             closing: watch::Sender::new(false),
             records: Mutex::new(BTreeMap::new()),
+            nacks: AtomicU64::new(0),
         });
         let handle = XdsHandle {
             shared: shared.clone(),
@@ -159,6 +174,17 @@ impl XdsHandle {
             .collect()
     }
 
+    /// How many nodes have a stream open, how many the server keeps state for, and how many
+    /// responses were rejected, for `/metrics`.
+    pub fn counts(&self) -> NodeCounts {
+        let records = self.shared.records();
+        NodeCounts {
+            connected: records.values().filter(|s| s.streams > 0).count(),
+            tracked: records.len(),
+            nacks: self.shared.nacks.load(Ordering::Relaxed),
+        }
+    }
+
     /// One node's status (see [`crate::node_id`] for the id).
     pub fn node_status(&self, node: &str) -> Option<NodeStatus> {
         self.status().into_iter().find(|s| s.node == node)
@@ -219,6 +245,7 @@ impl Shared {
                         error = message.trim_end(),
                         "Envoy rejected a configuration (NACK)"
                     );
+                    self.nacks.fetch_add(1, Ordering::Relaxed);
                     if let Some(t) = type_status(status, &type_url) {
                         t.nacks += 1;
                         t.last_nack = Some(Nack {
@@ -232,12 +259,25 @@ impl Shared {
         }
     }
 
+    /// A stream of `node` ended. A node that names no Dataplane is forgotten with its last
+    /// stream: anyone can open streams with made-up ids, and nothing about them is worth
+    /// keeping once they are gone (a Dataplane's node keeps its record for `GET /xds`).
     fn disconnected(&self, node: &str) {
         let mut records = self.records();
-        if let Some(status) = records.get_mut(node) {
-            status.streams = status.streams.saturating_sub(1);
+        let Some(status) = records.get_mut(node) else {
+            return;
+        };
+        status.streams = status.streams.saturating_sub(1);
+        let known = self.table.borrow().nodes.get(node).is_some_and(|n| n.known);
+        if status.streams == 0 && !known {
+            records.remove(node);
+            tracing::debug!(
+                node,
+                "Envoy with an unknown node id disconnected: forgotten"
+            );
+        } else {
+            tracing::info!(node, "Envoy disconnected");
         }
-        tracing::info!(node, "Envoy disconnected");
     }
 }
 
@@ -301,10 +341,16 @@ async fn run_stream(
                         .map_err(|e| Status::invalid_argument(e.0))
                 }
                 Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = stream.node(), %status, "ADS stream ended");
-                    break;
-                }
+                // A message that does not decode is the client's fault: say so with
+                // INVALID_ARGUMENT rather than end the stream as if all went well. (A client
+                // that went away does not read the answer; that costs nothing.)
+                Err(status) => match refusal(&status) {
+                    Some(refused) => Err(refused),
+                    None => {
+                        tracing::debug!(node = stream.node(), %status, "ADS stream ended");
+                        break;
+                    }
+                },
             },
             changed = tables.changed() => {
                 if changed.is_err() {
@@ -333,6 +379,18 @@ async fn run_stream(
     }
     if let Some(node) = stream.node() {
         shared.disconnected(node);
+    }
+}
+
+/// The status to end a stream with after reading the client's messages failed: `Some` when
+/// the client sent something that does not decode (tonic reports a bad message or frame as
+/// INTERNAL), `None` when the stream simply went away (a reset, a closed connection).
+fn refusal(status: &Status) -> Option<Status> {
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::InvalidArgument => Some(Status::invalid_argument(
+            format!("undecodable DiscoveryRequest: {}", status.message()),
+        )),
+        _ => None,
     }
 }
 

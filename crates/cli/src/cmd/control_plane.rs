@@ -8,12 +8,18 @@
 //! `Authorization: Bearer <token>`. Once listening it prints `API listening on http://ADDR`
 //! (the real port when given port 0) and writes the URL to `--address-file` if asked; likewise
 //! `xDS listening on ADDR` and `--xds-address-file`.
+//!
+//! The API's listener also serves `/ready` (503 while the store refuses writes) and `/metrics`,
+//! and bounds its clients: `--api-max-connections` at once, `--api-request-headers-timeout` to
+//! send a request head.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use meshlimit_control_plane::listen::{self, ServeOptions};
 use meshlimit_control_plane::{
     ApiConfig, ControlPlane, DEFAULT_API_ADDR, default_store_path, needs_token,
 };
@@ -65,6 +71,28 @@ pub struct Args {
     /// bucket's tokens: restrict it with a firewall or a private network.
     #[arg(long, requires = "rls")]
     pub rls_allow_remote: bool,
+    /// API connections held at once (watch streams hold one per data plane and kernel agent);
+    /// beyond it new connections are closed at once, counted in
+    /// meshlimit_api_connections_refused_total.
+    #[arg(long, value_name = "N", default_value_t = listen::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_count)]
+    pub api_max_connections: usize,
+    /// How long an API connection may take to send a request head (or stay silent between
+    /// requests), e.g. `10s`; past it the connection is closed. `0s` waits forever.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub api_request_headers_timeout: Duration,
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    meshlimit_policy::duration::parse_go(text)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -103,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = ApiConfig {
         token,
         max_body_bytes: args.max_body_bytes,
+        serve_ops: true,
         ..ApiConfig::default()
     };
     init_logging();
@@ -163,6 +192,12 @@ async fn serve(
     ));
     // `GET /xds` shows what each Envoy accepted and rejected, guarded like every route.
     config.xds = xds.as_ref().map(|xds| xds.handle.clone());
+    let options = ServeOptions {
+        max_connections: args.api_max_connections,
+        request_headers_timeout: Some(args.api_request_headers_timeout)
+            .filter(|timeout| !timeout.is_zero()),
+        metrics: Some(config.metrics.clone()),
+    };
     let router = meshlimit_control_plane::router(cp.clone(), config);
     let serve_xds = async move {
         match xds {
@@ -177,7 +212,7 @@ async fn serve(
         }
     };
     tokio::select! {
-        served = meshlimit_control_plane::serve(listener, router) => {
+        served = listen::serve_with(listener, router, options) => {
             served.context("serving the API")?;
         }
         served = serve_xds => served?,

@@ -63,6 +63,8 @@ impl Parsed {
 /// Parses every document of a (multi-document) YAML text. `file` only labels problems.
 /// Empty documents are skipped; document numbers count every document in the text.
 pub fn parse_documents(file: &str, text: &str) -> Result<Parsed, Vec<Problem>> {
+    // A UTF-8 byte order mark (editors on Windows write one) is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.len() > MAX_FILE_BYTES {
         return Err(vec![
             Problem::new(
