@@ -166,52 +166,31 @@ fn tokens(expr: &str) -> Vec<Tok> {
     out
 }
 
-/// Functions, aggregations and keywords: every other bare identifier is a metric name.
-const NOT_METRICS: &[&str] = &[
-    "abs",
-    "absent",
+/// Words that are not metric names though no `(` follows them: aggregations (before `by`),
+/// binary operators, modifiers and numbers. An identifier followed by `(` is a function.
+const KEYWORDS: &[&str] = &[
     "and",
+    "atan2",
     "avg",
-    "avg_over_time",
     "bool",
     "bottomk",
-    "ceil",
-    "changes",
-    "clamp_max",
-    "clamp_min",
     "count",
-    "count_over_time",
-    "delta",
-    "deriv",
-    "floor",
+    "count_values",
     "group",
-    "histogram_quantile",
-    "idelta",
-    "increase",
     "inf",
-    "irate",
-    "last_over_time",
+    "limit_ratio",
+    "limitk",
     "max",
-    "max_over_time",
     "min",
-    "min_over_time",
     "nan",
     "offset",
     "or",
     "quantile",
-    "rate",
-    "resets",
-    "round",
-    "scalar",
-    "sort",
-    "sort_desc",
     "stddev",
+    "stdvar",
     "sum",
-    "sum_over_time",
-    "time",
     "topk",
     "unless",
-    "vector",
 ];
 
 /// Label lists: `by`/`without` apply to their aggregation's argument, the others to both
@@ -257,7 +236,7 @@ fn check_expr(expr: &str, scrape: &Scrape) -> Vec<String> {
     let toks = tokens(expr);
     let mut problems = Vec::new();
     let mut metrics: Vec<(usize, String)> = Vec::new(); // (token index, name)
-    let mut groupings = Vec::new(); // (labels, token range it applies to)
+    let mut groupings = Vec::new(); // (word, labels, token range they apply to)
     let mut i = 0;
     while i < toks.len() {
         match &toks[i] {
@@ -318,7 +297,10 @@ fn check_expr(expr: &str, scrape: &Scrape) -> Vec<String> {
                 }
                 i = close;
             }
-            Tok::Ident(word) if !NOT_METRICS.contains(&word.as_str()) => {
+            Tok::Ident(word)
+                if !KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+                    && toks.get(i + 1) != Some(&Tok::Open('(')) =>
+            {
                 metrics.push((i, word.clone()));
             }
             _ => {}
@@ -730,6 +712,8 @@ meshlimit_open 2
         "histogram_quantile(0.99, sum by (le, inbound) (rate(meshlimit_latency_seconds_bucket[5m])))",
         "meshlimit_latency_seconds_sum / meshlimit_latency_seconds_count",
         "meshlimit_open",
+        r#"label_replace(predict_linear(meshlimit_open[1h], 3600), "to", "$1", "from", "(.*)")"#,
+        "sum without (decision) (meshlimit_requests_total) > bool 0",
     ];
     for expr in ok {
         assert_eq!(check_expr(expr, &scrape), Vec::<String>::new(), "{expr}");
@@ -773,6 +757,11 @@ meshlimit_open 2
             "a selector without a metric name",
         ),
         ("sum(rate(up[5m]))", "`up` is not exported"),
+        ("sum without (pod) (meshlimit_open)", "has no label `pod`"),
+        (
+            "max_over_time(meshlimit_opn[1h])",
+            "`meshlimit_opn` is not exported",
+        ),
         ("1 + 1", "names no metric"),
         // `ignoring` applies to both sides: meshlimit_open has no `decision`.
         (
