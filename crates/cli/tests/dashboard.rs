@@ -455,6 +455,51 @@ fn check_dashboard(text: &str, scrape: &Scrape) -> Vec<String> {
                     problems.push(format!("panel {title:?}: `${name}` is not a variable"));
                 }
             }
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            problems.extend(check_legend(legend, expr, scrape));
+        }
+    }
+    problems.extend(overlaps(&dashboard));
+    problems
+}
+
+/// The `{{label}}`s of a legend must be labels of a metric the query names, or the labels
+/// Prometheus adds to every series it scrapes.
+fn check_legend(legend: &str, expr: &str, scrape: &Scrape) -> Vec<String> {
+    let mut known: BTreeSet<String> = ["instance", "job"].map(String::from).into();
+    for tok in tokens(expr) {
+        if let Tok::Ident(name) = tok {
+            known.extend(scrape.labels(&name).unwrap_or_default());
+        }
+    }
+    legend
+        .split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}"))
+        .map(|(label, _)| label.trim())
+        .filter(|label| !known.contains(*label))
+        .map(|label| format!("`{expr}`: the legend names `{label}`, a label it does not have"))
+        .collect()
+}
+
+/// Panels of the grid (rows' collapsed panels aside) that cover one another.
+fn overlaps(dashboard: &serde_json::Value) -> Vec<String> {
+    let rects: Vec<(&str, [u64; 4])> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|panel| {
+            let pos = &panel["gridPos"];
+            let rect = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().unwrap_or_default());
+            (panel["title"].as_str().unwrap_or_default(), rect)
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (i, &(a, [ax, ay, aw, ah])) in rects.iter().enumerate() {
+        for &(b, [bx, by, bw, bh]) in &rects[i + 1..] {
+            if ax < bx + bw && bx < ax + aw && ay < by + bh && by < ay + ah {
+                problems.push(format!("panels {a:?} and {b:?} overlap"));
+            }
         }
     }
     problems
@@ -682,6 +727,20 @@ fn every_dashboard_query_names_metrics_and_labels_the_binary_exports() {
         problems
             .iter()
             .any(|p| p.contains("`meshlimit_kernel_capacity` is not exported")),
+        "{problems:?}"
+    );
+    let wrong = text.replace("{{address}}:{{port}} {{decision}}", "{{destination}}");
+    let problems = check_dashboard(&wrong, &scrape);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("the legend names `destination`")),
+        "{problems:?}"
+    );
+    let wrong = text.replace(r#""x": 12,"#, r#""x": 6,"#);
+    let problems = check_dashboard(&wrong, &scrape);
+    assert!(
+        problems.iter().any(|p| p.contains("overlap")),
         "{problems:?}"
     );
     let wrong = text.replace("(service, address, port, decision)", "(service, pod)");
