@@ -2,8 +2,10 @@
 //! run` serves an HTTP inbound under a MeshRateLimit and, as root, limits a TCP destination in
 //! the kernel (a RateLimit, on a cgroup made for the test); after some traffic its `/metrics` is
 //! scraped, and every query of the dashboard (panels and template variables) must name metrics
-//! of that scrape and only labels their samples carry. The same checker is shown to reject
-//! wrong names and labels, on the real scrape and on a small one.
+//! of that scrape and only labels their samples carry (in selectors, `by`/`without` lists and
+//! legends); every panel has a title, a unique id, a place on the grid no other panel covers,
+//! and the `${datasource}` variable. The same checker is shown to reject wrong names and labels,
+//! on the real scrape and on a small one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
