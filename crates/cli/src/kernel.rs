@@ -14,8 +14,9 @@ use meshlimit_kernel::{
 };
 use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::KernelLimit;
-use meshlimit_proxy::MetricsSource;
+use meshlimit_proxy::exposition::prometheus_client::registry::Registry;
 use meshlimit_proxy::exposition::{self, Labels, prometheus_client::encoding::DescriptorEncoder};
+use meshlimit_proxy::{Collected, MetricsSource};
 use tokio::sync::watch;
 
 /// The attached limiter, shared by the enforcing task, the admin routes and the reporter;
@@ -180,6 +181,12 @@ impl Kernel {
 }
 
 impl MetricsSource for Kernel {
+    fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Collected(self.clone(), Kernel::encode)));
+    }
+}
+
+impl Kernel {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let guard = self.lock();
         let Some(limiter) = guard.as_ref() else {

@@ -1147,7 +1147,10 @@ fn files_starting_with_a_byte_order_mark_validate_and_apply() {
     bytes.extend_from_slice(policy_yaml("bom", 5, "1s").as_bytes());
     std::fs::write(&path, &bytes).expect("the file");
     let shown = path.display().to_string();
-    let validated = cli(&cp.url, &["validate", "-f", &shown]);
+    let validated = Command::new(BIN)
+        .args(["validate", "-f", &shown])
+        .output()
+        .expect("validate runs");
     assert!(validated.status.success(), "{}", stderr(&validated));
     let applied = cli(&cp.url, &["apply", "-f", &shown]);
     assert!(applied.status.success(), "{}", stderr(&applied));

@@ -393,6 +393,18 @@ fn a_full_disk_refuses_writes_with_503_and_the_store_recovers_once_space_is_back
     assert!(errors >= 1.0, "{metrics}");
     // Reads still answer, with everything acknowledged.
     assert_eq!(stored_names(&addr), before);
+    // `diagnose` names it as a problem, with the way out.
+    let diagnosed = std::process::Command::new(BIN)
+        .args(["diagnose", "rate-limit", "--cp", &format!("http://{addr}")])
+        .output()
+        .expect("diagnose runs");
+    let text = String::from_utf8_lossy(&diagnosed.stdout);
+    assert_eq!(diagnosed.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("[problem] the store refuses writes: "),
+        "{text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
 
     // Still full: the retry is refused the same way, and nothing is lost.
     assert_eq!(http(&addr, "POST", "/apply", &big).status, 503);

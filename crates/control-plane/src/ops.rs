@@ -127,6 +127,13 @@ impl Metrics {
 
     fn registry(&self, cp: &ControlPlane, xds: Option<&XdsHandle>) -> Registry {
         let mut registry = Registry::with_prefix("meshlimit");
+        self.register(&mut registry, cp, xds);
+        registry
+    }
+
+    /// Adds every series to `registry` (whose prefix should be `meshlimit`), as of now: the
+    /// all-in-one serves them beside the proxy's on one `/metrics`.
+    pub fn register(&self, registry: &mut Registry, cp: &ControlPlane, xds: Option<&XdsHandle>) {
         registry.register(
             "api_requests",
             "Requests answered by the control plane's API, by method, route and status class",
@@ -194,7 +201,6 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
-        registry
     }
 }
 

@@ -25,24 +25,25 @@ use crate::proxy::Proxy;
 use crate::state::Shared;
 use crate::{exposition, metrics};
 
-/// Something that adds metric families to `/metrics`, read at scrape time (helpers in
-/// [`crate::exposition`]).
+/// Something that adds metric families to `/metrics`: at each scrape it registers its
+/// metrics or collectors into that scrape's registry (helpers in [`crate::exposition`]).
 pub trait MetricsSource: Send + Sync + 'static {
-    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result;
+    fn register(&self, registry: &mut Registry);
 }
 
-/// A source as the library's collector.
-struct Collected(Arc<dyn MetricsSource>);
+/// Families encoded at scrape time by a function of their source (a collector without the
+/// boilerplate).
+pub struct Collected<T>(pub T, pub fn(&T, DescriptorEncoder<'_>) -> std::fmt::Result);
 
-impl std::fmt::Debug for Collected {
+impl<T> std::fmt::Debug for Collected<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("metrics source")
+        f.write_str("collected families")
     }
 }
 
-impl Collector for Collected {
+impl<T: Send + Sync + 'static> Collector for Collected<T> {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        self.0.encode(encoder)
+        (self.1)(&self.0, encoder)
     }
 }
 
@@ -197,7 +198,7 @@ impl Admin {
             let presented = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer)
                 .map(str::trim);
             if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
                 let mut response = text(
@@ -218,7 +219,7 @@ impl Admin {
             "/metrics" => {
                 let mut registry = Registry::default();
                 for source in &self.metrics {
-                    registry.register_collector(Box::new(Collected(Arc::clone(source))));
+                    source.register(&mut registry);
                 }
                 let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
                 let (body, content_type) = exposition::render(&registry, accept);
@@ -268,6 +269,13 @@ impl Admin {
 /// How long an admin connection may take to send a request head (and stay idle after one).
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The credentials of an `Authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// Compares without an early exit, so the time taken does not reveal a matching prefix.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -287,8 +295,10 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 struct ProxyView(Arc<Shared>);
 
 impl MetricsSource for ProxyView {
-    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        metrics::encode(&self.0, encoder)
+    fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(Collected(Arc::clone(&self.0), |shared, e| {
+            metrics::encode(shared, e)
+        })));
     }
 }
 

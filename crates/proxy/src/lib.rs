@@ -40,7 +40,9 @@ mod state;
 mod store;
 mod tcp;
 
-pub use admin::{ADMIN_MAX_CONNECTIONS, Admin, ConfigSource, MetricsSource, ReadinessSource};
+pub use admin::{
+    ADMIN_MAX_CONNECTIONS, Admin, Collected, ConfigSource, MetricsSource, ReadinessSource,
+};
 pub use inbound::InboundKey;
 pub use limits::{FdLimit, default_max_connections, raise_fd_limit};
 pub use metrics::{InboundStats, ProxyStats};

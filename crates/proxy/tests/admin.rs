@@ -12,17 +12,12 @@ use tokio::net::TcpListener;
 struct Extra;
 
 impl MetricsSource for Extra {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> std::fmt::Result {
-        let none: Vec<(&str, String)> = Vec::new();
-        meshlimit_proxy::exposition::gauge(
-            &mut encoder,
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
             "meshlimit_kernel_example",
-            "An extra source.",
-            [(none, 7)],
-        )
+            "An extra source",
+            prometheus_client::metrics::gauge::ConstGauge::new(7),
+        );
     }
 }
 

@@ -150,6 +150,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         facts.rate_limits.len(),
         facts.status.dataplanes.len()
     ));
+    check_store(&facts, &mut report);
     check_selection(&facts, focus, &mut report);
     check_shadowing(&facts, &mut report);
     check_traffic(&facts, focus, &mut report);
@@ -174,6 +175,25 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("{} problem(s) found.", report.problems);
         Ok(ExitCode::from(1))
+    }
+}
+
+/// A store that refuses writes (a full disk, say) keeps serving what it holds, but no apply
+/// can change it.
+fn check_store(facts: &Facts, report: &mut Report) {
+    let store = &facts.status.store;
+    if !store.writable {
+        report.problem(
+            format!(
+                "the store refuses writes: {} ({} failed write(s) since the control plane \
+                 started); the limits it holds are still enforced",
+                store.error.as_deref().unwrap_or("a write failed"),
+                store.write_errors
+            ),
+            "free space on the store's disk (or fix the I/O error in the control plane's \
+             log); the next write reopens the store, no restart needed"
+                .to_string(),
+        );
     }
 }
 

@@ -12,11 +12,29 @@ pub type Finding = (String, Option<String>);
 
 /// `GET /xds`, read once per diagnosis; `None` when the control plane serves no xDS (404).
 pub fn fetch(client: &Client) -> anyhow::Result<Option<XdsStatus>> {
-    match block_on(client.get_json::<XdsStatus>("/xds"))? {
-        Ok(status) => Ok(Some(status)),
-        Err(e) if e.status() == Some(404) => Ok(None),
-        Err(e) => Err(explain(e)),
+    /// One page of `GET /xds`: its nodes and the path of the next page.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        nodes: Vec<meshlimit_xds::NodeStatus>,
+        #[serde(default)]
+        next: Option<String>,
     }
+    let mut status = XdsStatus { nodes: Vec::new() };
+    let mut path = "/xds?size=1000".to_string();
+    // Every page (bounded: a control plane that kept answering `next` stops here).
+    for _ in 0..1000 {
+        let page = match block_on(client.get_json::<Page>(&path))? {
+            Ok(page) => page,
+            Err(e) if e.status() == Some(404) => return Ok(None),
+            Err(e) => return Err(explain(e)),
+        };
+        status.nodes.extend(page.nodes);
+        match page.next {
+            Some(next) if next.starts_with('/') => path = next,
+            _ => break,
+        }
+    }
+    Ok(Some(status))
 }
 
 /// Checks every Envoy node, or only the one of `focus` (`(mesh, dataplane)`).

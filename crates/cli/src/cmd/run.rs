@@ -414,15 +414,49 @@ fn router(
     kernel: Option<&Kernel>,
     token: Option<String>,
 ) -> axum::Router {
-    let mut admin = Admin::for_proxy(proxy).with_token(token.clone());
+    let config = ApiConfig {
+        token: token.clone(),
+        ..ApiConfig::default()
+    };
+    // One /metrics and one /ready for the whole process: the proxy's, the kernel limiter's
+    // and the control plane's (its API, streams and store).
+    let control_plane = Arc::new(ControlPlaneOps {
+        cp: cp.clone(),
+        metrics: config.metrics.clone(),
+    });
+    let mut admin = Admin::for_proxy(proxy)
+        .with_token(token)
+        .with_metrics(control_plane.clone())
+        .with_readiness(control_plane);
     if let Some(kernel) = kernel {
         admin = admin.with_metrics(Arc::new(kernel.clone()));
     }
-    let config = ApiConfig {
-        token,
-        ..ApiConfig::default()
-    };
     meshlimit_control_plane::router(cp.clone(), config).merge(admin.router())
+}
+
+/// The control plane's series and readiness on the all-in-one's admin routes.
+struct ControlPlaneOps {
+    cp: ControlPlane,
+    metrics: meshlimit_control_plane::ops::Metrics,
+}
+
+impl meshlimit_proxy::MetricsSource for ControlPlaneOps {
+    fn register(
+        &self,
+        registry: &mut meshlimit_proxy::exposition::prometheus_client::registry::Registry,
+    ) {
+        self.metrics.register(
+            registry.sub_registry_with_prefix("meshlimit"),
+            &self.cp,
+            None,
+        );
+    }
+}
+
+impl meshlimit_proxy::ReadinessSource for ControlPlaneOps {
+    fn ready(&self) -> Result<(), String> {
+        self.cp.ready()
+    }
 }
 
 /// Says where the listener is, in the log and (with `--address-file`) in a file.
