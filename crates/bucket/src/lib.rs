@@ -21,6 +21,7 @@ use std::time::Duration;
 mod arith;
 mod bucket;
 mod clock;
+mod divide;
 mod keyed;
 pub mod model;
 mod settings;
