@@ -149,13 +149,41 @@ impl Plan {
 /// What one check does to a bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Store `payload` (if the state is unchanged) and answer `decision`.
-    Admit { payload: u64, decision: Decision },
+    /// Store `payload` (if the state is unchanged); once stored, answer
+    /// [`Plan::answer`]`(answer)`.
+    Admit { payload: u64, answer: Answer },
     /// Nothing to store.
     Deny(Decision),
     /// `now` is too far past the origin for the payload: rebase first. Always the answer for
     /// a wide plan's marker.
     Rebase,
+}
+
+/// What an admission's [`Decision`] is made of, before the divisions that turn it into one.
+/// The owner computes the decision only after its compare-and-swap succeeded: on x86 a locked
+/// instruction waits for every instruction before it, so work placed ahead of it lengthens
+/// every check, while work after it overlaps with the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// Smooth: scaled units left; interval: whole tokens left.
+    left: u64,
+    /// Interval: ns to the next top-up.
+    wait_ns: u64,
+}
+
+impl Plan {
+    /// The decision of an admission that left `answer`.
+    #[inline]
+    pub fn answer(&self, answer: Answer) -> Decision {
+        match self.refill {
+            Refill::Smooth => {
+                let (remaining, fraction) = self.token.div_rem(answer.left);
+                let wait = self.rate.div_ceil(self.token.get() - fraction);
+                Decision::from_ns(true, remaining, wait)
+            }
+            Refill::Interval => Decision::from_ns(true, answer.left, answer.wait_ns),
+        }
+    }
 }
 
 /// One check at `now`: the hot path, in `u64` arithmetic that cannot overflow.
@@ -179,11 +207,12 @@ fn smooth_step(plan: &Plan, full_at: u64, now_rel: u64) -> Step {
     let base = full_at.max(now);
     let after = base + plan.token.get();
     if after <= limit {
-        let (remaining, fraction) = plan.token.div_rem(limit - after);
-        let wait = plan.token.get() - fraction;
         Step::Admit {
             payload: after,
-            decision: Decision::from_ns(true, remaining, plan.rate.div_ceil(wait)),
+            answer: Answer {
+                left: limit - after,
+                wait_ns: 0,
+            },
         }
     } else {
         Step::Deny(Decision::from_ns(
@@ -212,7 +241,10 @@ fn interval_step(plan: &Plan, payload: u64, now_rel: u64) -> Step {
     let remaining = tokens - 1;
     Step::Admit {
         payload: (k << plan.tbits) | remaining,
-        decision: Decision::from_ns(true, remaining, wait_ns),
+        answer: Answer {
+            left: remaining,
+            wait_ns,
+        },
     }
 }
 
@@ -370,8 +402,51 @@ impl WidePlan {
 
 /// One check of a wide state at `now`: the new payload (unchanged on a rejection) and the
 /// answer. Every quantity stays below 2^105 for every clock value: no rebase, no overflow.
-#[inline]
+#[cfg(test)]
 pub(crate) fn wide_step(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> (u128, Decision) {
+    match wide_take(plan, origin, payload, now) {
+        WideStep::Admit { payload, answer } => (payload, plan.answer(answer)),
+        WideStep::Deny(decision) => (payload, decision),
+    }
+}
+
+/// What one check does to a wide state; as [`Step`], the decision of an admission is made
+/// only once its payload is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WideStep {
+    Admit { payload: u128, answer: WideAnswer },
+    Deny(Decision),
+}
+
+/// A wide admission's [`Decision`] before its divisions (see [`Answer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WideAnswer {
+    /// Smooth: scaled units left (below 2^104); interval: whole tokens left.
+    left: u128,
+    /// Interval: ns to the next top-up.
+    wait_ns: u64,
+}
+
+impl WidePlan {
+    /// The decision of an admission that left `answer`.
+    #[inline]
+    pub fn answer(&self, answer: WideAnswer) -> Decision {
+        match self.refill {
+            Refill::Smooth => {
+                // left < window = max × token, so left / token < 2^40: the 128-by-64 division
+                // applies.
+                let (remaining, fraction) = self.token.div_rem_wide(answer.left);
+                let wait = self.rate.div_ceil(self.token.get() - fraction);
+                Decision::from_ns(true, remaining, wait)
+            }
+            Refill::Interval => Decision::from_ns(true, answer.left as u64, answer.wait_ns),
+        }
+    }
+}
+
+/// One check of a wide state at `now`.
+#[inline]
+pub(crate) fn wide_take(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> WideStep {
     let now_rel = now.saturating_sub(origin);
     match plan.refill {
         Refill::Smooth => wide_smooth_step(plan, payload, now_rel),
@@ -380,22 +455,23 @@ pub(crate) fn wide_step(plan: &WidePlan, origin: u64, payload: u128, now: u64) -
 }
 
 #[inline]
-fn wide_smooth_step(plan: &WidePlan, full_at: u128, now_rel: u64) -> (u128, Decision) {
-    let token = u128::from(plan.token.get());
+fn wide_smooth_step(plan: &WidePlan, full_at: u128, now_rel: u64) -> WideStep {
     let now = u128::from(now_rel) * u128::from(plan.rate.get());
     let limit = now + plan.window;
-    let after = full_at.max(now) + token;
+    let after = full_at.max(now) + u128::from(plan.token.get());
     if after <= limit {
-        // level < window = max × token, so level / token < 2^40 fits the 128-by-64 division.
-        let (remaining, fraction) = plan.token.div_rem_wide(limit - after);
-        let wait = plan.token.get() - fraction;
-        let decision = Decision::from_ns(true, remaining, plan.rate.div_ceil(wait));
-        (after, decision)
+        WideStep::Admit {
+            payload: after,
+            answer: WideAnswer {
+                left: limit - after,
+                wait_ns: 0,
+            },
+        }
     } else {
         // Only a check at an earlier time than one already applied can wait more than one
         // token's time (up to 2^65 ns): kept at what a Decision holds.
         let wait = plan.rate.div_ceil_wide(after - limit);
-        (full_at, Decision::from_ns(false, 0, wait))
+        WideStep::Deny(Decision::from_ns(false, 0, wait))
     }
 }
 
@@ -415,16 +491,21 @@ fn wide_interval_level(plan: &WidePlan, payload: u128, now_rel: u64) -> (u64, u6
 }
 
 #[inline]
-fn wide_interval_step(plan: &WidePlan, payload: u128, now_rel: u64) -> (u128, Decision) {
+fn wide_interval_step(plan: &WidePlan, payload: u128, now_rel: u64) -> WideStep {
     let (last, tokens) = wide_interval_level(plan, payload, now_rel);
     let next = u128::from(last) + u128::from(plan.interval_ns);
-    let wait = u64::try_from(next - u128::from(now_rel.max(last))).unwrap_or(u64::MAX);
+    let wait_ns = u64::try_from(next - u128::from(now_rel.max(last))).unwrap_or(u64::MAX);
     if tokens == 0 {
-        return (payload, Decision::from_ns(false, 0, wait));
+        return WideStep::Deny(Decision::from_ns(false, 0, wait_ns));
     }
     let remaining = tokens - 1;
-    let state = (u128::from(last) << WIDE_TBITS) | u128::from(remaining);
-    (state, Decision::from_ns(true, remaining, wait))
+    WideStep::Admit {
+        payload: (u128::from(last) << WIDE_TBITS) | u128::from(remaining),
+        answer: WideAnswer {
+            left: u128::from(remaining),
+            wait_ns,
+        },
+    }
 }
 
 /// A wide state's content at `now`.
@@ -679,8 +760,8 @@ mod tests {
                 now = now.saturating_add(gap * unit / 1000);
                 let (next, decision) = wide_step(&wide, 0, state, now);
                 match step(&narrow, 0, payload, now) {
-                    Step::Admit { payload: p, decision: d } => {
-                        proptest::prop_assert_eq!(d, decision);
+                    Step::Admit { payload: p, answer } => {
+                        proptest::prop_assert_eq!(narrow.answer(answer), decision);
                         payload = p;
                     }
                     Step::Deny(d) => proptest::prop_assert_eq!(d, decision),

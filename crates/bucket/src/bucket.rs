@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use portable_atomic::AtomicU128;
 
 use crate::Decision;
-use crate::arith::{self, PAYLOAD_MASK, Plan, Step, WIDE_BITS, WIDE_MASK, WidePlan};
+use crate::arith::{self, PAYLOAD_MASK, Plan, Step, WIDE_BITS, WIDE_MASK, WidePlan, WideStep};
 use crate::settings::Settings;
 
 /// The narrow word of a bucket that lives in its wide state (payloads are below 2^63).
@@ -167,7 +167,7 @@ impl Bucket {
                 return self.check_wide(now_ns);
             }
             match arith::step(&narrow.plan, narrow.origin, state, now_ns) {
-                Step::Admit { payload, decision } => {
+                Step::Admit { payload, answer } => {
                     // Success can be Relaxed: the word publishes nothing but itself, and a
                     // compare-and-swap of any ordering replaces exactly the value this check
                     // computed from (all writes to one atomic are totally ordered), so two
@@ -179,7 +179,8 @@ impl Bucket {
                         Ordering::Relaxed,
                         Ordering::Acquire,
                     ) {
-                        Ok(_) => return decision,
+                        // The divisions come after the compare-and-swap (see `Answer`).
+                        Ok(_) => return narrow.plan.answer(answer),
                         Err(actual) => state = actual,
                     }
                 }
@@ -200,21 +201,21 @@ impl Bucket {
         let mut state = wide.state.load(Ordering::Acquire);
         loop {
             let plan = wide.plan(generation(state));
-            let (payload, decision) =
-                arith::wide_step(plan, wide.origin, state & WIDE_MASK, now_ns);
-            if !decision.admitted() {
-                return decision;
-            }
-            // As on the narrow word: Relaxed on success, Acquire on failure (the value read
-            // may carry a new generation).
-            match wide.state.compare_exchange_weak(
-                state,
-                (state & !WIDE_MASK) | payload,
-                Ordering::Relaxed,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return decision,
-                Err(actual) => state = actual,
+            match arith::wide_take(plan, wide.origin, state & WIDE_MASK, now_ns) {
+                WideStep::Admit { payload, answer } => {
+                    // As on the narrow word: Relaxed on success, Acquire on failure (the value
+                    // read may carry a new generation, whose plan must be visible).
+                    match wide.state.compare_exchange_weak(
+                        state,
+                        (state & !WIDE_MASK) | payload,
+                        Ordering::Relaxed,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return plan.answer(answer),
+                        Err(actual) => state = actual,
+                    }
+                }
+                WideStep::Deny(decision) => return decision,
             }
         }
     }

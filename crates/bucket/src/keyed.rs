@@ -12,9 +12,10 @@
 //!
 //! A table with [wide](crate::Settings::is_wide) settings keeps each key's state in a 128-bit
 //! word updated by a 16-byte compare-and-swap instead (lock-free where the CPU has one); keys
-//! still only share the shard's read lock, and bounds and idle eviction work the same. Its states are relative to a fixed origin, which 128 bits allow for every clock
-//! value, so its shards never rebase. The settings are fixed per table, so the representation
-//! is chosen once, and narrow tables store exactly what they did.
+//! still only share the shard's read lock, and bounds and idle eviction work the same. Its
+//! states are relative to a fixed origin, which 128 bits allow for every clock value, so its
+//! shards never rebase. The settings are fixed per table, so the representation is chosen
+//! once, and narrow tables store 8 bytes per key.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use parking_lot::RwLock;
 use portable_atomic::AtomicU128;
 
 use crate::Decision;
-use crate::arith::{self, Level, Plan, Step, WidePlan};
+use crate::arith::{self, Level, Plan, Step, WidePlan, WideStep};
 use crate::settings::Settings;
 
 /// Occupied entries examined per insert into a full shard.
@@ -74,17 +75,20 @@ impl Cell for AtomicU64 {
     /// The compare-and-swap loop on one key's state.
     #[inline]
     fn take(&self, plan: &Plan, origin: u64, now_ns: u64) -> Option<Decision> {
-        let mut current = self.load(Ordering::Acquire);
+        let mut current = self.load(Ordering::Relaxed);
         loop {
             match arith::step(plan, origin, current, now_ns) {
-                Step::Admit { payload, decision } => {
+                Step::Admit { payload, answer } => {
+                    // The word publishes nothing but itself (the plan never changes and the
+                    // shard's lock orders rebases), so Relaxed suffices: a compare-and-swap of
+                    // any ordering replaces exactly the value this check computed from.
                     match self.compare_exchange_weak(
                         current,
                         payload,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
                     ) {
-                        Ok(_) => return Some(decision),
+                        Ok(_) => return Some(plan.answer(answer)),
                         Err(actual) => current = actual,
                     }
                 }
@@ -112,7 +116,7 @@ impl Cell for AtomicU64 {
     }
 }
 
-/// A wide key's 105-bit state (see [`arith::wide_step`]), updated with one 16-byte
+/// A wide key's 105-bit state (see [`arith::wide_take`]), updated with one 16-byte
 /// compare-and-swap like a narrow key's word.
 struct WideCell(AtomicU128);
 
@@ -129,18 +133,20 @@ impl Cell for WideCell {
 
     #[inline]
     fn take(&self, plan: &WidePlan, origin: u64, now_ns: u64) -> Option<Decision> {
-        let mut current = self.0.load(Ordering::Acquire);
+        let mut current = self.0.load(Ordering::Relaxed);
         loop {
-            let (next, decision) = arith::wide_step(plan, origin, current, now_ns);
-            if !decision.admitted() {
-                return Some(decision);
-            }
-            match self
-                .0
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(decision),
-                Err(actual) => current = actual,
+            match arith::wide_take(plan, origin, current, now_ns) {
+                // Relaxed, as for a narrow key's word.
+                WideStep::Admit { payload, answer } => match self.0.compare_exchange_weak(
+                    current,
+                    payload,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some(plan.answer(answer)),
+                    Err(actual) => current = actual,
+                },
+                WideStep::Deny(decision) => return Some(decision),
             }
         }
     }
