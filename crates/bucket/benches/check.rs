@@ -6,8 +6,10 @@
 //!
 //! The quota is 10^9 tokens per second with a burst of 10^9, so every check is admitted and
 //! writes its bucket (the costly path); `*_rejecting` variants use 1 per hour, drained first.
-//! `meshlimit_wide` rows use a plan too wide for the lock-free fast path (10^9 burst at a
-//! prime rate per hour): the 128-bit state behind a lock.
+//! `meshlimit_wide` rows use a plan too wide for a 63-bit state (10^9 burst at a prime rate
+//! per hour): the 128-bit state, one 16-byte compare-and-swap per check. `meshlimit_reconfigured`
+//! is the admitting bucket after one reconfiguration (which also moves it to the 128-bit
+//! state).
 //! Each library reads its own default clock in the headline rows (`meshlimit`: coarse
 //! monotonic; `governor`: quanta's TSC clock); the `*_same_clock` rows give both the same one.
 
@@ -135,6 +137,18 @@ fn single_thread(c: &mut Criterion) {
 
     let bucket = Bucket::new(wide_settings(), clock.now_ns());
     g.bench_function("meshlimit_wide", |b| {
+        b.iter(|| used(bucket.check(clock.now_ns())))
+    });
+    let bucket = Bucket::new(admitting_settings(), clock.now_ns());
+    let reconfigured = Settings::new(
+        u64::from(RATE) + 1,
+        u64::from(RATE),
+        Duration::from_secs(1),
+        Refill::Smooth,
+    )
+    .expect("valid settings");
+    bucket.reconfigure(reconfigured, clock.now_ns());
+    g.bench_function("meshlimit_reconfigured", |b| {
         b.iter(|| used(bucket.check(clock.now_ns())))
     });
     let limiter = RateLimiter::direct(rejecting_quota());

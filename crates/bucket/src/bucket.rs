@@ -155,7 +155,9 @@ impl Bucket {
     }
 
     /// Takes one token if there is one.
-    #[inline]
+    // Always inlined: the narrow path is a few instructions, and a call with its register
+    // saves would cost as much again; everything rarer is a call.
+    #[inline(always)]
     pub fn check(&self, now_ns: u64) -> Decision {
         let narrow = &self.narrow;
         // Acquire pairs with the Release of the compare-and-swap that stores MOVED, so a check
@@ -194,6 +196,7 @@ impl Bucket {
     }
 
     /// A check on the wide state.
+    #[inline(never)]
     fn check_wide(&self, now_ns: u64) -> Decision {
         let wide = self.wide();
         // Acquire pairs with the Release of the compare-and-swap that stored a new generation,
@@ -266,6 +269,8 @@ impl Bucket {
 
     /// Moves a narrow bucket to the wide state: to new settings, or (with `None`) with the same
     /// ones once its payload is out of range.
+    #[cold]
+    #[inline(never)]
     fn move_out(&self, now_ns: u64, settings: Option<Settings>) {
         let mut generations = self.writer.lock();
         let narrow = &self.narrow;

@@ -53,6 +53,10 @@ impl Divisor {
     /// `(n / d, n % d)`.
     #[inline]
     pub fn div_rem(&self, n: u64) -> (u64, u64) {
+        // The commonest divisor (a rate or a token of one unit) skips the multiplications.
+        if self.d == 1 {
+            return (n, 0);
+        }
         let mut q = ((u128::from(n) * u128::from(self.m)) >> 64) as u64;
         // q ≤ n / d, so q·d ≤ n: no overflow, no underflow.
         let mut r = n - q * self.d;
