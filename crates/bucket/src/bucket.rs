@@ -589,4 +589,56 @@ mod tests {
         assert_eq!(admitted_burst(&b, 0), 5);
         assert_eq!(admitted_burst(&b, S), 1);
     }
+
+    #[test]
+    fn rejections_write_nothing() {
+        let wide = settings(100_001, 100_001, Duration::from_secs(3600), Refill::Smooth);
+        let narrow = settings(2, 1, Duration::from_secs(3600), Refill::Smooth);
+        let interval = settings(2, 1, Duration::from_secs(3600), Refill::Interval);
+        for s in [narrow, wide, interval] {
+            let b = Bucket::new(s, 7);
+            while b.check(7).admitted() {}
+            let before = format!("{b:?}");
+            for now in [7, 8, 1_000_000] {
+                assert!(!b.check(now).admitted());
+                assert_eq!(format!("{b:?}"), before, "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn switching_back_and_forth_reuses_generations() {
+        let a = settings(10, 10, Duration::from_secs(1), Refill::Smooth);
+        let b = settings(10, 5, Duration::from_secs(1), Refill::Interval);
+        let bucket = Bucket::new(a, 0);
+        for i in 0..100u64 {
+            bucket.reconfigure(if i % 2 == 0 { b } else { a }, i);
+        }
+        // The first switch made generation 0 (b), the second generation 1 (a); no more since.
+        assert_eq!(bucket.writer.lock().len(), 2);
+        assert_eq!(bucket.settings(), a);
+        assert!(format!("{bucket:?}").contains("generation: 1"));
+    }
+
+    #[test]
+    fn generations_fill_the_segments_in_order() {
+        let places: Vec<_> = [1, 4, 5, 12, 13, 28, 29].map(Wide::place).into();
+        assert_eq!(
+            places,
+            [(0, 0), (0, 3), (1, 0), (1, 7), (2, 0), (2, 15), (3, 0)]
+        );
+        let (segment, offset) = Wide::place(MAX_GENERATION as u32);
+        assert_eq!(
+            (segment, offset),
+            (SEGMENTS - 1, (SEGMENT0 << (SEGMENTS - 1)) - 1)
+        );
+        assert!(MAX_GENERATION < 1 << (128 - WIDE_BITS));
+        // Plans published in a later segment are found again.
+        let plan = WidePlan::new(settings(3, 1, Duration::from_secs(1), Refill::Smooth));
+        let wide = Wide::new(0, plan, 0);
+        let other = WidePlan::new(settings(4, 1, Duration::from_secs(1), Refill::Smooth));
+        wide.publish(29, other);
+        assert_eq!(*wide.plan(29), other);
+        assert_eq!(*wide.plan(0), plan);
+    }
 }
