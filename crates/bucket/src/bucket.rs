@@ -43,6 +43,7 @@ const SEGMENTS: usize = 21;
 /// Generations 1..=this live in the segments (generation 0 is the wide state's first plan):
 /// all that 23 bits hold, less four.
 const MAX_GENERATION: usize = SEGMENT0 * ((1 << SEGMENTS) - 1);
+const _: () = assert!(MAX_GENERATION < 1 << (128 - WIDE_BITS));
 
 /// A token bucket shared by any number of threads. A check takes a token with one atomic
 /// compare-and-swap, so concurrent checks never admit more than the bucket holds, and no check
@@ -632,7 +633,6 @@ mod tests {
             (segment, offset),
             (SEGMENTS - 1, (SEGMENT0 << (SEGMENTS - 1)) - 1)
         );
-        assert!(MAX_GENERATION < 1 << (128 - WIDE_BITS));
         // Plans published in a later segment are found again.
         let plan = WidePlan::new(settings(3, 1, Duration::from_secs(1), Refill::Smooth));
         let wide = Wide::new(0, plan, 0);
