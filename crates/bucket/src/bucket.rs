@@ -46,8 +46,10 @@ const MAX_GENERATION: usize = SEGMENT0 * ((1 << SEGMENTS) - 1);
 const _: () = assert!(MAX_GENERATION < 1 << (128 - WIDE_BITS));
 
 /// A token bucket shared by any number of threads. A check takes a token with one atomic
-/// compare-and-swap, so concurrent checks never admit more than the bucket holds, and no check
-/// ever waits for a lock: reconfiguration does not stop them.
+/// compare-and-swap, so concurrent checks never admit more than the bucket holds, and checks
+/// do not wait for reconfiguration. The only check that takes a lock is the one, at most once
+/// in a bucket's life, that moves it out of a payload that ran out of range (and, on a CPU
+/// without a 16-byte compare-and-swap, wide checks, through `portable-atomic`'s fallback).
 ///
 /// Times are nanoseconds from a [`crate::Clock`]. They should not go backwards; a check with an
 /// earlier time than one already applied is judged conservatively (it never sees more tokens
