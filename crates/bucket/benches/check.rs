@@ -259,8 +259,12 @@ fn per_key(before: u64, keys: u64) -> f64 {
 /// Keyed checks over 1M and 10M keys. meshlimit's table is bounded at exactly the number of
 /// keys walked, so shards that draw more than their share evict (idle keys first) while the
 /// benchmark runs: the bound and eviction are on. governor's keyed store is unbounded.
+///
+/// Every table stays alive until the end, so that no table is built in memory another one
+/// freed (which the allocator keeps and reuses, and the resident set would not show).
 fn keyed(c: &mut Criterion) {
     let clock = MonotonicClock;
+    let mut alive: Vec<Box<dyn std::any::Any>> = Vec::new();
     for keys in [KEYS, 10 * KEYS] {
         let mut g = c.benchmark_group(format!("keyed_{}m_keys", keys / KEYS));
         let walk = key_walk(1 << 20, keys);
@@ -291,7 +295,7 @@ fn keyed(c: &mut Criterion) {
             table.len()
         );
         assert!(table.len() <= table.capacity());
-        drop(table);
+        alive.push(Box::new(table));
 
         let before = resident_bytes();
         let limiter = RateLimiter::keyed(admitting_quota());
@@ -310,9 +314,10 @@ fn keyed(c: &mut Criterion) {
                 black_box(limiter.check_key(&walk[i]).is_ok())
             })
         });
-        drop(limiter);
+        alive.push(Box::new(limiter));
         g.finish();
     }
+    drop(alive);
 }
 
 criterion_group!(benches, clocks, single_thread, two_threads, keyed);
