@@ -6,8 +6,10 @@
 //!
 //! The quota is 10^9 tokens per second with a burst of 10^9, so every check is admitted and
 //! writes its bucket (the costly path); `*_rejecting` variants use 1 per hour, drained first.
-//! `meshlimit_wide` rows use a plan too wide for the lock-free fast path (10^9 burst at a
-//! prime rate per hour): the 128-bit state behind a lock.
+//! `meshlimit_wide` rows use a plan too wide for a 63-bit state (10^9 burst at a prime rate
+//! per hour): the 128-bit state, one 16-byte compare-and-swap per check. `meshlimit_reconfigured`
+//! is the admitting bucket after one reconfiguration (which also moves it to the 128-bit
+//! state).
 //! Each library reads its own default clock in the headline rows (`meshlimit`: coarse
 //! monotonic; `governor`: quanta's TSC clock); the `*_same_clock` rows give both the same one.
 
@@ -137,6 +139,18 @@ fn single_thread(c: &mut Criterion) {
     g.bench_function("meshlimit_wide", |b| {
         b.iter(|| used(bucket.check(clock.now_ns())))
     });
+    let bucket = Bucket::new(admitting_settings(), clock.now_ns());
+    let reconfigured = Settings::new(
+        u64::from(RATE) + 1,
+        u64::from(RATE),
+        Duration::from_secs(1),
+        Refill::Smooth,
+    )
+    .expect("valid settings");
+    bucket.reconfigure(reconfigured, clock.now_ns());
+    g.bench_function("meshlimit_reconfigured", |b| {
+        b.iter(|| used(bucket.check(clock.now_ns())))
+    });
     let limiter = RateLimiter::direct(rejecting_quota());
     let _ = limiter.check();
     g.bench_function("governor_rejecting", |b| {
@@ -245,8 +259,12 @@ fn per_key(before: u64, keys: u64) -> f64 {
 /// Keyed checks over 1M and 10M keys. meshlimit's table is bounded at exactly the number of
 /// keys walked, so shards that draw more than their share evict (idle keys first) while the
 /// benchmark runs: the bound and eviction are on. governor's keyed store is unbounded.
+///
+/// Every table stays alive until the end, so that no table is built in memory another one
+/// freed (which the allocator keeps and reuses, and the resident set would not show).
 fn keyed(c: &mut Criterion) {
     let clock = MonotonicClock;
+    let mut alive: Vec<Box<dyn std::any::Any>> = Vec::new();
     for keys in [KEYS, 10 * KEYS] {
         let mut g = c.benchmark_group(format!("keyed_{}m_keys", keys / KEYS));
         let walk = key_walk(1 << 20, keys);
@@ -277,7 +295,7 @@ fn keyed(c: &mut Criterion) {
             table.len()
         );
         assert!(table.len() <= table.capacity());
-        drop(table);
+        alive.push(Box::new(table));
 
         let before = resident_bytes();
         let limiter = RateLimiter::keyed(admitting_quota());
@@ -296,9 +314,10 @@ fn keyed(c: &mut Criterion) {
                 black_box(limiter.check_key(&walk[i]).is_ok())
             })
         });
-        drop(limiter);
+        alive.push(Box::new(limiter));
         g.finish();
     }
+    drop(alive);
 }
 
 criterion_group!(benches, clocks, single_thread, two_threads, keyed);

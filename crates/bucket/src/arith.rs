@@ -1,42 +1,43 @@
-//! The bucket arithmetic: pure functions of (plan, origin, payload, now), no atomics.
+//! The bucket arithmetic: pure functions of (plan, origin, state, now), no atomics. A plan is
+//! built once from [`Settings`] and never changes; checks only read it.
 //!
-//! A bucket's whole state is one 56-bit *payload*, relative to an *origin* (a clock value kept
-//! next to the plan), so that a single compare-and-swap on a `u64` can update it:
+//! A *narrow* bucket's whole state is one 63-bit *payload*, relative to an *origin* (a clock
+//! value fixed with the plan), so that a single compare-and-swap on a `u64` can update it:
 //!
-//! - **smooth**: time is counted in units of 1/`rate_den` ns and tokens in units of
-//!   1/`token` token, where `rate_den / token` is `tokens_per_fill / fill_interval` in lowest
-//!   terms; one scaled time unit then accrues exactly one scaled token unit. The payload is the
-//!   instant the bucket will be full again (`full_at`); the scaled tokens held at `now` are
+//! - **smooth**: time is counted in units of 1/`rate` ns and tokens in units of 1/`token`
+//!   token, where `rate / token` is `tokens_per_fill / fill_interval` in lowest terms; one
+//!   scaled time unit then accrues exactly one scaled token unit. The payload is the instant
+//!   the bucket will be full again (`full_at`); the scaled tokens held at `now` are
 //!   `window - (full_at - now)`, or `window` once `now >= full_at`. Taking a token moves
-//!   `full_at` forward by `token`. No division, no rounding: exact.
+//!   `full_at` forward by `token`. No rounding: exact. The two divisions a decision needs
+//!   (tokens left, time to the next token) go through [`Divisor`]'s reciprocals.
 //! - **interval**: the payload packs `k` (whole intervals from the origin to the last top-up)
 //!   above `tokens`; a check at or past `origin + (k + 1) × fill_interval` tops up
 //!   `tokens_per_fill` per whole interval elapsed, capped at `max_tokens`.
 //!
-//! Payloads never need more than 56 bits while `now - origin < rebase_at`; past that the owner
-//! *rebases* (moves the origin forward with [`rebase_origin`] and [`shift`]), which is how idle
-//! gaps of any length and clock values up to `u64::MAX` stay exact.
+//! Payloads never need more than 63 bits while `now - origin < rebase_at`; past that the owner
+//! *rebases* (the keyed table moves a shard's origin with [`rebase_origin`] and [`shift`]; a
+//! single [`crate::Bucket`] moves to the wide state), which is how idle gaps of any length and
+//! clock values up to `u64::MAX` stay exact.
 //!
-//! **Wide plans.** A smooth window (`max × token`) can reach 2^104 (2^40 tokens of up to
-//! 2^64 − 1 units each), far past what a 56-bit payload holds next to the time it is compared
-//! with. Such plans ([`Settings::is_wide`], window over [`crate::SMOOTH_WINDOW_LIMIT`]) use
-//! the same smooth arithmetic in `u128` ([`WidePlan`], [`wide_step`]): scaled time is below
-//! 2^96 (`u64` ns × `rate_den` ≤ 2^32) and `full_at` never exceeds scaled time plus the
-//! window, so a `u128` state relative to a fixed origin is exact for every clock value and
-//! never needs a rebase. Its owner keeps it behind a lock. [`Plan::new`] turns wide settings
-//! into a *marker* plan with `rebase_at == 0`: [`step`] then answers [`Step::Rebase`] before
-//! any arithmetic, and the owner takes the wide path from that (cold) branch, so narrow plans
-//! pay nothing for wide ones. Interval plans are never wide: `max ≤ 2^40` leaves at least 15
-//! payload bits for `k`, and rebasing covers the rest.
+//! **Wide state.** A smooth window (`max × token`) can reach 2^104 (2^40 tokens of up to
+//! 2^64 − 1 units each), far past 63 bits. [`WidePlan`] runs the same rules on a 105-bit
+//! state ([`wide_step`]), relative to an origin that never moves: smooth scaled time is below
+//! 2^96 (`u64` ns × `rate` ≤ 2^32) and `full_at` never exceeds scaled time plus the window,
+//! so `full_at < 2^105`; an interval state is the last top-up (64 bits) above the tokens
+//! (41 bits). That leaves 23 bits of a 128-bit word for the owner, which one 16-byte
+//! compare-and-swap updates. [`Plan::new`] turns settings too wide for 63 bits into a
+//! *marker* plan with `rebase_at == 0`, on which [`step`] always answers [`Step::Rebase`].
 //!
 //! Reconfiguration goes through [`Held`], a bucket's content at an instant independent of its
 //! representation, so narrow and wide plans convert into each other with the same rules.
 
 use crate::Decision;
+use crate::divide::Divisor;
 use crate::settings::{Refill, Settings, gcd};
 
 /// Bits of a state word that hold the payload; the rest belong to the owner.
-pub(crate) const PAYLOAD_BITS: u32 = 56;
+pub(crate) const PAYLOAD_BITS: u32 = 63;
 pub(crate) const PAYLOAD_MASK: u64 = (1 << PAYLOAD_BITS) - 1;
 
 /// Everything the fast-path arithmetic needs, derived once from [`Settings`]; for wide
@@ -48,9 +49,9 @@ pub(crate) struct Plan {
     pub per_fill: u64,
     pub interval_ns: u64,
     /// Smooth: scaled time units per ns (`tokens_per_fill / g`).
-    pub rate_den: u64,
+    pub rate: Divisor,
     /// Smooth: scaled units per token (`fill_interval_ns / g`).
-    pub token: u64,
+    pub token: Divisor,
     /// Smooth: scaled units in a full bucket (`max × token`).
     pub window: u64,
     /// Interval: bits of the payload that hold the token count.
@@ -71,8 +72,8 @@ impl Plan {
                 max,
                 per_fill,
                 interval_ns,
-                rate_den: 1,
-                token: 1,
+                rate: Divisor::new(1),
+                token: Divisor::new(1),
                 window: 0,
                 tbits: 0,
                 rebase_at: 0,
@@ -90,17 +91,17 @@ impl Plan {
                     max,
                     per_fill,
                     interval_ns,
-                    rate_den,
-                    token,
+                    rate: Divisor::new(rate_den),
+                    token: Divisor::new(token),
                     window,
                     tbits: 0,
                     // now + window ≤ PAYLOAD_MASK for every now_rel below this; window ≤ 2^55
-                    // and rate_den ≤ 2^32 keep it at 2^23 or more.
+                    // and rate_den ≤ 2^32 keep it at 2^30 or more.
                     rebase_at: (PAYLOAD_MASK - window) / rate_den + 1,
                 }
             }
             Refill::Interval => {
-                // max ≤ 2^40 needs at most 41 bits, leaving at least 15 for k.
+                // max ≤ 2^40 needs at most 41 bits, leaving at least 22 for k.
                 let tbits = u64::BITS - max.leading_zeros();
                 let kbits = PAYLOAD_BITS - tbits;
                 let intervals = 1u128 << kbits;
@@ -112,8 +113,8 @@ impl Plan {
                     max,
                     per_fill,
                     interval_ns,
-                    rate_den: 1,
-                    token: 1,
+                    rate: Divisor::new(1),
+                    token: Divisor::new(1),
                     window: max,
                     tbits,
                     rebase_at: rebase_at as u64,
@@ -148,13 +149,41 @@ impl Plan {
 /// What one check does to a bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Store `payload` (if the state is unchanged) and answer `decision`.
-    Admit { payload: u64, decision: Decision },
+    /// Store `payload` (if the state is unchanged); once stored, answer
+    /// [`Plan::answer`]`(answer)`.
+    Admit { payload: u64, answer: Answer },
     /// Nothing to store.
     Deny(Decision),
     /// `now` is too far past the origin for the payload: rebase first. Always the answer for
     /// a wide plan's marker.
     Rebase,
+}
+
+/// What an admission's [`Decision`] is made of, before the divisions that turn it into one.
+/// The owner computes the decision only after its compare-and-swap succeeded: on x86 a locked
+/// instruction waits for every instruction before it, so work placed ahead of it lengthens
+/// every check, while work after it overlaps with the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// Smooth: scaled units left; interval: whole tokens left.
+    left: u64,
+    /// Interval: ns to the next top-up.
+    wait_ns: u64,
+}
+
+impl Plan {
+    /// The decision of an admission that left `answer`.
+    #[inline]
+    pub fn answer(&self, answer: Answer) -> Decision {
+        match self.refill {
+            Refill::Smooth => {
+                let (remaining, fraction) = self.token.div_rem(answer.left);
+                let wait = self.rate.div_ceil(self.token.get() - fraction);
+                Decision::from_ns(true, remaining, wait)
+            }
+            Refill::Interval => Decision::from_ns(true, answer.left, answer.wait_ns),
+        }
+    }
 }
 
 /// One check at `now`: the hot path, in `u64` arithmetic that cannot overflow.
@@ -173,22 +202,23 @@ pub(crate) fn step(plan: &Plan, origin: u64, payload: u64, now: u64) -> Step {
 #[inline]
 fn smooth_step(plan: &Plan, full_at: u64, now_rel: u64) -> Step {
     // now_rel < rebase_at keeps now + window ≤ PAYLOAD_MASK.
-    let now = now_rel * plan.rate_den;
+    let now = now_rel * plan.rate.get();
     let limit = now + plan.window;
     let base = full_at.max(now);
-    let after = base + plan.token;
+    let after = base + plan.token.get();
     if after <= limit {
-        let level = limit - after;
-        let wait = plan.token - level % plan.token;
         Step::Admit {
             payload: after,
-            decision: Decision::from_ns(true, level / plan.token, wait.div_ceil(plan.rate_den)),
+            answer: Answer {
+                left: limit - after,
+                wait_ns: 0,
+            },
         }
     } else {
         Step::Deny(Decision::from_ns(
             false,
             0,
-            (after - limit).div_ceil(plan.rate_den),
+            plan.rate.div_ceil(after - limit),
         ))
     }
 }
@@ -211,7 +241,10 @@ fn interval_step(plan: &Plan, payload: u64, now_rel: u64) -> Step {
     let remaining = tokens - 1;
     Step::Admit {
         payload: (k << plan.tbits) | remaining,
-        decision: Decision::from_ns(true, remaining, wait_ns),
+        answer: Answer {
+            left: remaining,
+            wait_ns,
+        },
     }
 }
 
@@ -234,12 +267,12 @@ pub(crate) fn level(plan: &Plan, origin: u64, payload: u64, now: u64) -> Level {
     let now_rel = now.saturating_sub(origin);
     match plan.refill {
         Refill::Smooth => {
-            let now_s = u128::from(now_rel) * u128::from(plan.rate_den);
+            let now_s = u128::from(now_rel) * u128::from(plan.rate.get());
             smooth_level(
                 u128::from(payload),
                 now_s,
                 u128::from(plan.window),
-                plan.token,
+                plan.token.get(),
             )
         }
         Refill::Interval => {
@@ -291,7 +324,7 @@ pub(crate) fn shift(plan: &Plan, payload: u64, origin: u64, new_origin: u64) -> 
     let delta = new_origin.saturating_sub(origin);
     match plan.refill {
         Refill::Smooth => {
-            let delta_s = u128::from(delta) * u128::from(plan.rate_den);
+            let delta_s = u128::from(delta) * u128::from(plan.rate.get());
             // A full_at before the new origin means full there: 0 says the same.
             u128::from(payload).saturating_sub(delta_s) as u64
         }
@@ -308,75 +341,190 @@ pub(crate) fn shift(plan: &Plan, payload: u64, origin: u64, new_origin: u64) -> 
     }
 }
 
-/// The arithmetic of a wide smooth plan: the smooth rules of [`Plan`] in `u128`.
+/// Bits of a wide state that hold the payload; the 23 above belong to the owner.
+pub(crate) const WIDE_BITS: u32 = 105;
+pub(crate) const WIDE_MASK: u128 = (1 << WIDE_BITS) - 1;
+/// Bits of a wide interval payload that hold the tokens (max_tokens ≤ 2^40).
+const WIDE_TBITS: u32 = 41;
+const WIDE_TMASK: u128 = (1 << WIDE_TBITS) - 1;
+
+/// The arithmetic of a wide state: the rules of [`Plan`] on a 105-bit payload relative to an
+/// origin that never moves. Any settings have one (narrow ones too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WidePlan {
+    pub refill: Refill,
     pub max: u64,
     pub per_fill: u64,
     pub interval_ns: u64,
-    /// Scaled time units per ns (`tokens_per_fill / g`, at most 2^32).
-    pub rate_den: u64,
-    /// Scaled units per token (`fill_interval_ns / g`).
-    pub token: u64,
-    /// Scaled units in a full bucket (`max × token`, below 2^104).
+    /// Smooth: scaled time units per ns (`tokens_per_fill / g`, at most 2^32).
+    pub rate: Divisor,
+    /// Smooth: scaled units per token (`fill_interval_ns / g`).
+    pub token: Divisor,
+    /// Smooth: scaled units in a full bucket (`max × token`, below 2^104); interval: `max`.
     pub window: u128,
 }
 
 impl WidePlan {
-    /// The plan for smooth `settings` (normally wide ones; narrow ones work the same).
     pub fn new(settings: Settings) -> WidePlan {
         let max = settings.max_tokens();
         let per_fill = settings.tokens_per_fill();
         let interval_ns = settings.fill_interval_ns();
-        let g = gcd(per_fill, interval_ns);
+        let (rate, token, window) = match settings.refill() {
+            Refill::Smooth => {
+                let g = gcd(per_fill, interval_ns);
+                (per_fill / g, interval_ns / g, settings.smooth_window())
+            }
+            Refill::Interval => (1, 1, u128::from(max)),
+        };
         WidePlan {
+            refill: settings.refill(),
             max,
             per_fill,
             interval_ns,
-            rate_den: per_fill / g,
-            token: interval_ns / g,
-            window: settings.smooth_window(),
+            rate: Divisor::new(rate),
+            token: Divisor::new(token),
+            window,
         }
     }
 
     pub fn settings(&self) -> Settings {
-        Settings::from_parts(self.max, self.per_fill, self.interval_ns, Refill::Smooth)
+        Settings::from_parts(self.max, self.per_fill, self.interval_ns, self.refill)
     }
 
-    /// The state (`full_at`) of a full bucket, whatever the time.
+    /// The payload of a full bucket whose origin is its creation.
     pub fn full_state(&self) -> u128 {
-        0
+        match self.refill {
+            Refill::Smooth => 0,
+            Refill::Interval => u128::from(self.max),
+        }
     }
 }
 
-/// One check of a wide bucket at `now`: the new `full_at` (unchanged on a rejection) and the
-/// answer. Relative to a fixed origin, every quantity stays below 2^105: no rebase, no
-/// overflow.
-pub(crate) fn wide_step(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> (u128, Decision) {
-    let rate_den = u128::from(plan.rate_den);
-    let token = u128::from(plan.token);
-    let now = u128::from(now.saturating_sub(origin)) * rate_den;
+/// One check of a wide state at `now`: the new payload (unchanged on a rejection) and the
+/// answer. Every quantity stays below 2^105 for every clock value: no rebase, no overflow.
+#[cfg(test)]
+pub(crate) fn wide_step(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> (u128, Decision) {
+    match wide_take(plan, origin, payload, now) {
+        WideStep::Admit { payload, answer } => (payload, plan.answer(answer)),
+        WideStep::Deny(decision) => (payload, decision),
+    }
+}
+
+/// What one check does to a wide state; as [`Step`], the decision of an admission is made
+/// only once its payload is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WideStep {
+    Admit { payload: u128, answer: WideAnswer },
+    Deny(Decision),
+}
+
+/// A wide admission's [`Decision`] before its divisions (see [`Answer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WideAnswer {
+    /// Smooth: scaled units left (below 2^104); interval: whole tokens left.
+    left: u128,
+    /// Interval: ns to the next top-up.
+    wait_ns: u64,
+}
+
+impl WidePlan {
+    /// The decision of an admission that left `answer`.
+    #[inline]
+    pub fn answer(&self, answer: WideAnswer) -> Decision {
+        match self.refill {
+            Refill::Smooth => {
+                // left < window = max × token, so left / token < 2^40: the 128-by-64 division
+                // applies.
+                let (remaining, fraction) = self.token.div_rem_wide(answer.left);
+                let wait = self.rate.div_ceil(self.token.get() - fraction);
+                Decision::from_ns(true, remaining, wait)
+            }
+            Refill::Interval => Decision::from_ns(true, answer.left as u64, answer.wait_ns),
+        }
+    }
+}
+
+/// One check of a wide state at `now`.
+#[inline]
+pub(crate) fn wide_take(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> WideStep {
+    let now_rel = now.saturating_sub(origin);
+    match plan.refill {
+        Refill::Smooth => wide_smooth_step(plan, payload, now_rel),
+        Refill::Interval => wide_interval_step(plan, payload, now_rel),
+    }
+}
+
+#[inline]
+fn wide_smooth_step(plan: &WidePlan, full_at: u128, now_rel: u64) -> WideStep {
+    let now = u128::from(now_rel) * u128::from(plan.rate.get());
     let limit = now + plan.window;
-    let after = full_at.max(now) + token;
+    let after = full_at.max(now) + u128::from(plan.token.get());
     if after <= limit {
-        let level = limit - after;
-        // wait ≤ token < 2^64; remaining ≤ max_tokens.
-        let wait = token - level % token;
-        let decision =
-            Decision::from_ns(true, (level / token) as u64, wait.div_ceil(rate_den) as u64);
-        (after, decision)
+        WideStep::Admit {
+            payload: after,
+            answer: WideAnswer {
+                left: limit - after,
+                wait_ns: 0,
+            },
+        }
     } else {
         // Only a check at an earlier time than one already applied can wait more than one
-        // token's time (up to 2^65 ns): keep it at what a Decision holds.
-        let wait = u64::try_from((after - limit).div_ceil(rate_den)).unwrap_or(u64::MAX);
-        (full_at, Decision::from_ns(false, 0, wait))
+        // token's time (up to 2^65 ns): kept at what a Decision holds.
+        let wait = plan.rate.div_ceil_wide(after - limit);
+        WideStep::Deny(Decision::from_ns(false, 0, wait))
     }
 }
 
-/// A wide bucket's content at `now`.
-pub(crate) fn wide_level(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> Level {
-    let now_s = u128::from(now.saturating_sub(origin)) * u128::from(plan.rate_den);
-    smooth_level(full_at, now_s, plan.window, plan.token)
+/// The last top-up (relative to the origin) and the tokens of a wide interval payload, topped
+/// up to `now_rel`.
+#[inline]
+fn wide_interval_level(plan: &WidePlan, payload: u128, now_rel: u64) -> (u64, u64) {
+    let mut last = (payload >> WIDE_TBITS) as u64;
+    let mut tokens = (payload & WIDE_TMASK) as u64;
+    if now_rel >= last && now_rel - last >= plan.interval_ns {
+        let intervals = (now_rel - last) / plan.interval_ns;
+        last += intervals * plan.interval_ns;
+        let added = u128::from(intervals) * u128::from(plan.per_fill);
+        tokens = (u128::from(tokens) + added).min(u128::from(plan.max)) as u64;
+    }
+    (last, tokens)
+}
+
+#[inline]
+fn wide_interval_step(plan: &WidePlan, payload: u128, now_rel: u64) -> WideStep {
+    let (last, tokens) = wide_interval_level(plan, payload, now_rel);
+    let next = u128::from(last) + u128::from(plan.interval_ns);
+    let wait_ns = u64::try_from(next - u128::from(now_rel.max(last))).unwrap_or(u64::MAX);
+    if tokens == 0 {
+        return WideStep::Deny(Decision::from_ns(false, 0, wait_ns));
+    }
+    let remaining = tokens - 1;
+    WideStep::Admit {
+        payload: (u128::from(last) << WIDE_TBITS) | u128::from(remaining),
+        answer: WideAnswer {
+            left: u128::from(remaining),
+            wait_ns,
+        },
+    }
+}
+
+/// A wide state's content at `now`.
+pub(crate) fn wide_level(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> Level {
+    let now_rel = now.saturating_sub(origin);
+    match plan.refill {
+        Refill::Smooth => {
+            let now_s = u128::from(now_rel) * u128::from(plan.rate.get());
+            smooth_level(payload, now_s, plan.window, plan.token.get())
+        }
+        Refill::Interval => {
+            let (_, tokens) = wide_interval_level(plan, payload, now_rel);
+            Level {
+                whole: tokens,
+                scaled: u128::from(tokens),
+                full: tokens == plan.max,
+            }
+        }
+    }
 }
 
 /// A bucket's content at an instant, whatever its representation: what reconfiguration
@@ -435,7 +583,7 @@ pub(crate) fn held(plan: &Plan, origin: u64, payload: u64, now: u64) -> Held {
     match plan.refill {
         Refill::Smooth => Held::Smooth {
             scaled: at.scaled,
-            token: plan.token,
+            token: plan.token.get(),
             at: when,
         },
         Refill::Interval => {
@@ -449,26 +597,53 @@ pub(crate) fn held(plan: &Plan, origin: u64, payload: u64, now: u64) -> Held {
     }
 }
 
-/// The content of a wide bucket at `now`.
-pub(crate) fn wide_held(plan: &WidePlan, origin: u64, full_at: u128, now: u64) -> Held {
-    Held::Smooth {
-        scaled: wide_level(plan, origin, full_at, now).scaled,
-        token: plan.token,
-        at: now.max(origin),
+/// The content of a wide state at `now`.
+pub(crate) fn wide_held(plan: &WidePlan, origin: u64, payload: u128, now: u64) -> Held {
+    let at = now.max(origin);
+    match plan.refill {
+        Refill::Smooth => Held::Smooth {
+            scaled: wide_level(plan, origin, payload, now).scaled,
+            token: plan.token.get(),
+            at,
+        },
+        Refill::Interval => {
+            let (last, tokens) = wide_interval_level(plan, payload, now.saturating_sub(origin));
+            Held::Interval {
+                tokens,
+                last_top_up: origin + last,
+                at,
+            }
+        }
     }
 }
 
-/// A narrow bucket holding `held` under `new`: its origin and payload. Tokens are clamped to
-/// the new maximum; a smooth bucket keeps the accrued fraction too, rounded down to the new
-/// rate's resolution; an interval bucket keeps counting intervals from its last top-up.
-pub(crate) fn narrow_from(held: &Held, new: &Plan) -> (u64, u64) {
+/// The clock value a wide state holding `held` can be relative to: no later than any time it
+/// refers to.
+pub(crate) fn wide_origin(held: &Held) -> u64 {
+    match *held {
+        Held::Smooth { at, .. } => at,
+        Held::Interval {
+            last_top_up, at, ..
+        } => last_top_up.min(at),
+    }
+}
+
+/// The payload of a wide state relative to `origin` holding `held` under `new`, by the same
+/// rules for every pair of modes: tokens are clamped to the new maximum; a smooth bucket keeps
+/// the accrued fraction too, rounded down to the new rate's resolution; an interval bucket keeps
+/// counting intervals from its last top-up. Times before `origin` count as `origin` (only a reconfiguration
+/// with an earlier time than one already applied has them; it then keeps no more tokens).
+pub(crate) fn wide_from(held: &Held, new: &WidePlan, origin: u64) -> u128 {
     match (new.refill, *held) {
         (Refill::Smooth, _) => {
-            // Not wide: the units fit in window ≤ 2^55.
-            let units = held.smooth_units(new.token, new.max) as u64;
-            (held.at(), new.window - units.min(new.window))
+            let units = held.smooth_units(new.token.get(), new.max);
+            let at = u128::from(held.at().saturating_sub(origin)) * u128::from(new.rate.get());
+            at + (new.window - units)
         }
-        (Refill::Interval, Held::Smooth { .. }) => (held.at(), held.whole().min(new.max)),
+        (Refill::Interval, Held::Smooth { at, .. }) => {
+            let last = u128::from(at.saturating_sub(origin));
+            (last << WIDE_TBITS) | u128::from(held.whole().min(new.max))
+        }
         (
             Refill::Interval,
             Held::Interval {
@@ -476,15 +651,11 @@ pub(crate) fn narrow_from(held: &Held, new: &Plan) -> (u64, u64) {
                 last_top_up,
                 ..
             },
-        ) => (last_top_up, tokens.min(new.max)),
+        ) => {
+            let last = u128::from(last_top_up.saturating_sub(origin));
+            (last << WIDE_TBITS) | u128::from(tokens.min(new.max))
+        }
     }
-}
-
-/// A wide bucket holding `held` under `new`: its origin and `full_at`, by the same rules as
-/// [`narrow_from`].
-pub(crate) fn wide_from(held: &Held, new: &WidePlan) -> (u64, u128) {
-    let units = held.smooth_units(new.token, new.max);
-    (held.at(), new.window - units)
 }
 
 #[cfg(test)]
@@ -502,12 +673,12 @@ mod tests {
         // 10 per 10 s = 1 token per second: one scaled unit per ns, a token is 1e9 units.
         let p = plan(10, 10, 10_000_000_000, Refill::Smooth);
         assert_eq!(
-            (p.rate_den, p.token, p.window),
+            (p.rate.get(), p.token.get(), p.window),
             (1, 1_000_000_000, 10_000_000_000)
         );
         // 3 per second: time in thirds of a ns, so a token is exactly 1e9 units.
         let p = plan(5, 3, 1_000_000_000, Refill::Smooth);
-        assert_eq!((p.rate_den, p.token), (3, 1_000_000_000));
+        assert_eq!((p.rate.get(), p.token.get()), (3, 1_000_000_000));
     }
 
     #[test]
@@ -533,7 +704,7 @@ mod tests {
             assert_eq!(step(&p, 0, p.full_payload(), now), Step::Rebase);
         }
         let w = WidePlan::new(p.settings());
-        assert_eq!((w.rate_den, w.token), (100_001, hour));
+        assert_eq!((w.rate.get(), w.token.get()), (100_001, hour));
         assert_eq!(w.window, 100_001 * u128::from(hour));
         // Narrow plans never carry the marker.
         for p in [
@@ -573,31 +744,34 @@ mod tests {
             max in proptest::prop_oneof![1u64..20, 1u64..=(1 << 40)],
             per_fill in proptest::prop_oneof![1u64..20, 1u64..=(1 << 32)],
             interval in proptest::prop_oneof![1u64..1000, 1u64..=(1 << 40)],
+            smooth in proptest::bool::ANY,
             gaps in proptest::collection::vec(0u64..2_000, 1..100),
         ) {
             // Clamp the burst so that the window fits the fast path.
             let token = interval / gcd(per_fill, interval);
             let max = max.min(crate::SMOOTH_WINDOW_LIMIT / token).max(1);
-            let s = Settings::new(max, per_fill, Duration::from_nanos(interval), Refill::Smooth)
-                .unwrap();
+            let refill = if smooth { Refill::Smooth } else { Refill::Interval };
+            let s = Settings::new(max, per_fill, Duration::from_nanos(interval), refill).unwrap();
             proptest::prop_assert!(!s.is_wide());
             let (narrow, wide) = (Plan::new(s), WidePlan::new(s));
             let unit = (interval / per_fill).max(1);
-            let (mut payload, mut full_at, mut now) = (narrow.full_payload(), wide.full_state(), 0u64);
+            let (mut payload, mut state, mut now) = (narrow.full_payload(), wide.full_state(), 0u64);
             for gap in gaps {
                 now = now.saturating_add(gap * unit / 1000);
-                let (next, decision) = wide_step(&wide, 0, full_at, now);
+                let (next, decision) = wide_step(&wide, 0, state, now);
                 match step(&narrow, 0, payload, now) {
-                    Step::Admit { payload: p, decision: d } => {
-                        proptest::prop_assert_eq!(d, decision);
+                    Step::Admit { payload: p, answer } => {
+                        proptest::prop_assert_eq!(narrow.answer(answer), decision);
                         payload = p;
                     }
                     Step::Deny(d) => proptest::prop_assert_eq!(d, decision),
                     Step::Rebase => break,
                 }
-                full_at = next;
-                proptest::prop_assert_eq!(u128::from(payload), full_at);
-                proptest::prop_assert_eq!(level(&narrow, 0, payload, now), wide_level(&wide, 0, full_at, now));
+                state = next;
+                if smooth {
+                    proptest::prop_assert_eq!(u128::from(payload), state);
+                }
+                proptest::prop_assert_eq!(level(&narrow, 0, payload, now), wide_level(&wide, 0, state, now));
             }
         }
     }

@@ -22,15 +22,22 @@ pub trait Clock: Send + Sync + 'static {
 /// every core (unlike a raw TSC). Envoy decides on its event loop's cached time in the same way.
 /// Use [`PreciseMonotonicClock`] where sub-millisecond timing matters more than cost.
 ///
-/// Why it is monotonic across cores, the way buckets use it: a check reads the clock and then
-/// publishes its result with a compare-and-swap on the bucket's state; the next check on any
-/// core acquires that state before it reads the clock. So what must hold is: a read that
-/// happens-after another read returns at least as much. `CLOCK_MONOTONIC_COARSE` is not a
-/// per-core counter: it is the single `timekeeper` value the kernel publishes in the vDSO data
-/// page under a sequence count at each tick, and every core reads that same word. A read that
-/// happens-after another therefore sees the same tick or a later one. This is the property a
-/// raw per-core TSC (governor's default `quanta` clock, its issue 299) lacks.
-/// `real_clocks_are_monotonic_across_threads_in_happens_before_order` checks it on two threads.
+/// Why it is monotonic across cores, the way buckets use it. A caller reads the clock and then
+/// checks (`bucket.check(clock.now_ns())`); a bucket's state counts the latest time a check
+/// applied. So what must hold is: when a check happens-after another one (on any core: the
+/// later one saw the earlier one's compare-and-swap, or started after it ended), its clock
+/// reading is at least the earlier one's. A clock that breaks this — a per-core TSC whose
+/// cores disagree, governor's default `quanta` clock in its issue 299 — makes the later check
+/// see the bucket emptier than it is: a false denial, as often as the cores disagree.
+/// `CLOCK_MONOTONIC_COARSE` is not a per-core counter: it is the single `timekeeper` value the
+/// kernel publishes in the vDSO data page under a sequence count at each tick, and every core
+/// reads that same word, so a read that happens-after another sees the same tick or a later
+/// one. (Two checks that merely race — the one that read the clock first wins the
+/// compare-and-swap second — are not the clock going backwards: the engine judges that check
+/// at its own time, never with more tokens than the other left.)
+/// `real_clocks_are_monotonic_across_threads_in_happens_before_order` checks the property on
+/// two threads that hand a baton back and forth with release/acquire, each reading the clock
+/// only once it holds the baton, as work handed from one core to another does.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MonotonicClock;
 
@@ -96,6 +103,7 @@ impl FakeClock {
 }
 
 impl Clock for FakeClock {
+    #[inline]
     fn now_ns(&self) -> u64 {
         self.now.load(Ordering::Acquire)
     }

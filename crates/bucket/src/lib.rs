@@ -9,18 +9,20 @@
 //!
 //! Every quota within the bounds of [`Settings::new`] is served exactly, in both refill modes:
 //! up to [`MAX_TOKENS_LIMIT`] tokens, [`TOKENS_PER_FILL_LIMIT`] per fill, and any interval from
-//! 1 ns to `u64::MAX` ns. Most plans keep a bucket's state in one 56-bit payload that a single
-//! compare-and-swap updates. A smooth plan whose exact state needs more — long intervals with
-//! large bursts, such as 100001 per hour — is *wide* ([`Settings::is_wide`]): its state is kept
-//! in 128 bits behind a short lock, with the same arithmetic and the same answers. The fast
-//! path does not pay for this: a wide plan is recognised on a branch the fast path already
-//! takes only to rebase.
+//! 1 ns to `u64::MAX` ns. A check is one atomic load, integer arithmetic on a plan built once
+//! (divisions by precomputed reciprocals), and one compare-and-swap; a rejection writes
+//! nothing. Most buckets keep their state in one 63-bit word beside their plan. Settings whose
+//! exact state needs more — long intervals with large bursts, such as 100001 per hour
+//! ([`Settings::is_wide`]) — and any bucket once reconfigured keep it in a 128-bit word instead,
+//! updated by a 16-byte compare-and-swap (lock-free where the CPU has one: x86_64, aarch64),
+//! with the same answers.
 
 use std::time::Duration;
 
 mod arith;
 mod bucket;
 mod clock;
+mod divide;
 mod keyed;
 pub mod model;
 mod settings;

@@ -1,10 +1,10 @@
 //! What a bucket is configured with, and the bounds that keep its arithmetic exact.
 //!
 //! Every combination within the bounds is exact, in both refill modes, for any clock value.
-//! Most plans fit the lock-free 56-bit fast path; a smooth plan whose window (see
-//! [`SMOOTH_WINDOW_LIMIT`]) is wider than that is *wide* ([`Settings::is_wide`]) and keeps its
-//! state in 128 bits behind a short lock instead. Wide plans are ordinary quotas — 100001 per
-//! hour is one — so they are served, not refused; they only cost a lock per check.
+//! Most plans fit a 63-bit state word; a smooth plan whose window (see [`SMOOTH_WINDOW_LIMIT`])
+//! is wider than that is *wide* ([`Settings::is_wide`]) and keeps its state in a 128-bit word
+//! instead. Wide plans are ordinary quotas — 100001 per hour is one — so they are served, not
+//! refused, with the same lock-free check on a 16-byte compare-and-swap.
 
 use std::fmt;
 use std::str::FromStr;
@@ -59,12 +59,12 @@ impl FromStr for Refill {
 pub const MAX_TOKENS_LIMIT: u64 = 1 << 40;
 /// The largest `tokens_per_fill` a bucket accepts (2^32, about 4.3 × 10^9).
 pub const TOKENS_PER_FILL_LIMIT: u64 = 1 << 32;
-/// The widest smooth refill window the lock-free fast path holds, in units of 1/q ns where
+/// The widest smooth refill window a 63-bit state word holds, in units of 1/q ns where
 /// q = tokens_per_fill / gcd(tokens_per_fill, fill_interval_ns): the window is
 /// `max_tokens × fill_interval_ns / gcd(tokens_per_fill, fill_interval_ns)`. When
 /// tokens_per_fill divides the interval this is simply the time to refill an empty bucket:
 /// 2^55 ns, about 417 days. Smooth plans with a wider window are accepted too; they are
-/// [wide](Settings::is_wide) and take the locked 128-bit path. Interval refill always fits.
+/// [wide](Settings::is_wide) and keep a 128-bit state. Interval refill always fits.
 pub const SMOOTH_WINDOW_LIMIT: u64 = 1 << 55;
 
 /// Why [`Settings::new`] refused a combination.
@@ -158,10 +158,9 @@ impl Settings {
         self.refill
     }
 
-    /// Whether these settings are too wide for the lock-free fast path: smooth refill whose
-    /// window exceeds [`SMOOTH_WINDOW_LIMIT`]. Buckets with wide settings are just as exact,
-    /// but keep their state in 128 bits, so each check takes a short lock instead of one
-    /// compare-and-swap.
+    /// Whether these settings are too wide for a 63-bit state word: smooth refill whose window
+    /// exceeds [`SMOOTH_WINDOW_LIMIT`]. Buckets with wide settings are just as exact and
+    /// lock-free; their state is a 128-bit word (a 16-byte compare-and-swap per check).
     pub fn is_wide(&self) -> bool {
         self.refill == Refill::Smooth && self.smooth_window() > u128::from(SMOOTH_WINDOW_LIMIT)
     }

@@ -123,3 +123,23 @@ fn switching_between_narrow_and_wide_under_load_neither_loses_nor_invents_tokens
     assert!(wider.is_wide());
     flip_under_load(&[narrow, wide, interval, wide, wider, narrow, wider]);
 }
+
+/// Threads meet a narrow bucket just as its payload runs out of range (at the end of the
+/// clock's range, where it moves to the wide state on the spot): still exactly its tokens.
+#[test]
+fn threads_on_a_bucket_moving_out_of_range_admit_exactly_its_tokens() {
+    // All checks are at one instant, so the refill rate does not matter; the interval one is
+    // short enough for its interval count to run out of bits before the clock does.
+    let interval = Settings::new(TOKENS, 1, Duration::from_micros(1), Refill::Interval).unwrap();
+    for s in [no_refill(Refill::Smooth), interval] {
+        let refill = s.refill();
+        let bucket = Bucket::new(s, 1_000);
+        let late = u64::MAX - 1;
+        // Debug names the representation: narrow until the first late check.
+        assert!(!format!("{bucket:?}").contains("generation"), "{refill:?}");
+        let admitted = hammer(|| bucket.check(late).admitted());
+        assert_eq!(admitted, TOKENS, "{refill:?}");
+        assert!(format!("{bucket:?}").contains("generation"), "{refill:?}");
+        assert_eq!(bucket.peek(late), 0);
+    }
+}

@@ -427,3 +427,76 @@ fn past_regressions_still_pass() {
     )
     .unwrap();
 }
+
+/// The range a Kuma rate may have (num 1 … 2^32 − 1, an interval from just over 50 ms to 30
+/// days and more), both refill modes, as a `requestRate` becomes settings (num tokens, num per
+/// interval) and with a small burst: every decision, every `remaining` and `next_token_in`, from
+/// several start times, through bursts, fractions of a token, long idle gaps and switches
+/// between the corners.
+#[test]
+fn kuma_range_edges_match_the_model() {
+    let u32_max = u64::from(u32::MAX);
+    let mut plans = Vec::new();
+    for refill in [Refill::Smooth, Refill::Interval] {
+        for interval in [
+            50_000_001,
+            1_000_000_000,
+            HOUR,
+            30 * DAY,
+            30 * DAY + 1,
+            31 * DAY,
+        ] {
+            for (max, per_fill) in [
+                (1, 1),
+                (2, 1),
+                (100_001, 100_001),
+                (u32_max - 1, u32_max - 1),
+                (u32_max, u32_max),
+                (1, u32_max),
+                (u32_max, 1),
+            ] {
+                plans.push(
+                    Settings::new(max, per_fill, Duration::from_nanos(interval), refill)
+                        .expect("Kuma's range is accepted"),
+                );
+            }
+        }
+    }
+    let script = |to: Settings| {
+        [
+            Event::Check(Gap::Zero),
+            Event::Check(Gap::Zero),
+            Event::Check(Gap::PerMille(1)),
+            Event::Check(Gap::PerMille(999)),
+            Event::Peek(Gap::PerMille(1)),
+            Event::Check(Gap::PerMille(1500)),
+            Event::Check(Gap::Nanos(1)),
+            Event::Reconfigure(Gap::PerMille(300), to),
+            Event::Check(Gap::Zero),
+            Event::Check(Gap::PerMille(700)),
+            Event::Check(Gap::Nanos(31 * DAY)),
+            Event::Check(Gap::Zero),
+            Event::Check(Gap::Nanos(u64::MAX / 2)),
+            Event::Check(Gap::Zero),
+        ]
+    };
+    for (i, &from) in plans.iter().enumerate() {
+        // Each plan switches to a few others (its neighbours in both modes), not all pairs.
+        for &to in [i + 1, i + 7, i + 42]
+            .iter()
+            .map(|j| &plans[j % plans.len()])
+        {
+            for start in [0, 1_000, 1 << 62, u64::MAX - 2 * 31 * DAY] {
+                if let Err(e) = run(from, start, &script(to)) {
+                    panic!("{from} -> {to} from {start}: {e}");
+                }
+            }
+        }
+        for start in [0, u64::MAX - HOUR] {
+            let drain = vec![Event::Check(Gap::Zero); 64];
+            if let Err(e) = run(from, start, &drain) {
+                panic!("{from} from {start}: {e}");
+            }
+        }
+    }
+}
