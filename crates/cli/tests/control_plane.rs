@@ -10,10 +10,10 @@
 //! Servers bind port 0; the control plane prints the address it got. Dataplane inbounds need
 //! fixed port numbers in YAML, so the test picks free ones by binding port 0 and releasing them.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -24,75 +24,15 @@ use net::{backend, free_port};
 
 use meshlimit_control_plane_client::client::Client;
 use meshlimit_control_plane_client::wire::{SourceFile, StatusResponse};
+use meshlimit_testkit::Process;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a test waits for something that normally takes milliseconds.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A process whose stdout lines arrive on a channel; killed (SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(mut command: Command) -> Proc {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the meshlimit binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stdout line matching `want` (lines already seen count too).
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
-        if let Some(line) = self.seen.iter().find(|l| want(l)) {
-            return line.clone();
-        }
-        loop {
-            match self.lines.recv_timeout(PATIENCE) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!("no expected line ({e}); saw {:?}", self.seen),
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A control plane on `127.0.0.1:0` (or `api`), with its store at `store`.
 struct ControlPlane {
-    proc: Proc,
+    proc: Process,
     url: String,
 }
 
@@ -106,7 +46,7 @@ impl ControlPlane {
     }
 
     fn from_command(command: Command) -> ControlPlane {
-        let mut proc = Proc::spawn(command);
+        let mut proc = Process::spawn("control-plane", command, PATIENCE);
         let line = proc.wait_line(|l| l.contains("API listening on "));
         let url = line
             .split("API listening on ")
@@ -239,7 +179,7 @@ fn file(name: &str, content: String) -> SourceFile {
 }
 
 /// A data plane process following `url`, once it enforces a store version.
-fn dataplane(url: &str, name: &str) -> Proc {
+fn dataplane(url: &str, name: &str) -> Process {
     let mut command = Command::new(BIN);
     command
         .args([
@@ -252,8 +192,8 @@ fn dataplane(url: &str, name: &str) -> Proc {
             "200ms",
         ])
         .env_remove("MESHLIMIT_TOKEN");
-    let mut proc = Proc::spawn(command);
-    proc.wait_line(|l| l.starts_with("enforcing store version"));
+    let mut proc = Process::spawn(name, command, PATIENCE);
+    proc.wait_line(|l| l.contains("enforcing store version"));
     proc
 }
 
@@ -264,7 +204,7 @@ struct Mesh {
     store: PathBuf,
     cp: ControlPlane,
     inbound: u16,
-    dp: Proc,
+    dp: Process,
 }
 
 fn mesh_with_dataplane() -> Mesh {
@@ -404,11 +344,11 @@ fn a_dataplane_keeps_enforcing_while_the_control_plane_is_down_and_catches_up() 
     mesh.cp.proc.kill();
     // Still enforced with the control plane gone, once the data plane has noticed.
     mesh.dp
-        .wait_line(|l| l.starts_with("control plane unreachable"));
+        .wait_line(|l| l.contains("control plane unreachable"));
     for _ in 0..5 {
         assert_eq!(status_of(mesh.inbound), 429);
     }
-    assert!(mesh.dp.child.try_wait().expect("status").is_none());
+    assert!(mesh.dp.child().try_wait().expect("status").is_none());
 
     // Back on the same address and store; a new apply reaches the data plane after it reconnects.
     let cp = ControlPlane::start(&mesh.store, &format!("127.0.0.1:{port}"));
@@ -418,7 +358,7 @@ fn a_dataplane_keeps_enforcing_while_the_control_plane_is_down_and_catches_up() 
     ))
     .expect("applied after the restart");
     mesh.dp
-        .wait_line(|l| l.starts_with("enforcing store version 3"));
+        .wait_line(|l| l.contains("enforcing store version 3"));
     until_status(mesh.inbound, 200);
     let status: StatusResponse = rt.block_on(cp.client().status()).expect("status");
     let dp = status

@@ -105,3 +105,54 @@ fn every_duration_flag_takes_the_same_go_style_form() {
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("must be longer than 0"));
 }
+
+#[test]
+fn the_control_plane_logs_through_the_same_setup_as_run() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "control-plane",
+            "--api",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--store",
+        ])
+        .arg(dir.path().join("store.redb"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut events = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let listening = event["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("API listening on http://127.0.0.1:"));
+        events.push(event);
+        if listening {
+            break;
+        }
+    }
+    // The address is also on stdout, one line, for scripts.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("meshlimit control plane: API listening on http://"),
+        "{first}"
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last["level"], "INFO");
+    assert!(
+        last["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
+    );
+}

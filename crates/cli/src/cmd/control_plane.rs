@@ -168,14 +168,15 @@ async fn serve(
         write_address(path, &xds.address.to_string())?;
     }
     let snapshot = cp.snapshot();
-    println!("meshlimit control plane: API listening on {url}");
+    // Where it listens: on stdout, one line each, for scripts; the log (stderr) says it too.
+    super::announce(&format!("meshlimit control plane: API listening on {url}"));
     if let Some(xds) = &xds {
-        println!("xDS listening on {}", xds.address);
+        super::announce(&format!("xDS listening on {}", xds.address));
     }
     if let Some(rls) = &rls {
-        println!("rate-limit service listening on {}", rls.address);
+        super::announce(&format!("rate-limit service listening on {}", rls.address));
     }
-    println!(
+    tracing::info!(
         "store {} at version {} ({} resources){}",
         store.display(),
         snapshot.version,

@@ -5,7 +5,6 @@
 //! version it enforces and its counters (read from the proxy in this process) to the control
 //! plane.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,7 +63,7 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
     let limits = followed.limits.clone();
     let mut link = followed.link;
     let (fd_limit, line) = raise_and_describe_fd_limit();
-    say(&line);
+    tracing::info!("{line}");
     let mut options = ProxyOptions {
         shared: args
             .redis
@@ -80,7 +79,7 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
         .with_context(|| format!("binding the admin endpoint to {}", args.admin))?;
     let admin_url = format!("http://{}", admin_listener.local_addr()?);
     tokio::spawn(Admin::for_proxy(&proxy).serve(admin_listener, std::future::pending()));
-    say(&format!(
+    super::announce(&format!(
         "meshlimit dataplane {}/{}: admin listening on {admin_url}; following {}",
         args.mesh,
         args.name,
@@ -109,7 +108,7 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
                         tracing::warn!("{problem}");
                     }
                     let inbounds = limits.borrow().value.first().map_or(0, |l| l.inbounds.len());
-                    say(&format!("enforcing store version {version}: {inbounds} inbound(s)"));
+                    tracing::info!("enforcing store version {version}: {inbounds} inbound(s)");
                     crate::notify::ready(&format!(
                         "enforcing store version {version}: {inbounds} inbound(s)"
                     ));
@@ -121,11 +120,11 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
             }
             Ok(()) = link.changed() => {
                 if let Link::Disconnected { error, retry_in } = link.borrow_and_update().clone() {
-                    say(&format!(
+                    tracing::warn!(
                         "control plane unreachable ({error}); enforcing the last limits \
                          (store version {}); retrying in {retry_in:?}",
                         shown.1.map_or_else(|| "none".to_string(), |v| v.to_string())
-                    ));
+                    );
                 }
             }
             _ = ticker.tick() => {
@@ -168,12 +167,6 @@ impl Reporter {
             .await;
         });
     }
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 async fn terminated() {

@@ -83,6 +83,15 @@ pub fn refresh(
     }
 }
 
+/// Where a long-running command listens: one line on stdout, for scripts and tests to read
+/// (as `run --address-file` writes a file); the log on stderr says it too.
+pub fn announce(line: &str) {
+    tracing::info!("{line}");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// `--cp` and `--token`, on each command that contacts a control plane (and only there).
 #[derive(clap::Args, Clone)]
 pub struct ControlPlaneArgs {
