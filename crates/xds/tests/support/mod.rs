@@ -22,30 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub const DEADLINE: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(10);
 
-/// A port for Envoy to listen on. Released ports picked by binding port 0 come from the
-/// kernel's ephemeral range, where parallel tests' backends, admin listeners and outgoing
-/// connections take ports all the time, and Envoy then fails to bind. So: ports below the
-/// ephemeral range (which the kernel never hands out by itself), spread by process id, each
-/// checked free by binding it once.
+/// A port for Envoy to listen on (below the kernel's ephemeral range, see
+/// [`meshlimit_testkit::listener_port`]).
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    const LOWEST: u64 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(LOWEST).max(1_000);
-    let start = u64::from(std::process::id()) * 211 % span;
-    for _ in 0..span {
-        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::SeqCst)) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOWEST} and {}", LOWEST + span)
+    meshlimit_testkit::listener_port()
 }
 
 /// Polls `check` until it yields a value, or fails the test after [`DEADLINE`].
