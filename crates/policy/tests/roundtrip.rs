@@ -30,7 +30,7 @@ spec:
     sectionName: http
   rules:
     - matches:
-        - spiffeID: {type: Prefix, value: "spiffe://default/ns/a/"}
+        - spiffeID: {type: Prefix, value: "spiffe://default/ns/a"}
         - sni: {type: Exact, value: web.mesh}
       default:
         local:

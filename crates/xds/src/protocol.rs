@@ -219,6 +219,7 @@ mod tests {
                 }),
                 policies: vec![],
                 global: None,
+                sources: Vec::new(),
             }],
             kernel: vec![],
         }

@@ -657,6 +657,7 @@ mod tests {
                     tcp: None,
                     policies: vec![],
                     global: None,
+                    sources: Vec::new(),
                 },
                 InboundLimits {
                     port: 9000,
@@ -670,6 +671,7 @@ mod tests {
                     }),
                     policies: vec![],
                     global: None,
+                    sources: Vec::new(),
                 },
             ],
             kernel: vec![],

@@ -761,6 +761,7 @@ mod tests {
             tcp: None,
             policies: vec![],
             global: None,
+            sources: Vec::new(),
         }
     }
 

@@ -420,6 +420,7 @@ pub fn inbound(port: u16, service_port: u16, protocol: Protocol) -> InboundLimit
         tcp: None,
         policies: vec!["test".into()],
         global: None,
+        sources: Vec::new(),
     }
 }
 
