@@ -834,6 +834,19 @@ fn policy_order() {
             )],
         },
         Order {
+            rule: "inboundrules/mt-from: from entries are ordered as rules are",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("matched-for-rules-mt-aaaaaa", "{}", mesh),
+                ("matched-for-rules-mt-bbbbbb", "{}", mesh),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec!["matched-for-rules-mt-bbbbbb", "matched-for-rules-mt-aaaaaa"],
+            )],
+        },
+        Order {
             rule: "inboundrules/mt-mixed: from and rules entries are ordered together",
             dataplanes: DATAPLANES,
             policies: vec![
