@@ -167,6 +167,9 @@ pub struct InboundLimits {
 #[serde(rename_all = "camelCase")]
 pub struct SourceLimit {
     pub spiffe_id: SpiffeIdMatch,
+    /// The TLS server name the client must also have asked for (a match with both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     pub http: Option<HttpLimit>,
 }
 

@@ -21,9 +21,8 @@ use std::collections::BTreeMap;
 
 use crate::effective::{GlobalLimit, HttpLimit, Protocol, RejectHeaders, TcpLimit};
 use crate::model::{
-    Conf, DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT, Dataplane, GlobalConf, Inbound, Local, Match,
-    MatchType, MeshGlobalRateLimit, MeshRateLimit, OnRateLimit, StringMatch, TargetRef,
-    TargetRefKind,
+    Conf, DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT, Dataplane, GlobalConf, Inbound, Local, MatchType,
+    MeshGlobalRateLimit, MeshRateLimit, OnRateLimit, StringMatch, TargetRef, TargetRefKind,
 };
 use crate::quota::RejectStatus;
 
@@ -391,25 +390,39 @@ fn spiffe_matches(m: &StringMatch, id: &str) -> bool {
     }
 }
 
-/// Kuma's specificity of a `spiffeID` match (`compareMatchedRouteSpecificity`): Prefix below
-/// Exact, a shorter prefix below a longer one.
-fn spiffe_rank(m: &StringMatch) -> (u8, usize) {
-    match m.kind {
-        MatchType::Prefix => (0, m.value.len()),
-        MatchType::Exact => (1, 0),
+/// Kuma's specificity of a match with a `spiffeID` (`CompareMatch`, then the prefix length):
+/// Prefix below Exact, without SNI below with it, a shorter prefix below a longer one.
+fn spiffe_rank(m: &SpiffeRule<'_>) -> (u8, bool, usize) {
+    match m.spiffe_id.kind {
+        MatchType::Prefix => (0, m.sni.is_some(), m.spiffe_id.value.len()),
+        MatchType::Exact => (1, m.sni.is_some(), 0),
     }
 }
 
-/// The `spiffeID` rules of the policies, one per match, in Kuma's order: policy order, then
-/// rule and match order. SNI matches are left out: Kuma applies them on zone proxy listeners
-/// only, never on a sidecar inbound.
-fn spiffe_rules<'a>(policies: &[&'a MeshRateLimit]) -> Vec<(&'a StringMatch, &'a Conf, &'a str)> {
+/// A rule's match with a `spiffeID` (and maybe an SNI), its conf and policy.
+#[derive(Clone, Copy)]
+struct SpiffeRule<'a> {
+    spiffe_id: &'a StringMatch,
+    sni: Option<&'a StringMatch>,
+    conf: &'a Conf,
+    policy: &'a str,
+}
+
+/// The rules of the policies with a `spiffeID` match, one per match, in Kuma's order: policy
+/// order, then rule and match order. SNI-only matches are left out: Kuma applies them on zone
+/// proxy listeners only, never on a sidecar inbound.
+fn spiffe_rules<'a>(policies: &[&'a MeshRateLimit]) -> Vec<SpiffeRule<'a>> {
     let mut out = Vec::new();
     for p in policies {
         for r in &p.spec.rules {
             for m in &r.matches {
-                if let Match::SpiffeId(s) = m {
-                    out.push((s, &r.default, p.name.as_str()));
+                if let Some(spiffe_id) = m.spiffe_id() {
+                    out.push(SpiffeRule {
+                        spiffe_id,
+                        sni: m.sni(),
+                        conf: &r.default,
+                        policy: p.name.as_str(),
+                    });
                 }
             }
         }
@@ -418,10 +431,9 @@ fn spiffe_rules<'a>(policies: &[&'a MeshRateLimit]) -> Vec<(&'a StringMatch, &'a
 }
 
 /// The conf for one source: catch-all confs of every policy first, then every `spiffeID` rule
-/// matching the client, least specific first (Prefix before Exact, shorter prefixes first,
-/// policy order then rule order among equals). This is the conf of the route Kuma's Envoy
-/// picks for that client ([`spiffe_routes`]). Returns the conf and the names of the policies
-/// that contributed.
+/// matching the client (and its SNI, when the rule names one), least specific first. This is
+/// the conf of the route Kuma's Envoy picks for that client ([`spiffe_routes`]). Returns the
+/// conf and the names of the policies that contributed.
 pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, Vec<String>) {
     let mut conf = Conf::default();
     let mut names: Vec<String> = Vec::new();
@@ -436,25 +448,33 @@ pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, 
             contributed(&mut names, &p.name);
         }
     }
-    if let Some(id) = source.and_then(|s| s.spiffe_id.as_deref()) {
+    if let Some(source) = source
+        && let Some(id) = source.spiffe_id.as_deref()
+    {
         let mut matched: Vec<_> = spiffe_rules(policies)
             .into_iter()
-            .filter(|(m, _, _)| spiffe_matches(m, id))
+            .filter(|r| {
+                spiffe_matches(r.spiffe_id, id)
+                    && r.sni
+                        .is_none_or(|sni| source.sni.as_deref() == Some(sni.value.as_str()))
+            })
             .collect();
-        matched.sort_by_key(|(m, _, _)| spiffe_rank(m));
-        for (_, c, name) in matched {
-            merge(&mut conf, c);
-            contributed(&mut names, name);
+        matched.sort_by_key(spiffe_rank);
+        for r in matched {
+            merge(&mut conf, r.conf);
+            contributed(&mut names, r.policy);
         }
     }
     (conf, names)
 }
 
 /// A route Kuma adds in front of a sidecar inbound's route for a `spiffeID` match: requests
-/// whose client certificate carries a matching URI SAN take it, and its conf.
+/// whose client certificate carries a matching URI SAN (and, when `sni` is set, that asked
+/// for that server name) take it, and its conf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpiffeRoute {
     pub matched: StringMatch,
+    pub sni: Option<StringMatch>,
     /// The catch-all conf merged with every rule whose match covers this one, least specific
     /// first (Kuma's `mergeSubsumingMatchedRouteConfs`).
     pub conf: Conf,
@@ -462,43 +482,55 @@ pub struct SpiffeRoute {
 
 /// The routes Kuma's MeshRateLimit plugin adds on a sidecar inbound for `rules[].matches`
 /// with a `spiffeID` (`ConfigureMatchedRoutesOnFilterChain`), most specific first, as Envoy
-/// tries them: Exact before Prefix, longer prefixes first; one per distinct match.
+/// tries them; one per distinct match.
 pub fn spiffe_routes(policies: &[&MeshRateLimit]) -> Vec<SpiffeRoute> {
     let (base, _) = conf_for(policies, None);
     let mut rules: Vec<_> = spiffe_rules(policies)
         .into_iter()
-        .filter(|(_, c, _)| c.local.http.is_some())
+        .filter(|r| r.conf.local.http.is_some())
         .collect();
-    rules.sort_by_key(|(m, _, _)| Reverse(spiffe_rank(m)));
+    rules.sort_by_key(|r| Reverse(spiffe_rank(r)));
     let mut routes: Vec<SpiffeRoute> = Vec::new();
-    for (target, _, _) in &rules {
-        if routes.iter().any(|r| r.matched == **target) {
+    for target in &rules {
+        let seen = routes
+            .iter()
+            .any(|r| r.matched == *target.spiffe_id && r.sni.as_ref() == target.sni);
+        if seen {
             continue;
         }
-        let mut covering: Vec<_> = rules.iter().filter(|(m, _, _)| covers(m, target)).collect();
-        covering.sort_by_key(|(m, _, _)| spiffe_rank(m));
+        let mut covering: Vec<_> = rules.iter().filter(|r| covers(r, target)).collect();
+        covering.sort_by_key(|r| spiffe_rank(r));
         let mut conf = if base.local.http.is_some() {
             base.clone()
         } else {
             Conf::default()
         };
-        for (_, c, _) in covering {
-            merge(&mut conf, c);
+        for r in covering {
+            merge(&mut conf, r.conf);
         }
         routes.push(SpiffeRoute {
-            matched: (*target).clone(),
+            matched: target.spiffe_id.clone(),
+            sni: target.sni.cloned(),
             conf,
         });
     }
     routes
 }
 
-/// Kuma's `spiffeIDMatchSubsumes`: every client `target` matches, `candidate` matches too.
-fn covers(candidate: &StringMatch, target: &StringMatch) -> bool {
-    match candidate.kind {
-        MatchType::Exact => target.kind == MatchType::Exact && candidate.value == target.value,
-        MatchType::Prefix => target.value.starts_with(&candidate.value),
-    }
+/// Kuma's `matchedRouteSubsumes`: every client `target` matches, `candidate` matches too
+/// (its SPIFFE ID part covers the target's, and it names no SNI or the same one).
+fn covers(candidate: &SpiffeRule<'_>, target: &SpiffeRule<'_>) -> bool {
+    let (c, t) = (candidate.spiffe_id, target.spiffe_id);
+    let spiffe = match c.kind {
+        MatchType::Exact => t.kind == MatchType::Exact && c.value == t.value,
+        MatchType::Prefix => t.value.starts_with(&c.value),
+    };
+    let sni = match (candidate.sni, target.sni) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(c), Some(t)) => c == t,
+    };
+    spiffe && sni
 }
 
 /// The confs a `MeshGlobalRateLimit` contributes, in its own order: `from[]` entries (all of

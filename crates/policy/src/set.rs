@@ -149,19 +149,13 @@ impl ResourceSet {
                 for rule in &p.spec.rules {
                     for m in &rule.matches {
                         // SNI matches apply on zone proxy listeners only, not on inbounds.
-                        if seen.contains(&m) || matches!(m, Match::Sni(_)) {
+                        if seen.contains(&m) || m.spiffe_id().is_none() {
                             continue;
                         }
                         seen.push(m);
-                        let source = match m {
-                            Match::SpiffeId(s) => Source {
-                                spiffe_id: Some(s.value.clone()),
-                                sni: None,
-                            },
-                            Match::Sni(s) => Source {
-                                spiffe_id: None,
-                                sni: Some(s.value.clone()),
-                            },
+                        let source = Source {
+                            spiffe_id: m.spiffe_id().map(|s| s.value.clone()),
+                            sni: m.sni().map(|s| s.value.clone()),
                         };
                         out.push(SourceLimits {
                             port: inbound.port,
@@ -308,6 +302,7 @@ fn inbound_limits(
                     },
                     value: route.matched.value,
                 },
+                sni: route.sni.map(|s| s.value),
                 http: matching::enforced(&route.conf, protocol).0,
             })
             .collect(),

@@ -557,6 +557,52 @@ spec:
     assert_eq!(num("spiffe://other/ns"), Some(1));
 }
 
+/// A match with both a spiffeID and an SNI needs both, and ranks above the spiffeID alone
+/// (Kuma's SortRules: "ranks AND-combined matches (SNI + SpiffeID) higher than single-field
+/// matches").
+#[test]
+fn a_match_with_spiffe_id_and_sni_needs_both_and_ranks_higher() {
+    let yaml = r#"type: MeshRateLimit
+name: p
+spec:
+  targetRef: {kind: MeshService, name: web}
+  rules:
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/x"}, sni: {type: Exact, value: web.mesh}}]
+      default: {local: {http: {requestRate: {num: 4, interval: 1s}}}}
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/x"}}]
+      default: {local: {http: {requestRate: {num: 3, interval: 1s}}}}
+    - default: {local: {http: {requestRate: {num: 1, interval: 1s}}}}
+"#;
+    let s = set(&[yaml.to_string()]);
+    let num = |sni: Option<&str>| {
+        let source = Source {
+            spiffe_id: Some("spiffe://default/ns/a/sa/x".to_string()),
+            sni: sni.map(String::from),
+        };
+        s.limits_for_source("default", "dp-1", 8080, &source)
+            .expect("inbound")
+            .http
+            .map(|h| h.request_rate.num().get())
+    };
+    assert_eq!(num(Some("web.mesh")), Some(4));
+    assert_eq!(num(Some("other.mesh")), Some(3));
+    assert_eq!(num(None), Some(3));
+    let routes: Vec<(Option<String>, Option<u32>)> = inbound(&s, "dp-1", 8080)
+        .sources
+        .iter()
+        .map(|r| {
+            (
+                r.sni.clone(),
+                r.http.as_ref().map(|h| h.request_rate.num().get()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [(Some("web.mesh".to_string()), Some(4)), (None, Some(3))]
+    );
+}
+
 #[test]
 fn gateways_have_no_inbound_limits() {
     let s = set(&[policy("all", "{kind: Mesh}", &http(1))]);

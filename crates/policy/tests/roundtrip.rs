@@ -32,6 +32,8 @@ spec:
     - matches:
         - spiffeID: {type: Prefix, value: "spiffe://default/ns/a"}
         - sni: {type: Exact, value: web.mesh}
+        - spiffeID: {type: Exact, value: "spiffe://default/ns/b"}
+          sni: {type: Exact, value: web.mesh}
       default:
         local:
           http:

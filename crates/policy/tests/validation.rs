@@ -387,6 +387,17 @@ fn matches_are_checked() {
     ] {
         assert_eq!(problems(&at(m)), one(&path, message), "{m}");
     }
+    // Kuma takes a spiffeID and an SNI in one entry (both must match), and refuses TCP there.
+    let both = "{spiffeID: {type: Exact, value: \"spiffe://default/web\"}, sni: {type: Exact, value: web.mesh}}";
+    assert!(parse_documents("t.yaml", &at(both)).is_ok());
+    let tcp = at(both).replace("http: {disabled: true}", "tcp: {disabled: true}");
+    assert_eq!(
+        problems(&tcp),
+        one(
+            "spec.rules[0].default.local.tcp",
+            "can't be specified when matches contain spiffeID because this field cannot be conditioned on source identity"
+        )
+    );
 }
 
 #[test]

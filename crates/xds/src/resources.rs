@@ -25,7 +25,8 @@
 //! rendered as Kuma's MeshRateLimit plugin renders them: an `envoy.filters.network.set_filter_state`
 //! filter first in the chain stores the client certificate's URI SAN
 //! (`%DOWNSTREAM_PEER_URI_SAN%`) under `kuma.mesh_rate_limit.match.spiffe_id` once the TLS
-//! handshake is done, and each match gets a copy of the inbound's route, in front of it, that
+//! handshake is done (and the requested server name under `kuma.mesh_rate_limit.match.sni` when
+//! a match names one), and each match gets a copy of the inbound's route, in front of it, that
 //! matches that filter state and carries its own `local_ratelimit` in
 //! `typed_per_filter_config` (a copy whose limit is disabled carries a config with no bucket).
 //! A client without a matching certificate takes the inbound's route and its limit. A copy's
@@ -117,6 +118,8 @@ pub const ROUTER: &str = "envoy.filters.http.router";
 pub const SET_FILTER_STATE: &str = "envoy.filters.network.set_filter_state";
 /// Where the set_filter_state filter keeps a client's SPIFFE ID (Kuma's key).
 pub const SPIFFE_ID_STATE_KEY: &str = "kuma.mesh_rate_limit.match.spiffe_id";
+/// ... and the server name it asked for, when a match names one.
+pub const SNI_STATE_KEY: &str = "kuma.mesh_rate_limit.match.sni";
 
 /// The address inbound clusters forward to: the application beside the sidecar.
 const APPLICATION_ADDRESS: &str = "127.0.0.1";
@@ -288,7 +291,7 @@ pub fn to_any<M: Message + Name>(message: &M) -> Any {
 fn inbound_listener(address: &str, inbound: &InboundLimits) -> Listener {
     let mut filters = Vec::new();
     if per_client(inbound) {
-        filters.push(typed_filter(SET_FILTER_STATE, &spiffe_id_state()));
+        filters.push(typed_filter(SET_FILTER_STATE, &match_state(inbound)));
     }
     if let Some(tcp) = &inbound.tcp {
         filters.push(typed_filter(
@@ -557,30 +560,32 @@ fn per_client(inbound: &InboundLimits) -> bool {
         && (inbound.http.is_some() || inbound.sources.iter().any(|s| s.http.is_some()))
 }
 
-/// The network filter storing the client certificate's URI SAN once the TLS handshake is done.
-fn spiffe_id_state() -> SetFilterState {
+/// The network filter storing, once the TLS handshake is done, the client certificate's URI
+/// SAN and, when a match names an SNI, the server name the client asked for.
+fn match_state(inbound: &InboundLimits) -> SetFilterState {
+    let value = |key: &str, format: &str| FilterStateValue {
+        key: Some(filter_state_value::Key::ObjectKey(key.to_string())),
+        factory_key: "envoy.string".to_string(),
+        value: Some(filter_state_value::Value::FormatString(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(format.to_string())),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+        skip_if_empty: true,
+        ..Default::default()
+    };
+    let mut values = vec![value(SPIFFE_ID_STATE_KEY, "%DOWNSTREAM_PEER_URI_SAN%")];
+    if inbound.sources.iter().any(|s| s.sni.is_some()) {
+        values.push(value(SNI_STATE_KEY, "%REQUESTED_SERVER_NAME%"));
+    }
     SetFilterState {
-        on_downstream_tls_handshake: vec![FilterStateValue {
-            key: Some(filter_state_value::Key::ObjectKey(
-                SPIFFE_ID_STATE_KEY.to_string(),
-            )),
-            factory_key: "envoy.string".to_string(),
-            value: Some(filter_state_value::Value::FormatString(
-                SubstitutionFormatString {
-                    format: Some(substitution_format_string::Format::TextFormatSource(
-                        DataSource {
-                            specifier: Some(data_source::Specifier::InlineString(
-                                "%DOWNSTREAM_PEER_URI_SAN%".to_string(),
-                            )),
-                            ..Default::default()
-                        },
-                    )),
-                    ..Default::default()
-                },
-            )),
-            skip_if_empty: true,
-            ..Default::default()
-        }],
+        on_downstream_tls_handshake: values,
         ..Default::default()
     }
 }
@@ -596,6 +601,12 @@ fn client_routes(inbound: &InboundLimits, route: &Route, mapped: bool) -> Vec<Ro
             let mut copy = route.clone();
             if let Some(m) = copy.r#match.as_mut() {
                 m.filter_state.push(spiffe_id_matcher(source));
+                if let Some(sni) = &source.sni {
+                    m.filter_state.push(state_matcher(
+                        SNI_STATE_KEY,
+                        string_matcher::MatchPattern::Exact(sni.clone()),
+                    ));
+                }
             }
             let config = match &source.http {
                 Some(limit) => {
@@ -613,13 +624,20 @@ fn client_routes(inbound: &InboundLimits, route: &Route, mapped: bool) -> Vec<Ro
 
 fn spiffe_id_matcher(source: &SourceLimit) -> FilterStateMatcher {
     let value = source.spiffe_id.value.clone();
+    state_matcher(
+        SPIFFE_ID_STATE_KEY,
+        match source.spiffe_id.kind {
+            SpiffeMatchType::Exact => string_matcher::MatchPattern::Exact(value),
+            SpiffeMatchType::Prefix => string_matcher::MatchPattern::Prefix(value),
+        },
+    )
+}
+
+fn state_matcher(key: &str, pattern: string_matcher::MatchPattern) -> FilterStateMatcher {
     FilterStateMatcher {
-        key: SPIFFE_ID_STATE_KEY.to_string(),
+        key: key.to_string(),
         matcher: Some(filter_state_matcher::Matcher::StringMatch(StringMatcher {
-            match_pattern: Some(match source.spiffe_id.kind {
-                SpiffeMatchType::Exact => string_matcher::MatchPattern::Exact(value),
-                SpiffeMatchType::Prefix => string_matcher::MatchPattern::Prefix(value),
-            }),
+            match_pattern: Some(pattern),
             ..Default::default()
         })),
     }

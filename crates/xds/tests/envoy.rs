@@ -399,8 +399,8 @@ async fn a_graceful_shutdown_ends_the_streams_of_connected_envoys() {
     .await;
 }
 
-/// Per-client limits (`rules[].matches[].spiffeID`) as Kuma renders them: Envoy accepts the
-/// set_filter_state filter and the matched route copies (the rendering is what it runs), and
+/// Per-client limits (`rules[].matches[].spiffeID`, one with an SNI too) as Kuma renders them:
+/// Envoy accepts the set_filter_state filter and the matched route copies (the rendering is what it runs), and
 /// a client without a certificate, here every client, takes the inbound's own route: the
 /// catch-all limit on one inbound, no limit on the other, whose only limits are per client
 /// (one of them disabled).
@@ -415,11 +415,20 @@ async fn spiffe_id_routes_are_accepted_and_leave_other_clients_to_the_catch_all(
             kind,
             value: value.to_string(),
         },
+        sni: None,
         http,
     };
     let mut web = inbound(both, backend, Protocol::Http);
     web.http = Some(http_limit(3, 429, vec![], vec![]));
     web.sources = vec![
+        SourceLimit {
+            sni: Some("web.mesh".to_string()),
+            ..source(
+                SpiffeMatchType::Exact,
+                "spiffe://default/ns/clients/sa/a",
+                Some(http_limit(2, 503, vec![], vec![])),
+            )
+        },
         source(
             SpiffeMatchType::Exact,
             "spiffe://default/ns/clients/sa/a",

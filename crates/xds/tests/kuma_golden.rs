@@ -107,8 +107,10 @@ spec:
     assert!(!with_sni.contains("set_filter_state"), "{with_sni}");
 }
 
-/// Exact before Prefix, longer prefixes first; each copy merges the catch-all and every
-/// match covering it; a disabled client limit gets a config enabled for no request.
+/// Exact before Prefix, with an SNI before without, longer prefixes first (Kuma's SortRules
+/// and compareMatchedRouteSpecificity); each copy merges the catch-all and every match covering
+/// it; a disabled client limit gets a config enabled for no request; a match with an SNI also
+/// matches the requested server name.
 #[test]
 fn spiffeid_routes_are_ordered_and_merged_as_kuma_does() {
     let yaml = rendered(
@@ -140,6 +142,13 @@ spec:
       default:
         local:
           http: {disabled: true}
+    - matches:
+        - spiffeID: {type: Prefix, value: \"spiffe://default/ns\"}
+          sni: {type: Exact, value: backend.mesh}
+      default:
+        local:
+          http:
+            requestRate: {num: 9, interval: 1s}
 ",
     );
     golden("spiffeid_routes_ordered_and_merged.yaml", &yaml);

@@ -210,7 +210,7 @@ fn rule(report: &mut Report, value: &Value, path: &str) -> Option<Rule> {
     let conf = default_conf(report, f.get("default").map(|(v, _)| v), &default_path);
     if let Some(c) = &conf
         && c.local.tcp.is_some()
-        && matches.iter().any(|m| matches!(m, Match::SpiffeId(_)))
+        && matches.iter().any(|m| m.spiffe_id().is_some())
     {
         report.error(
             &field(&field(&default_path, "local"), "tcp"),

@@ -94,14 +94,16 @@ pub(crate) fn source_match(report: &mut Report, value: &Value, path: &str) -> Op
             report.error(path, "must specify at least one of 'spiffeID' or 'sni'");
             None
         }
-        // Kuma takes both in one entry; meshlimit asks for one entry each.
-        (Some(_), Some(_)) => {
-            report.error(
-                path,
-                "spiffeID and sni in one entry are not supported: write one entry for each",
-            );
-            None
-        }
+        (Some((s, _)), Some((n, _))) => Some(Match::Both {
+            spiffe_id: StringMatch {
+                kind: spiffe_kind?,
+                value: s.value,
+            },
+            sni: StringMatch {
+                kind: MatchType::Exact,
+                value: n.value,
+            },
+        }),
     }
 }
 
