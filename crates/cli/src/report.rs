@@ -89,6 +89,7 @@ mod tests {
             tcp: None,
             policies: Vec::new(),
             global: None,
+            sources: Vec::new(),
         }
     }
 

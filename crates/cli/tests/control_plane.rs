@@ -679,7 +679,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
     assert_eq!(created.0.as_u16(), 201);
     let json = serde_json::json!({
         "type": "MeshRateLimit", "mesh": "default", "name": "a",
-        "spec": {"targetRef": {"kind": "Mesh"}, "rules": [{"default": {"local": {"tcp": {"connectionRate": {"num": 3, "interval": "1s"}}}}}]}
+        "spec": {"targetRef": {"kind": "Mesh", "proxyTypes": ["Sidecar"]}, "rules": [{"default": {"local": {"tcp": {"connectionRate": {"num": 3, "interval": "1s"}}}}}]}
     });
     let updated = call(
         "PUT",
@@ -968,8 +968,11 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
     let url = mesh.cp.url.clone();
     let client = mesh.cp.client();
     let rt = runtime();
-    let mesh_wide = policy_yaml("mesh-wide", 100, "1s")
-        .replace("    kind: MeshService\n    name: web\n", "    kind: Mesh\n");
+    let mesh_wide = policy_yaml("mesh-wide", 100, "1s").replace(
+        "    kind: MeshService\n    name: web\n",
+        "    kind: Mesh\n    proxyTypes: [Sidecar]\n",
+    );
+    let ignored_listener = free_port();
     rt.block_on(client.apply(
         vec![
             file(
@@ -978,7 +981,12 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
             ),
             file(
                 "web-3.yaml",
-                dataplane_yaml("web-3", free_port(), free_port()),
+                format!(
+                    "{}    - port: {}\n      state: Ignored\n      tags: {{kuma.io/service: web}}\n  listeners:\n    - {{type: ZoneIngress, address: 127.0.0.1, port: {}, name: zi}}\n",
+                    dataplane_yaml("web-3", free_port(), free_port()),
+                    free_port(),
+                    ignored_listener
+                ),
             ),
             file("mesh-wide.yaml", mesh_wide),
             file("web.yaml", policy_yaml("web", 5, "1s")),
@@ -1057,6 +1065,23 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
         assert!(
             report.contains(&want),
             "{why}: {want:?} missing from\n{report}"
+        );
+    }
+    // What a Dataplane declares and nothing enforces (an Ignored inbound, a zone-proxy
+    // listener) is information, never a problem.
+    for want in [
+        "is in state Ignored: no proxy listens there, so no limit applies (as in Kuma)".to_string(),
+        format!(
+            "ZoneIngress listener zi (port {ignored_listener}) is a zone proxy listener: meshlimit does not enforce MeshRateLimit on zone proxies"
+        ),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("{want:?} missing from\n{report}"));
+        assert!(
+            line.starts_with("[info]    Dataplane default/web-3: "),
+            "{line}"
         );
     }
     // An override is how Kuma's merging is meant to work: shown, but not a problem.

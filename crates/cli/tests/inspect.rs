@@ -55,7 +55,20 @@ fn json_is_the_contract_shape_with_merged_limits() {
                     }
                 },
                 "tcp": {"connectionRate": {"num": 100, "interval": "1s"}},
-                "policies": ["mesh-connections", "backend-rate-limit", "backend-v2"]
+                "policies": ["mesh-connections", "backend-rate-limit", "backend-v2"],
+                // The route Kuma's Envoy gets for backend-v2's spiffeID rule: its rate over
+                // the inbound's status and headers.
+                "sources": [{
+                    "spiffeId": {"type": "Exact", "value": "spiffe://default/frontend"},
+                    "http": {
+                        "requestRate": {"num": 50, "interval": "10s"},
+                        "status": 423,
+                        "headers": {
+                            "set": [{"name": "x-kuma-rate-limited", "value": "true"}],
+                            "add": []
+                        }
+                    }
+                }]
             }],
             "kernel": []
         })
@@ -224,4 +237,65 @@ fn envoy_output_is_yaml_only() {
         stderr.contains("'--envoy' cannot be used with '--output"),
         "{stderr}"
     );
+}
+
+/// What a Dataplane declares that nothing enforces (an inbound in state Ignored, a zone-proxy
+/// listener) is listed under the table, and on standard error beside JSON or Envoy output.
+#[test]
+fn what_is_not_enforced_is_said() {
+    let dir =
+        std::env::temp_dir().join(format!("meshlimit-inspect-ignored-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let file = dir.join("dp.yaml");
+    std::fs::write(
+        &file,
+        "type: Dataplane\nname: zp\nnetworking:\n  address: 127.0.0.2\n  inbound:\n    - port: 8080\n      tags: {kuma.io/service: web, kuma.io/protocol: http}\n    - port: 8081\n      state: Ignored\n      tags: {kuma.io/service: web, kuma.io/protocol: http}\n  listeners:\n    - {type: ZoneEgress, address: 127.0.0.2, port: 10002, name: ze}\n",
+    )
+    .expect("written");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .arg("inspect")
+            .arg("-f")
+            .arg(&file)
+            .args(["--dataplane", "zp"])
+            .args(extra)
+            .output()
+            .expect("meshlimit runs")
+    };
+    let ignored = "inbound 8081 (web) is in state Ignored: no proxy listens there, so no limit applies (as in Kuma)";
+    let listener = "ZoneEgress listener ze (port 10002) is a zone proxy listener: meshlimit does not enforce MeshRateLimit on zone proxies (Kuma does), so its traffic is not limited";
+
+    let table = run(&[]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&format!("\nNot enforced:\n  - {ignored}\n  - {listener}\n")),
+        "{text}"
+    );
+    let rows = text.split("Not enforced:").next().unwrap_or_default();
+    assert!(
+        !rows.lines().any(|l| l.starts_with("8081")),
+        "the Ignored inbound has no row: {text}"
+    );
+
+    let json = run(&["-o", "json"]);
+    let value = json_of(&json);
+    assert_eq!(value["inbounds"].as_array().map(Vec::len), Some(1));
+    let err = String::from_utf8_lossy(&json.stderr);
+    assert!(err.contains(ignored) && err.contains(listener), "{err}");
+
+    let envoy = run(&["--envoy"]);
+    assert!(envoy.status.success());
+    let err = String::from_utf8_lossy(&envoy.stderr);
+    assert!(err.starts_with("not enforced:\n"), "{err}");
+    let yaml = String::from_utf8_lossy(&envoy.stdout);
+    assert!(
+        !yaml.contains("8081"),
+        "no Envoy listener for the Ignored inbound: {yaml}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -43,7 +43,7 @@ fn resources(num: u64, interval: &str) -> String {
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  \
          inbound:\n    - port: 18080\n      servicePort: 18081\n      tags:\n        \
          kuma.io/service: backend\n        kuma.io/protocol: http\n---\ntype: MeshRateLimit\n\
-         mesh: default\nname: quota\nspec:\n  targetRef:\n    kind: Mesh\n  rules:\n    - \
+         mesh: default\nname: quota\nspec:\n  targetRef:\n    kind: Mesh\n    proxyTypes: [Sidecar]\n  rules:\n    - \
          default:\n        local:\n          http:\n            requestRate:\n              \
          num: {num}\n              interval: {interval}\n"
     )

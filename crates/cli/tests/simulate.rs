@@ -544,8 +544,8 @@ fn policy_mode_simulates_this_instances_share_of_a_global_limit_after_the_local_
         "{}{}type: MeshGlobalRateLimit\nmesh: default\nname: web-total\nspec:\n  targetRef:\n    \
          kind: MeshService\n    name: web\n  from:\n    - targetRef:\n        kind: Mesh\n      \
          default:\n        http:\n          requestRate: {{num: 3, interval: 1h}}\n---\ntype: \
-         MeshRateLimit\nmesh: default\nname: local\nspec:\n  targetRef:\n    kind: Mesh\n  \
-         rules:\n    - default:\n        local:\n          http:\n            requestRate: {{num: \
+         MeshRateLimit\nmesh: default\nname: local\nspec:\n  targetRef:\n    kind: Mesh\n    \
+         proxyTypes: [Sidecar]\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {{num: \
          1, interval: 1s}}\n",
         dataplane("web-1", 8080),
         dataplane("web-2", 8081)

@@ -22,6 +22,7 @@ name: backend-rate-limit
 spec:
   targetRef:
     kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:

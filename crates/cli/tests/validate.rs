@@ -107,6 +107,9 @@ type: MeshRateLimit
 mesh: demo
 name: too-fast
 spec:
+  targetRef:
+    kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:
@@ -239,6 +242,7 @@ name: framing
 spec:
   targetRef:
     kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:

@@ -153,6 +153,38 @@ pub struct InboundLimits {
     /// The `MeshGlobalRateLimit` on this inbound, if any (HTTP inbounds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global: Option<GlobalLimit>,
+    /// HTTP limits for clients matched by `rules[].matches[].spiffeID`, most specific first:
+    /// the routes Kuma's Envoy takes for a client certificate with a matching URI SAN. The
+    /// first matching one applies instead of `http`. meshlimit's proxy sees no client
+    /// certificate, so only Envoy enforces these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceLimit>,
+}
+
+/// The HTTP limit for clients whose SPIFFE ID matches (see [`InboundLimits::sources`]);
+/// `http` is `None` when the merged conf for them enforces nothing (disabled, or no rate).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceLimit {
+    pub spiffe_id: SpiffeIdMatch,
+    /// The TLS server name the client must also have asked for (a match with both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    pub http: Option<HttpLimit>,
+}
+
+/// A `spiffeID` match: the client's ID equals `value`, or starts with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SpiffeIdMatch {
+    #[serde(rename = "type")]
+    pub kind: SpiffeMatchType,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SpiffeMatchType {
+    Exact,
+    Prefix,
 }
 
 /// A `RateLimit` rule resolved to one destination (an inbound of some Dataplane). On the wire

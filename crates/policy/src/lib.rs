@@ -23,7 +23,7 @@ mod tree;
 
 pub use effective::{
     DataplaneLimits, FailureMode, GlobalLimit, GlobalMode, HttpLimit, InboundLimits, KernelLimit,
-    Protocol, RejectHeaders, TcpLimit, Versioned,
+    Protocol, RejectHeaders, SourceLimit, SpiffeIdMatch, SpiffeMatchType, TcpLimit, Versioned,
 };
 pub use global::share;
 pub use matching::Source;

@@ -2,14 +2,16 @@
 //! configuration is — Kuma's algorithm:
 //!
 //! 1. the top-level `targetRef` selects inbounds ([`selects`]);
-//! 2. the applying policies are ordered by their `kuma.io/origin` label (global < none <
-//!    zone), then `kuma.io/policy-role` (system < producer < consumer < workload-owner, the
-//!    default), then least specific targetRef first ([`Specificity`]), ties broken by
+//! 2. the applying policies are ordered least specific targetRef first ([`Specificity`]:
+//!    the kind, then for Dataplane labels < name and no sectionName < sectionName), then by
+//!    their `kuma.io/origin` label (global < none < zone), then `kuma.io/policy-role` (system,
+//!    the default, < producer < consumer < workload-owner), ties broken by
 //!    `kuma.io/display-name` (else the name), descending, so the smallest comes last and wins;
 //! 3. their confs are merged field by field in that order ([`merge`]); rates and header lists
 //!    are replaced whole; within one policy, later `from`/`rules` entries override earlier ones;
-//! 4. `rules` with `matches` apply only to the sources they match, over the catch-all ones,
-//!    ordered SNI < spiffeID Prefix < spiffeID Exact.
+//! 4. `rules` with a `spiffeID` match apply only to the clients they match, over the
+//!    catch-all ones, ordered Prefix (shorter first) < Exact ([`conf_for`], [`spiffe_routes`]);
+//!    SNI matches apply on zone proxy listeners only, never on a sidecar inbound.
 //!
 //! `MeshGlobalRateLimit` policies are selected and ordered the same way ([`applying`] takes
 //! either) and merged by [`global_conf_for`]; [`enforced_global`] is what they enforce.
@@ -19,10 +21,16 @@ use std::collections::BTreeMap;
 
 use crate::effective::{GlobalLimit, HttpLimit, Protocol, RejectHeaders, TcpLimit};
 use crate::model::{
-    Conf, DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT, Dataplane, GlobalConf, Inbound, Local, Match,
-    MatchType, MeshGlobalRateLimit, MeshRateLimit, OnRateLimit, TargetRef, TargetRefKind,
+    Conf, DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT, Dataplane, GlobalConf, Inbound, Local, MatchType,
+    MeshGlobalRateLimit, MeshRateLimit, OnRateLimit, StringMatch, TargetRef, TargetRefKind,
 };
 use crate::quota::RejectStatus;
+
+const ORIGIN_LABEL: &str = "kuma.io/origin";
+const ROLE_LABEL: &str = "kuma.io/policy-role";
+const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
+const ZONE_LABEL: &str = "kuma.io/zone";
 
 /// Whether a top-level targetRef selects this inbound of this Dataplane.
 pub fn selects(target: &TargetRef, dp: &Dataplane, inbound: &Inbound) -> bool {
@@ -31,33 +39,84 @@ pub fn selects(target: &TargetRef, dp: &Dataplane, inbound: &Inbound) -> bool {
         .tags
         .iter()
         .all(|(k, v)| inbound.tags.get(k) == Some(v));
-    let section_ok = target
-        .section_name
-        .as_ref()
-        .is_none_or(|s| inbound.name.as_ref() == Some(s) || inbound.port.to_string() == *s);
+    let section_ok = selects_section(target, inbound);
     let service_ok = target.name.as_deref() == Some(inbound.service());
     match target.kind {
         TargetRefKind::Mesh => proxy_ok,
         TargetRefKind::MeshSubset => proxy_ok && tags_ok,
         TargetRefKind::MeshService => service_ok && section_ok,
         TargetRefKind::MeshServiceSubset => service_ok && tags_ok,
-        TargetRefKind::Dataplane => {
-            // Dataplanes here are universal (no namespace): a targetRef naming a namespace
-            // selects Dataplanes of that namespace only, so none of them.
-            target.namespace.is_none()
-                && target.name.as_ref().is_none_or(|n| *n == dp.name)
-                && target
-                    .labels
-                    .iter()
-                    .all(|(k, v)| dp.labels.get(k) == Some(v))
-                && section_ok
-        }
+        TargetRefKind::Dataplane => dataplane_selects(target, None, None, dp) && section_ok,
         // Gateways have listeners, not inbounds; these kinds never select an inbound.
         TargetRefKind::MeshGateway
         | TargetRefKind::MeshHttpRoute
         | TargetRefKind::MeshExternalService
         | TargetRefKind::MeshMultiZoneService => false,
     }
+}
+
+/// Whether a Dataplane targetRef selects this Dataplane (Kuma's `allDataplanesSelected`,
+/// `isSelectedByResourceIdentifier`, `isSelectedByLabels`). By name, the Dataplane's
+/// identity must match: its display name, its namespace (the targetRef's, else the policy's
+/// own) and its zone (the policy's), each from the `k8s.kuma.io/namespace`, `kuma.io/zone`
+/// and `kuma.io/display-name` labels.
+fn dataplane_selects(
+    target: &TargetRef,
+    policy_namespace: Option<&str>,
+    policy_zone: Option<&str>,
+    dp: &Dataplane,
+) -> bool {
+    let label = |name: &str| dp.labels.get(name).map(String::as_str).unwrap_or("");
+    match (&target.name, target.labels.is_empty()) {
+        (None, true) => target.namespace.is_none(),
+        (Some(name), _) => {
+            let namespace = target.namespace.as_deref().or(policy_namespace);
+            let display = dp
+                .labels
+                .get(DISPLAY_NAME_LABEL)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&dp.name);
+            display == name
+                && namespace.unwrap_or("") == label(NAMESPACE_LABEL)
+                && policy_zone.unwrap_or("") == label(ZONE_LABEL)
+        }
+        (None, false) => target
+            .labels
+            .iter()
+            .all(|(k, v)| dp.labels.get(k) == Some(v)),
+    }
+}
+
+/// Whether a policy applies to this inbound: its targetRef selects it ([`selects`], with the
+/// policy's namespace and zone for a Dataplane by name), and, for the consumer and
+/// workload-owner roles, the policy is in the Dataplane's namespace (Kuma's
+/// `dppSelectedByNamespace`).
+pub fn policy_selects<P: Targeted + ?Sized>(p: &P, dp: &Dataplane, inbound: &Inbound) -> bool {
+    let target = p.target();
+    let labels = p.labels();
+    if matches!(
+        labels.get(ROLE_LABEL).map(String::as_str),
+        Some("consumer" | "workload-owner")
+    ) {
+        let same = labels
+            .get(NAMESPACE_LABEL)
+            .is_some_and(|ns| dp.labels.get(NAMESPACE_LABEL) == Some(ns));
+        if !same {
+            return false;
+        }
+    }
+    if target.kind != TargetRefKind::Dataplane {
+        return selects(&target, dp, inbound);
+    }
+    let zone = labels.get(ZONE_LABEL).map(String::as_str);
+    dataplane_selects(&target, p.namespace(), zone, dp) && selects_section(&target, inbound)
+}
+
+fn selects_section(target: &TargetRef, inbound: &Inbound) -> bool {
+    target
+        .section_name
+        .as_ref()
+        .is_none_or(|s| inbound.name.as_ref() == Some(s) || inbound.port.to_string() == *s)
 }
 
 /// How specific a top-level targetRef is; greater sorts later and wins.
@@ -71,15 +130,17 @@ pub struct Specificity {
 }
 
 pub fn specificity(target: &TargetRef) -> Specificity {
+    // Kuma's order of kinds (`TargetRefKind.Compare`).
     let kind_rank = match target.kind {
-        TargetRefKind::Mesh => 0,
-        TargetRefKind::Dataplane => 1,
-        TargetRefKind::MeshSubset => 2,
-        TargetRefKind::MeshGateway => 3,
-        TargetRefKind::MeshService => 4,
-        TargetRefKind::MeshServiceSubset => 5,
-        TargetRefKind::MeshHttpRoute => 6,
-        TargetRefKind::MeshExternalService | TargetRefKind::MeshMultiZoneService => 7,
+        TargetRefKind::Mesh => 1,
+        TargetRefKind::Dataplane => 2,
+        TargetRefKind::MeshSubset => 3,
+        TargetRefKind::MeshGateway => 4,
+        TargetRefKind::MeshService => 5,
+        TargetRefKind::MeshExternalService => 6,
+        TargetRefKind::MeshMultiZoneService => 7,
+        TargetRefKind::MeshServiceSubset => 8,
+        TargetRefKind::MeshHttpRoute => 9,
     };
     let (detail, section) = match target.kind {
         TargetRefKind::Dataplane => (
@@ -108,26 +169,43 @@ pub trait Targeted {
         static NONE: BTreeMap<String, String> = BTreeMap::new();
         &NONE
     }
-}
-
-/// Where a policy was created: a global control plane's copy ranks below an unlabelled one,
-/// which ranks below a zone's own (Kuma's `kuma.io/origin`).
-fn origin_rank(labels: &BTreeMap<String, String>) -> u8 {
-    match labels.get("kuma.io/origin").map(String::as_str) {
-        Some("global") => 0,
-        Some("zone") => 2,
-        _ => 1,
+    /// The policy's namespace: its `k8s.kuma.io/namespace` label, else `metadata.namespace`.
+    fn namespace(&self) -> Option<&str> {
+        None
     }
 }
 
-/// Kuma's `kuma.io/policy-role`: system < producer < consumer < workload-owner. Kuma gives an
-/// inbound policy without the label the workload-owner role.
+/// [`Targeted::namespace`] of a policy with these labels and `metadata.namespace`.
+fn namespace_of<'a>(
+    labels: &'a BTreeMap<String, String>,
+    namespace: &'a Option<String>,
+) -> Option<&'a str> {
+    labels
+        .get(NAMESPACE_LABEL)
+        .or(namespace.as_ref())
+        .map(String::as_str)
+}
+
+/// Where a policy was created: a global control plane's copy ranks below an unlabelled one,
+/// which ranks below a zone's own (Kuma's `kuma.io/origin`); an unknown value ranks lowest.
+fn origin_rank(labels: &BTreeMap<String, String>) -> u8 {
+    match labels.get(ORIGIN_LABEL).map(String::as_str) {
+        None | Some("") => 2,
+        Some("global") => 1,
+        Some("zone") => 3,
+        Some(_) => 0,
+    }
+}
+
+/// Kuma's `kuma.io/policy-role`: system < producer < consumer < workload-owner. Kuma takes a
+/// policy without the label as of the system role; an unknown value ranks lowest.
 fn role_rank(labels: &BTreeMap<String, String>) -> u8 {
-    match labels.get("kuma.io/policy-role").map(String::as_str) {
-        Some("system") => 0,
-        Some("producer") => 1,
-        Some("consumer") => 2,
-        _ => 3,
+    match labels.get(ROLE_LABEL).map(String::as_str) {
+        None | Some("") | Some("system") => 1,
+        Some("producer") => 2,
+        Some("consumer") => 3,
+        Some("workload-owner") => 4,
+        Some(_) => 0,
     }
 }
 
@@ -135,7 +213,7 @@ fn role_rank(labels: &BTreeMap<String, String>) -> u8 {
 /// before a control plane added a hash or namespace), else the resource name.
 fn display_name<P: Targeted + ?Sized>(p: &P) -> String {
     p.labels()
-        .get("kuma.io/display-name")
+        .get(DISPLAY_NAME_LABEL)
         .cloned()
         .unwrap_or_else(|| p.name().to_string())
 }
@@ -147,6 +225,10 @@ impl Targeted for MeshRateLimit {
 
     fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        namespace_of(&self.labels, &self.namespace)
     }
 
     fn mesh(&self) -> &str {
@@ -167,6 +249,10 @@ impl Targeted for MeshGlobalRateLimit {
         &self.labels
     }
 
+    fn namespace(&self) -> Option<&str> {
+        namespace_of(&self.labels, &self.namespace)
+    }
+
     fn mesh(&self) -> &str {
         &self.mesh
     }
@@ -184,17 +270,19 @@ pub fn applying<'a, P: Targeted + 'a>(
 ) -> Vec<&'a P> {
     let mut out: Vec<&P> = policies
         .into_iter()
-        .filter(|p| p.mesh() == dp.mesh && selects(&p.target(), dp, inbound))
+        .filter(|p| p.mesh() == dp.mesh && policy_selects(*p, dp, inbound))
         .collect();
-    // Kuma's order: origin, then role, then how specific the targetRef is, then the name
-    // (the smaller name sorts later, so it wins).
+    // Kuma's order (`CompareByPolicyAttributes`, then `CompareByDisplayName`): how specific
+    // the targetRef is, origin, role, then the display name (the smaller sorts later and
+    // wins). A stable sort keeps the order given among equals, as Kuma's does.
     out.sort_by_cached_key(|p| {
         (
+            specificity(&p.target()),
             origin_rank(p.labels()),
             role_rank(p.labels()),
-            specificity(&p.target()),
             Reverse(display_name(*p)),
-            Reverse(p.name().to_string()),
+            // Kuma's store lists policies by name, and its sort is stable.
+            p.name().to_string(),
         )
     });
     out
@@ -294,29 +382,63 @@ pub struct Source {
     pub sni: Option<String>,
 }
 
-/// How specific a match is when it matches this source (`None` when it does not):
-/// SNI (1) < spiffeID Prefix (2) < spiffeID Exact (3).
-pub fn match_rank(m: &Match, source: &Source) -> Option<u8> {
-    match m {
-        Match::SpiffeId(s) => {
-            let id = source.spiffe_id.as_deref()?;
-            match s.kind {
-                MatchType::Exact => (id == s.value).then_some(3),
-                MatchType::Prefix => id.starts_with(&s.value).then_some(2),
-            }
-        }
-        Match::Sni(s) => (source.sni.as_deref() == Some(&s.value)).then_some(1),
+/// Whether a `spiffeID` match matches this client's SPIFFE ID.
+fn spiffe_matches(m: &StringMatch, id: &str) -> bool {
+    match m.kind {
+        MatchType::Exact => id == m.value,
+        MatchType::Prefix => id.starts_with(&m.value),
     }
 }
 
-/// The conf for one source: catch-all confs of every policy first, then each matching rule,
-/// least specific match first (policy order, then rule order, among equals).
-/// Returns the conf and the names of the policies that contributed.
+/// Kuma's specificity of a match with a `spiffeID` (`CompareMatch`, then the prefix length):
+/// Prefix below Exact, without SNI below with it, a shorter prefix below a longer one.
+fn spiffe_rank(m: &SpiffeRule<'_>) -> (u8, bool, usize) {
+    match m.spiffe_id.kind {
+        MatchType::Prefix => (0, m.sni.is_some(), m.spiffe_id.value.len()),
+        MatchType::Exact => (1, m.sni.is_some(), 0),
+    }
+}
+
+/// A rule's match with a `spiffeID` (and maybe an SNI), its conf and policy.
+#[derive(Clone, Copy)]
+struct SpiffeRule<'a> {
+    spiffe_id: &'a StringMatch,
+    sni: Option<&'a StringMatch>,
+    conf: &'a Conf,
+    policy: &'a str,
+}
+
+/// The rules of the policies with a `spiffeID` match, one per match, in Kuma's order: policy
+/// order, then rule and match order. SNI-only matches are left out: Kuma applies them on zone
+/// proxy listeners only, never on a sidecar inbound.
+fn spiffe_rules<'a>(policies: &[&'a MeshRateLimit]) -> Vec<SpiffeRule<'a>> {
+    let mut out = Vec::new();
+    for p in policies {
+        for r in &p.spec.rules {
+            for m in &r.matches {
+                if let Some(spiffe_id) = m.spiffe_id() {
+                    out.push(SpiffeRule {
+                        spiffe_id,
+                        sni: m.sni(),
+                        conf: &r.default,
+                        policy: p.name.as_str(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The conf for one source: catch-all confs of every policy first, then every `spiffeID` rule
+/// matching the client (and its SNI, when the rule names one), least specific first. This is
+/// the conf of the route Kuma's Envoy picks for that client ([`spiffe_routes`]). Returns the
+/// conf and the names of the policies that contributed.
 pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, Vec<String>) {
     let mut conf = Conf::default();
     let mut names: Vec<String> = Vec::new();
     let contributed = |names: &mut Vec<String>, name: &str| {
-        if names.last().map(String::as_str) != Some(name) && !names.iter().any(|n| n == name) {
+        if !names.iter().any(|n| n == name) {
             names.push(name.to_string());
         }
     };
@@ -326,22 +448,89 @@ pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, 
             contributed(&mut names, &p.name);
         }
     }
-    if let Some(source) = source {
-        let mut matched: Vec<(u8, usize, usize, &Conf, &str)> = Vec::new();
-        for (pi, p) in policies.iter().enumerate() {
-            for (ri, r) in p.spec.rules.iter().enumerate() {
-                if let Some(rank) = r.matches.iter().filter_map(|m| match_rank(m, source)).max() {
-                    matched.push((rank, pi, ri, &r.default, &p.name));
-                }
-            }
-        }
-        matched.sort_by_key(|(rank, pi, ri, _, _)| (*rank, *pi, *ri));
-        for (_, _, _, c, name) in matched {
-            merge(&mut conf, c);
-            contributed(&mut names, name);
+    if let Some(source) = source
+        && let Some(id) = source.spiffe_id.as_deref()
+    {
+        let mut matched: Vec<_> = spiffe_rules(policies)
+            .into_iter()
+            .filter(|r| {
+                spiffe_matches(r.spiffe_id, id)
+                    && r.sni
+                        .is_none_or(|sni| source.sni.as_deref() == Some(sni.value.as_str()))
+            })
+            .collect();
+        matched.sort_by_key(spiffe_rank);
+        for r in matched {
+            merge(&mut conf, r.conf);
+            contributed(&mut names, r.policy);
         }
     }
     (conf, names)
+}
+
+/// A route Kuma adds in front of a sidecar inbound's route for a `spiffeID` match: requests
+/// whose client certificate carries a matching URI SAN (and, when `sni` is set, that asked
+/// for that server name) take it, and its conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeRoute {
+    pub matched: StringMatch,
+    pub sni: Option<StringMatch>,
+    /// The catch-all conf merged with every rule whose match covers this one, least specific
+    /// first (Kuma's `mergeSubsumingMatchedRouteConfs`).
+    pub conf: Conf,
+}
+
+/// The routes Kuma's MeshRateLimit plugin adds on a sidecar inbound for `rules[].matches`
+/// with a `spiffeID` (`ConfigureMatchedRoutesOnFilterChain`), most specific first, as Envoy
+/// tries them; one per distinct match.
+pub fn spiffe_routes(policies: &[&MeshRateLimit]) -> Vec<SpiffeRoute> {
+    let (base, _) = conf_for(policies, None);
+    let mut rules: Vec<_> = spiffe_rules(policies)
+        .into_iter()
+        .filter(|r| r.conf.local.http.is_some())
+        .collect();
+    rules.sort_by_key(|r| Reverse(spiffe_rank(r)));
+    let mut routes: Vec<SpiffeRoute> = Vec::new();
+    for target in &rules {
+        let seen = routes
+            .iter()
+            .any(|r| r.matched == *target.spiffe_id && r.sni.as_ref() == target.sni);
+        if seen {
+            continue;
+        }
+        let mut covering: Vec<_> = rules.iter().filter(|r| covers(r, target)).collect();
+        covering.sort_by_key(|r| spiffe_rank(r));
+        let mut conf = if base.local.http.is_some() {
+            base.clone()
+        } else {
+            Conf::default()
+        };
+        for r in covering {
+            merge(&mut conf, r.conf);
+        }
+        routes.push(SpiffeRoute {
+            matched: target.spiffe_id.clone(),
+            sni: target.sni.cloned(),
+            conf,
+        });
+    }
+    routes
+}
+
+/// Kuma's `matchedRouteSubsumes`: every client `target` matches, `candidate` matches too
+/// (its SPIFFE ID part covers the target's, and it names no SNI or the same one).
+fn covers(candidate: &SpiffeRule<'_>, target: &SpiffeRule<'_>) -> bool {
+    let (c, t) = (candidate.spiffe_id, target.spiffe_id);
+    let spiffe = match c.kind {
+        MatchType::Exact => t.kind == MatchType::Exact && c.value == t.value,
+        MatchType::Prefix => t.value.starts_with(&c.value),
+    };
+    let sni = match (candidate.sni, target.sni) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(c), Some(t)) => c == t,
+    };
+    spiffe && sni
 }
 
 /// The confs a `MeshGlobalRateLimit` contributes, in its own order: `from[]` entries (all of

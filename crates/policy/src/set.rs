@@ -3,12 +3,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::effective::{DataplaneLimits, GlobalLimit, InboundLimits, KernelLimit};
+use crate::effective::{
+    DataplaneLimits, GlobalLimit, InboundLimits, KernelLimit, Protocol, SourceLimit, SpiffeIdMatch,
+    SpiffeMatchType,
+};
 use crate::global::share;
 use crate::matching::{self, Source};
 use crate::model::{
-    DEFAULT_MESH, Dataplane, Form, Inbound, Kind, Match, MeshGlobalRateLimit, MeshRateLimit,
-    RateLimit, Resource,
+    DEFAULT_MESH, Dataplane, Form, Inbound, Kind, Match, MatchType, MeshGlobalRateLimit,
+    MeshRateLimit, RateLimit, Resource,
 };
 use crate::parse::{Origin, Parsed};
 use crate::problem::Problem;
@@ -114,8 +117,7 @@ impl ResourceSet {
     fn limits_of(&self, dp: &Dataplane, instances: &GlobalInstances<'_>) -> DataplaneLimits {
         let inbounds = dp
             .networking
-            .inbound
-            .iter()
+            .enforced_inbounds()
             .map(|inbound| {
                 let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
                 let global = self.global_of(dp, inbound, instances);
@@ -139,26 +141,21 @@ impl ResourceSet {
         };
         let instances = self.global_instances(mesh);
         let mut out = Vec::new();
-        for inbound in &dp.networking.inbound {
+        for inbound in dp.networking.enforced_inbounds() {
             let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
             let global = self.global_of(dp, inbound, &instances);
             let mut seen = Vec::new();
             for p in &policies {
                 for rule in &p.spec.rules {
                     for m in &rule.matches {
-                        if seen.contains(&m) {
+                        // SNI matches apply on zone proxy listeners only, not on inbounds.
+                        if seen.contains(&m) || m.spiffe_id().is_none() {
                             continue;
                         }
                         seen.push(m);
-                        let source = match m {
-                            Match::SpiffeId(s) => Source {
-                                spiffe_id: Some(s.value.clone()),
-                                sni: None,
-                            },
-                            Match::Sni(s) => Source {
-                                spiffe_id: None,
-                                sni: Some(s.value.clone()),
-                            },
+                        let source = Source {
+                            spiffe_id: m.spiffe_id().map(|s| s.value.clone()),
+                            sni: m.sni().map(|s| s.value.clone()),
                         };
                         out.push(SourceLimits {
                             port: inbound.port,
@@ -186,7 +183,7 @@ impl ResourceSet {
         source: &Source,
     ) -> Option<InboundLimits> {
         let dp = self.dataplane(mesh, dataplane)?;
-        let inbound = dp.networking.inbound.iter().find(|i| i.port == port)?;
+        let inbound = dp.networking.enforced_inbounds().find(|i| i.port == port)?;
         let policies = matching::applying(self.mesh_rate_limits(), dp, inbound);
         let global = self.global_of(dp, inbound, &self.global_instances(mesh));
         Some(inbound_limits(inbound, &policies, Some(source), global))
@@ -211,7 +208,7 @@ impl ResourceSet {
             return out;
         }
         for dp in self.dataplanes().filter(|d| d.mesh == mesh) {
-            for inbound in &dp.networking.inbound {
+            for inbound in dp.networking.enforced_inbounds() {
                 if let Some(limit) = self.global_alone(dp, inbound) {
                     out.entry(limit.key)
                         .or_default()
@@ -259,7 +256,7 @@ impl ResourceSet {
                         .dataplanes()
                         .filter(|d| d.mesh == rl.mesh && include(d))
                     {
-                        for inbound in &dp.networking.inbound {
+                        for inbound in dp.networking.enforced_inbounds() {
                             if inbound.service() != service.name {
                                 continue;
                             }
@@ -293,6 +290,24 @@ fn inbound_limits(
     let (conf, names) = matching::conf_for(policies, source);
     let protocol = inbound.protocol();
     let (http, tcp) = matching::enforced(&conf, protocol);
+    // Per-client routes belong to the inbound's own limits, not to one client's view of them.
+    let sources = match (source, protocol) {
+        (None, Protocol::Http) => matching::spiffe_routes(policies)
+            .into_iter()
+            .map(|route| SourceLimit {
+                spiffe_id: SpiffeIdMatch {
+                    kind: match route.matched.kind {
+                        MatchType::Exact => SpiffeMatchType::Exact,
+                        MatchType::Prefix => SpiffeMatchType::Prefix,
+                    },
+                    value: route.matched.value,
+                },
+                sni: route.sni.map(|s| s.value),
+                http: matching::enforced(&route.conf, protocol).0,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     InboundLimits {
         port: inbound.port,
         service_port: inbound.effective_service_port(),
@@ -302,6 +317,7 @@ fn inbound_limits(
         tcp,
         policies: names,
         global,
+        sources,
     }
 }
 

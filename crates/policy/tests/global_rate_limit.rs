@@ -414,7 +414,10 @@ fn target_refs_follow_kong_mesh_support_matrix() {
     // The targetRef itself is read as for every kuma.io policy.
     assert_eq!(
         problems(&at("{kind: MeshService}")),
-        one("spec.targetRef.name", "must be set with kind MeshService")
+        one(
+            "spec.targetRef",
+            "name or labels must be set when kind is MeshService"
+        )
     );
     assert_eq!(
         problems(&at("{kind: MeshServis, name: web}")),
@@ -617,7 +620,7 @@ fn resource_sets_check_meshes_and_names() {
     );
     // A MeshRateLimit of the same name is another kind.
     let both = format!(
-        "{}---\ntype: MeshRateLimit\nname: p\nspec:\n  rules:\n    - default:\n        local:\n          http: {{disabled: true}}\n",
+        "{}---\ntype: MeshRateLimit\nname: p\nspec:\n  targetRef: {{kind: Dataplane}}\n  rules:\n    - default:\n        local:\n          http: {{disabled: true}}\n",
         k8s("p", "default")
     );
     ResourceSet::from_parsed(parse_documents("t.yaml", &both).expect("valid")).expect("consistent");

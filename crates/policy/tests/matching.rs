@@ -40,11 +40,20 @@ type: Mesh
 name: other
 "#;
 
-/// A MeshRateLimit with one catch-all rule.
+/// A MeshRateLimit with one catch-all rule; a scope that also covers gateways (Mesh or
+/// MeshSubset without proxyTypes) takes it as a `from` entry, as Kuma 2.14 refuses `rules`
+/// there (meshlimit accepts such a `from`, as Kuma 2.5 did).
 fn policy(name: &str, target: &str, local: &str) -> String {
-    format!(
-        "type: MeshRateLimit\nname: {name}\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        local: {local}\n"
-    )
+    let gateways = (target.contains("kind: Mesh,")
+        || target.contains("kind: Mesh}")
+        || target.contains("kind: MeshSubset"))
+        && !target.contains("proxyTypes");
+    let entries = if gateways {
+        format!("from:\n    - targetRef: {{kind: Mesh}}\n      default:\n        local: {local}\n")
+    } else {
+        format!("rules:\n    - default:\n        local: {local}\n")
+    };
+    format!("type: MeshRateLimit\nname: {name}\nspec:\n  targetRef: {target}\n  {entries}")
 }
 
 /// HTTP `num` requests per second.
@@ -95,7 +104,7 @@ fn selection_by_target_ref_kind() {
         Case {
             rule: "an omitted targetRef means Mesh",
             policies: vec![format!(
-                "type: MeshRateLimit\nname: implicit\nspec:\n  rules:\n    - default:\n        local: {}\n",
+                "type: MeshRateLimit\nname: implicit\nspec:\n  from:\n    - targetRef: {{kind: Mesh}}\n      default:\n        local: {}\n",
                 http(2)
             )],
             expect: vec![
@@ -205,86 +214,6 @@ fn selection_by_target_ref_kind() {
                     .replace("name: elsewhere", "name: elsewhere\nmesh: other"),
             ],
             expect: vec![("dp-1", 8080, None, vec![])],
-        },
-    ];
-    run(cases);
-}
-
-#[test]
-fn ordering_by_specificity_then_name() {
-    let cases = vec![
-        Case {
-            rule: "kind rank: Mesh < Dataplane < MeshSubset < MeshService < MeshServiceSubset",
-            policies: vec![
-                policy(
-                    "e-subset-service",
-                    "{kind: MeshServiceSubset, name: web, tags: {version: v1}}",
-                    &http(5),
-                ),
-                policy("a-mesh", "{kind: Mesh}", &http(1)),
-                policy(
-                    "c-subset",
-                    "{kind: MeshSubset, tags: {version: v1}}",
-                    &http(3),
-                ),
-                policy("b-dataplane", "{kind: Dataplane, name: dp-1}", &http(2)),
-                policy("d-service", "{kind: MeshService, name: web}", &http(4)),
-            ],
-            expect: vec![
-                (
-                    "dp-1",
-                    8080,
-                    Some(5),
-                    vec![
-                        "a-mesh",
-                        "b-dataplane",
-                        "c-subset",
-                        "d-service",
-                        "e-subset-service",
-                    ],
-                ),
-                (
-                    "dp-1",
-                    9090,
-                    Some(3),
-                    vec!["a-mesh", "b-dataplane", "c-subset"],
-                ),
-                ("dp-2", 8080, Some(4), vec!["a-mesh", "d-service"]),
-            ],
-        },
-        Case {
-            rule: "Dataplane: labels < name, and no sectionName < sectionName",
-            policies: vec![
-                policy(
-                    "z-section",
-                    "{kind: Dataplane, name: dp-1, sectionName: api}",
-                    &http(3),
-                ),
-                policy("y-name", "{kind: Dataplane, name: dp-1}", &http(2)),
-                policy(
-                    "x-labels",
-                    "{kind: Dataplane, labels: {zone: east}}",
-                    &http(1),
-                ),
-            ],
-            expect: vec![
-                (
-                    "dp-1",
-                    8080,
-                    Some(3),
-                    vec!["x-labels", "y-name", "z-section"],
-                ),
-                ("dp-1", 9090, Some(2), vec!["x-labels", "y-name"]),
-            ],
-        },
-        Case {
-            rule: "ties break by name, descending: the smallest name comes last and wins",
-            policies: vec![
-                policy("alpha", "{kind: MeshService, name: web}", &http(1)),
-                policy("beta", "{kind: MeshService, name: web}", &http(2)),
-                policy("gamma", "{kind: MeshService, name: web}", &http(3)),
-            ],
-            expect: vec![("dp-1", 8080, Some(1), vec!["gamma", "beta", "alpha"])],
         },
     ];
     run(cases);
@@ -480,7 +409,7 @@ spec:
       default: {local: {http: {requestRate: {num: 30, interval: 1s}}}}
     - matches: [{sni: {type: Exact, value: web.mesh}}]
       default: {local: {http: {requestRate: {num: 10, interval: 1s}, onRateLimit: {status: 503}}}}
-    - matches: [{spiffeID: {type: Prefix, value: "spiffe://default/ns/a/"}}]
+    - matches: [{spiffeID: {type: Prefix, value: "spiffe://default/ns/a"}}]
       default: {local: {http: {requestRate: {num: 20, interval: 1s}}}}
     - default: {local: {http: {requestRate: {num: 1, interval: 1s}, onRateLimit: {status: 420}}}}
 "#;
@@ -517,12 +446,13 @@ spec:
         at(Some("spiffe://default/ns/b/sa/x"), None),
         (1, 420, Some(5))
     );
-    // SNI over the catch-all.
-    assert_eq!(at(None, Some("web.mesh")), (10, 503, Some(5)));
-    // spiffeID Prefix beats SNI; the SNI rule's status still shows through (field merge).
+    // SNI matches apply on zone proxies only (Kuma's plugin renders them there alone): a
+    // sidecar inbound gives the catch-all.
+    assert_eq!(at(None, Some("web.mesh")), (1, 420, Some(5)));
+    // spiffeID Prefix over the catch-all, whose status shows through (field merge).
     assert_eq!(
         at(Some("spiffe://default/ns/a/sa/other"), Some("web.mesh")),
-        (20, 503, Some(5))
+        (20, 420, Some(5))
     );
     // spiffeID Exact beats Prefix.
     assert_eq!(
@@ -545,8 +475,131 @@ spec:
         .collect();
     assert_eq!(
         nums,
-        [30, 10, 20],
-        "one entry per match, in the order written"
+        [30, 20],
+        "one entry per spiffeID match, in the order written"
+    );
+
+    // The routes Kuma's Envoy gets, most specific first, each merged over the catch-all and
+    // the matches covering it.
+    let routes: Vec<(String, u32, u16)> = inbound(&s, "dp-1", 8080)
+        .sources
+        .iter()
+        .map(|r| {
+            let h = r.http.as_ref().expect("limited");
+            (
+                r.spiffe_id.value.clone(),
+                h.request_rate.num().get(),
+                h.status.as_u16(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("spiffe://default/ns/a/sa/frontend".to_string(), 30, 420),
+            ("spiffe://default/ns/a".to_string(), 20, 420),
+        ]
+    );
+}
+
+/// Kuma orders spiffeID routes Exact first, then longer prefixes first
+/// (`compareMatchedRouteSpecificity`); a client takes the first that matches, merged over the
+/// catch-all and every shorter prefix covering it.
+#[test]
+fn longer_spiffe_prefixes_are_more_specific() {
+    let yaml = r#"type: MeshRateLimit
+name: p
+spec:
+  targetRef: {kind: MeshService, name: web}
+  rules:
+    - matches: [{spiffeID: {type: Prefix, value: "spiffe://default/ns/a"}}]
+      default: {local: {http: {requestRate: {num: 20, interval: 1s}}}}
+    - matches: [{spiffeID: {type: Prefix, value: "spiffe://default/ns"}}]
+      default: {local: {http: {requestRate: {num: 7, interval: 1s}, onRateLimit: {status: 503}}}}
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/x"}}]
+      default: {local: {http: {disabled: true}}}
+    - default: {local: {http: {requestRate: {num: 1, interval: 1s}}}}
+"#;
+    let s = set(&[yaml.to_string()]);
+    let routes: Vec<(String, Option<(u32, u16)>)> = inbound(&s, "dp-1", 8080)
+        .sources
+        .iter()
+        .map(|r| {
+            (
+                r.spiffe_id.value.clone(),
+                r.http
+                    .as_ref()
+                    .map(|h| (h.request_rate.num().get(), h.status.as_u16())),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("spiffe://default/ns/a/sa/x".to_string(), None),
+            ("spiffe://default/ns/a".to_string(), Some((20, 503))),
+            ("spiffe://default/ns".to_string(), Some((7, 503))),
+        ]
+    );
+    let num = |id: &str| {
+        let source = Source {
+            spiffe_id: Some(id.to_string()),
+            sni: None,
+        };
+        s.limits_for_source("default", "dp-1", 8080, &source)
+            .expect("inbound")
+            .http
+            .map(|h| h.request_rate.num().get())
+    };
+    assert_eq!(num("spiffe://default/ns/a/sa/y"), Some(20));
+    assert_eq!(num("spiffe://default/ns/b"), Some(7));
+    assert_eq!(num("spiffe://default/ns/a/sa/x"), None, "disabled for it");
+    assert_eq!(num("spiffe://other/ns"), Some(1));
+}
+
+/// A match with both a spiffeID and an SNI needs both, and ranks above the spiffeID alone
+/// (Kuma's SortRules: "ranks AND-combined matches (SNI + SpiffeID) higher than single-field
+/// matches").
+#[test]
+fn a_match_with_spiffe_id_and_sni_needs_both_and_ranks_higher() {
+    let yaml = r#"type: MeshRateLimit
+name: p
+spec:
+  targetRef: {kind: MeshService, name: web}
+  rules:
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/x"}, sni: {type: Exact, value: web.mesh}}]
+      default: {local: {http: {requestRate: {num: 4, interval: 1s}}}}
+    - matches: [{spiffeID: {type: Exact, value: "spiffe://default/ns/a/sa/x"}}]
+      default: {local: {http: {requestRate: {num: 3, interval: 1s}}}}
+    - default: {local: {http: {requestRate: {num: 1, interval: 1s}}}}
+"#;
+    let s = set(&[yaml.to_string()]);
+    let num = |sni: Option<&str>| {
+        let source = Source {
+            spiffe_id: Some("spiffe://default/ns/a/sa/x".to_string()),
+            sni: sni.map(String::from),
+        };
+        s.limits_for_source("default", "dp-1", 8080, &source)
+            .expect("inbound")
+            .http
+            .map(|h| h.request_rate.num().get())
+    };
+    assert_eq!(num(Some("web.mesh")), Some(4));
+    assert_eq!(num(Some("other.mesh")), Some(3));
+    assert_eq!(num(None), Some(3));
+    let routes: Vec<(Option<String>, Option<u32>)> = inbound(&s, "dp-1", 8080)
+        .sources
+        .iter()
+        .map(|r| {
+            (
+                r.sni.clone(),
+                r.http.as_ref().map(|h| h.request_rate.num().get()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [(Some("web.mesh".to_string()), Some(4)), (None, Some(3))]
     );
 }
 
@@ -588,8 +641,8 @@ fn proxy_types_filter_by_the_kind_of_proxy() {
 }
 
 /// Kuma's targetRef for kind Dataplane: `namespace` restricts it to that namespace (these
-/// Dataplanes have none, so it selects nothing), and `sectionName` alone selects that inbound
-/// of every Dataplane.
+/// Dataplanes have no `k8s.kuma.io/namespace` label, so it selects nothing), and
+/// `sectionName` alone selects that inbound of every Dataplane.
 #[test]
 fn dataplane_namespace_and_section_name_alone() {
     let s = set(&[
@@ -610,102 +663,435 @@ fn dataplane_namespace_and_section_name_alone() {
     );
 }
 
-/// A MeshRateLimit with labels, targeting `target`, limiting HTTP to `num` per second.
-fn labelled(name: &str, labels: &str, target: &str, num: u32) -> String {
-    format!(
-        "type: MeshRateLimit\nname: {name}\nlabels: {labels}\nspec:\n  targetRef: {target}\n  rules:\n    - default:\n        local: {}\n",
-        http(num)
-    )
+/// The Dataplane of Kuma's matcher tests (`pkg/plugins/policies/core/matchers/testdata/
+/// matchedpolicies/dataplane-kind/*.dataplane.yaml`), with HTTP inbounds.
+const KUMA_DATAPLANE: &str = r#"
+type: Dataplane
+name: dp-1
+labels: {k8s.kuma.io/namespace: kuma-demo, app: demo}
+networking:
+  address: 1.1.1.1
+  inbound:
+    - port: 8080
+      name: main-port
+      tags: {kuma.io/service: web, kuma.io/protocol: http, version: v1}
+    - port: 8081
+      name: secondary-port
+      tags: {kuma.io/service: web, kuma.io/protocol: http, version: v3}
+"#;
+
+/// One row of the ordering table: the policies (name, labels, top-level targetRef), each
+/// limiting HTTP to its position + 1 per second, and for each inbound the policies that apply
+/// in Kuma's order (least specific first, so the last one's rate wins).
+struct Order {
+    rule: &'static str,
+    dataplanes: &'static str,
+    policies: Vec<(&'static str, &'static str, &'static str)>,
+    expect: Vec<(&'static str, u16, Vec<&'static str>)>,
 }
 
-fn winner(policies: &[String]) -> u32 {
-    let s = set(policies);
-    let i = inbound(&s, "dp-1", 8080);
-    i.http.expect("limited").request_rate.num().get()
-}
-
-/// Kuma orders policies by `kuma.io/origin` and `kuma.io/policy-role` before the targetRef's
-/// kind, and breaks ties by `kuma.io/display-name`.
+/// Which policies apply and in which order: the targetRef's kind, Dataplane details, then
+/// `kuma.io/origin`, `kuma.io/policy-role` and `kuma.io/display-name`. Rows named after a
+/// Kuma test translate it (inputs and expected order are Kuma's).
 #[test]
-fn origin_role_and_display_name_order_policies() {
+fn policy_order() {
     let mesh = "{kind: Mesh}";
     let dp = "{kind: Dataplane, name: dp-1}";
-    let cases: &[(&str, Vec<String>, u32)] = &[
-        (
-            "a zone policy beats a more specific global one",
-            vec![
-                labelled("a", "{kuma.io/origin: global}", dp, 1),
-                labelled("b", "{kuma.io/origin: zone}", mesh, 2),
-            ],
-            2,
-        ),
-        (
-            "an unlabelled policy beats a global one",
-            vec![
-                labelled("a", "{kuma.io/origin: global}", dp, 1),
-                labelled("b", "{}", mesh, 2),
-            ],
-            2,
-        ),
-        (
-            "a zone policy beats an unlabelled one",
-            vec![
-                labelled("a", "{}", dp, 1),
-                labelled("b", "{kuma.io/origin: zone}", mesh, 2),
-            ],
-            2,
-        ),
-        (
-            "workload-owner beats consumer beats producer beats system",
-            vec![
-                labelled("a", "{kuma.io/policy-role: workload-owner}", mesh, 4),
-                labelled("b", "{kuma.io/policy-role: consumer}", dp, 3),
-                labelled("c", "{kuma.io/policy-role: producer}", dp, 2),
-                labelled("d", "{kuma.io/policy-role: system}", dp, 1),
-            ],
-            4,
-        ),
-        (
-            "consumer beats producer whatever the kind",
-            vec![
-                labelled("a", "{kuma.io/policy-role: producer}", dp, 1),
-                labelled("b", "{kuma.io/policy-role: consumer}", mesh, 2),
-            ],
-            2,
-        ),
-        (
-            "origin before role",
-            vec![
-                labelled(
-                    "a",
-                    "{kuma.io/origin: global, kuma.io/policy-role: workload-owner}",
-                    mesh,
-                    1,
+    let ns = "{k8s.kuma.io/namespace: kuma-demo}";
+    let rows = vec![
+        Order {
+            rule: "kind rank: Mesh < Dataplane < MeshSubset < MeshService < MeshServiceSubset",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                (
+                    "e-subset-service",
+                    "{}",
+                    "{kind: MeshServiceSubset, name: web, tags: {version: v1}}",
                 ),
-                labelled(
+                ("a-mesh", "{}", mesh),
+                ("c-subset", "{}", "{kind: MeshSubset, tags: {version: v1}}"),
+                ("b-dataplane", "{}", dp),
+                ("d-service", "{}", "{kind: MeshService, name: web}"),
+            ],
+            expect: vec![
+                (
+                    "dp-1",
+                    8080,
+                    vec![
+                        "a-mesh",
+                        "b-dataplane",
+                        "c-subset",
+                        "d-service",
+                        "e-subset-service",
+                    ],
+                ),
+                ("dp-1", 9090, vec!["a-mesh", "b-dataplane", "c-subset"]),
+                ("dp-2", 8080, vec!["a-mesh", "d-service"]),
+            ],
+        },
+        Order {
+            rule: "ties break by name, descending: the smallest name comes last and wins",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("alpha", "{}", "{kind: MeshService, name: web}"),
+                ("beta", "{}", "{kind: MeshService, name: web}"),
+                ("gamma", "{}", "{kind: MeshService, name: web}"),
+            ],
+            expect: vec![("dp-1", 8080, vec!["gamma", "beta", "alpha"])],
+        },
+        Order {
+            rule: "the kind decides before kuma.io/origin: a global Dataplane policy beats a zone Mesh one",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("a", "{kuma.io/origin: global}", dp),
+                ("b", "{kuma.io/origin: zone}", mesh),
+            ],
+            expect: vec![("dp-1", 8080, vec!["b", "a"])],
+        },
+        Order {
+            rule: "the kind decides before kuma.io/policy-role",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("a", "{kuma.io/policy-role: producer}", dp),
+                ("b", "{kuma.io/policy-role: system}", mesh),
+            ],
+            expect: vec![("dp-1", 8080, vec!["b", "a"])],
+        },
+        Order {
+            rule: "inboundrules/mt-order-by-origin: global < none < zone",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("matched-for-rules-ccc", "{kuma.io/origin: zone}", mesh),
+                ("matched-for-rules-bbb", "{}", mesh),
+                ("matched-for-rules-aaa", "{kuma.io/origin: global}", mesh),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec![
+                    "matched-for-rules-aaa",
+                    "matched-for-rules-bbb",
+                    "matched-for-rules-ccc",
+                ],
+            )],
+        },
+        Order {
+            rule: "inboundrules/mt-order-by-role: system < producer < consumer (in the Dataplane's namespace)",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "matched-for-rules-ccc",
+                    "{kuma.io/policy-role: consumer, k8s.kuma.io/namespace: kuma-demo}",
+                    mesh,
+                ),
+                (
+                    "matched-for-rules-bbb",
+                    "{kuma.io/policy-role: producer}",
+                    mesh,
+                ),
+                (
+                    "matched-for-rules-aaa",
+                    "{kuma.io/policy-role: system}",
+                    mesh,
+                ),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec![
+                    "matched-for-rules-aaa",
+                    "matched-for-rules-bbb",
+                    "matched-for-rules-ccc",
+                ],
+            )],
+        },
+        Order {
+            rule: "no kuma.io/policy-role label is the system role, below producer",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("a", "{kuma.io/policy-role: producer}", mesh),
+                ("b", "{}", mesh),
+            ],
+            expect: vec![("dp-1", 8080, vec!["b", "a"])],
+        },
+        Order {
+            rule: "origin before role",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "a",
+                    "{kuma.io/origin: global, kuma.io/policy-role: workload-owner, k8s.kuma.io/namespace: kuma-demo}",
+                    mesh,
+                ),
+                (
                     "b",
                     "{kuma.io/origin: zone, kuma.io/policy-role: system}",
                     mesh,
-                    2,
                 ),
             ],
-            2,
-        ),
-        (
-            "same rank: the smaller display name wins over the resource name",
-            vec![
-                labelled("a", "{kuma.io/display-name: zz}", mesh, 1),
-                labelled("b", "{kuma.io/display-name: aa}", mesh, 2),
+            expect: vec![("dp-1", 8080, vec!["a", "b"])],
+        },
+        Order {
+            rule: "consumer and workload-owner policies apply in their own namespace only",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "elsewhere",
+                    "{kuma.io/policy-role: consumer, k8s.kuma.io/namespace: other}",
+                    mesh,
+                ),
+                ("nowhere", "{kuma.io/policy-role: workload-owner}", mesh),
+                (
+                    "here",
+                    "{kuma.io/policy-role: workload-owner, k8s.kuma.io/namespace: kuma-demo}",
+                    mesh,
+                ),
             ],
-            2,
-        ),
-        (
-            "without labels the kind still decides",
-            vec![labelled("a", "{}", mesh, 1), labelled("b", "{}", dp, 2)],
-            2,
-        ),
+            expect: vec![("dp-1", 8080, vec!["here"])],
+        },
+        Order {
+            rule: "same rank: kuma.io/display-name decides, not the resource name",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("a", "{kuma.io/display-name: zz}", mesh),
+                ("b", "{kuma.io/display-name: aa}", mesh),
+            ],
+            expect: vec![("dp-1", 8080, vec!["a", "b"])],
+        },
+        Order {
+            rule: "inboundrules/mt-rules: the smaller name is last and wins",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                (
+                    "matched-for-rules-mt-aaaaaa",
+                    "{}",
+                    "{kind: Mesh, proxyTypes: [Sidecar]}",
+                ),
+                (
+                    "matched-for-rules-mt-bbbbbb",
+                    "{}",
+                    "{kind: Mesh, proxyTypes: [Sidecar]}",
+                ),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec!["matched-for-rules-mt-bbbbbb", "matched-for-rules-mt-aaaaaa"],
+            )],
+        },
+        Order {
+            rule: "inboundrules/mt-from: from entries are ordered as rules are",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                ("matched-for-rules-mt-aaaaaa", "{}", mesh),
+                ("matched-for-rules-mt-bbbbbb", "{}", mesh),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec!["matched-for-rules-mt-bbbbbb", "matched-for-rules-mt-aaaaaa"],
+            )],
+        },
+        Order {
+            rule: "inboundrules/mt-mixed: from and rules entries are ordered together",
+            dataplanes: DATAPLANES,
+            policies: vec![
+                (
+                    "matched-for-rules-mt-aaaaaa",
+                    "{}",
+                    "{kind: Mesh, proxyTypes: [Sidecar]}",
+                ),
+                ("matched-for-rules-mt-bbbbbb", "{}", mesh),
+                (
+                    "matched-for-rules-mt-cccccc",
+                    "{}",
+                    "{kind: Mesh, proxyTypes: [Sidecar]}",
+                ),
+            ],
+            expect: vec![(
+                "dp-1",
+                8080,
+                vec![
+                    "matched-for-rules-mt-cccccc",
+                    "matched-for-rules-mt-bbbbbb",
+                    "matched-for-rules-mt-aaaaaa",
+                ],
+            )],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/select-all",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                ("mtp-1", "{}", "{kind: Dataplane}"),
+                ("mtp-2", "{}", "{kind: Dataplane}"),
+            ],
+            expect: vec![
+                ("dp-1", 8080, vec!["mtp-2", "mtp-1"]),
+                ("dp-1", 8081, vec!["mtp-2", "mtp-1"]),
+            ],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/select-by-labels",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                ("mtp-1", "{}", "{kind: Dataplane, labels: {app: demo}}"),
+                ("mtp-2", "{}", "{kind: Dataplane, labels: {app: test}}"),
+            ],
+            expect: vec![("dp-1", 8080, vec!["mtp-1"])],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/select-by-name (the policy's namespace is the Dataplane's)",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                ("mtp-1", ns, "{kind: Dataplane, name: dp-1}"),
+                ("mtp-2", ns, "{kind: Dataplane, name: dp-2}"),
+            ],
+            expect: vec![("dp-1", 8080, vec!["mtp-1"])],
+        },
+        Order {
+            rule: "by name, a policy in another namespace names a Dataplane there",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![(
+                "mtp-1",
+                "{k8s.kuma.io/namespace: kuma-system}",
+                "{kind: Dataplane, name: dp-1}",
+            )],
+            expect: vec![("dp-1", 8080, vec![])],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/select-by-name-and-namespace",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "mtp-1",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/policy-role: system}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo}",
+                ),
+                (
+                    "mtp-2",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/policy-role: system}",
+                    "{kind: Dataplane, name: dp-1, namespace: other-namespace}",
+                ),
+                (
+                    "mtp-3",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/policy-role: system}",
+                    "{kind: Dataplane, name: dp-2, namespace: kuma-demo}",
+                ),
+            ],
+            expect: vec![("dp-1", 8080, vec!["mtp-1"])],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/combine-name-and-labels: labels < name",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "mtp-1",
+                    "{k8s.kuma.io/namespace: kuma-system}",
+                    "{kind: Dataplane, labels: {app: demo}}",
+                ),
+                (
+                    "mtp-2",
+                    "{k8s.kuma.io/namespace: kuma-system}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo}",
+                ),
+            ],
+            expect: vec![("dp-1", 8080, vec!["mtp-1", "mtp-2"])],
+        },
+        Order {
+            rule: "matchedpolicies/dataplane-kind/combine-name-and-sectionName: no sectionName < sectionName",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "mtp-1",
+                    "{k8s.kuma.io/namespace: kuma-system}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo}",
+                ),
+                (
+                    "mtp-2",
+                    "{k8s.kuma.io/namespace: kuma-system}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo, sectionName: main-port}",
+                ),
+            ],
+            expect: vec![
+                ("dp-1", 8080, vec!["mtp-1", "mtp-2"]),
+                ("dp-1", 8081, vec!["mtp-1"]),
+            ],
+        },
+        Order {
+            // Kuma's input names three policies mtp-2; names are unique here, so the display
+            // name carries it.
+            rule: "matchedpolicies/dataplane-kind/combine-name-labels-sectionName",
+            dataplanes: KUMA_DATAPLANE,
+            policies: vec![
+                (
+                    "mtp-1",
+                    "{k8s.kuma.io/namespace: kuma-system}",
+                    "{kind: Dataplane, labels: {app: demo}}",
+                ),
+                (
+                    "mtp-2-name-section",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/display-name: mtp-2}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo, sectionName: main-port}",
+                ),
+                (
+                    "mtp-2-labels-section",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/display-name: mtp-2}",
+                    "{kind: Dataplane, labels: {app: demo}, sectionName: main-port}",
+                ),
+                (
+                    "mtp-2-name",
+                    "{k8s.kuma.io/namespace: kuma-system, kuma.io/display-name: mtp-2}",
+                    "{kind: Dataplane, name: dp-1, namespace: kuma-demo}",
+                ),
+            ],
+            expect: vec![
+                (
+                    "dp-1",
+                    8080,
+                    vec![
+                        "mtp-1",
+                        "mtp-2-labels-section",
+                        "mtp-2-name",
+                        "mtp-2-name-section",
+                    ],
+                ),
+                ("dp-1", 8081, vec!["mtp-1", "mtp-2-name"]),
+            ],
+        },
     ];
-    for (what, policies, want) in cases {
-        assert_eq!(winner(policies), *want, "{what}");
+    let mut failed = Vec::new();
+    for row in rows {
+        let mut docs = vec![row.dataplanes.to_string()];
+        for (i, (name, labels, target)) in row.policies.iter().enumerate() {
+            let num = u32::try_from(i + 1).expect("few policies");
+            docs.push(policy(name, target, &http(num)).replacen(
+                "spec:",
+                &format!("labels: {labels}\nspec:"),
+                1,
+            ));
+        }
+        let parsed = parse_documents("t.yaml", &docs.join("\n---\n"))
+            .unwrap_or_else(|p| panic!("{}: {p:#?}", row.rule));
+        let set = ResourceSet::from_parsed(parsed).unwrap_or_else(|p| panic!("{p:#?}"));
+        for (dp, port, order) in row.expect {
+            let i = inbound(&set, dp, port);
+            let winner = order.last().map(|last| {
+                let at = row
+                    .policies
+                    .iter()
+                    .position(|(n, _, _)| n == last)
+                    .expect("listed");
+                u32::try_from(at + 1).expect("few policies")
+            });
+            if i.policies != order || http_num(&i) != winner {
+                failed.push(format!(
+                    "{} at {dp}:{port}: got {:?} ({:?}/s), want {order:?} ({winner:?}/s)",
+                    row.rule,
+                    i.policies,
+                    http_num(&i)
+                ));
+            }
+        }
     }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

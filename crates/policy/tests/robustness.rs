@@ -126,7 +126,7 @@ fn huge_numbers_are_errors() {
 
     let mrl = |num: &str, interval: &str| {
         format!(
-            "type: MeshRateLimit\nname: p\nspec:\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {{num: {num}, interval: {interval}}}\n"
+            "type: MeshRateLimit\nname: p\nspec:\n  targetRef: {{kind: Dataplane}}\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {{num: {num}, interval: {interval}}}\n"
         )
     };
     assert_eq!(

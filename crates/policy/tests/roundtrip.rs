@@ -30,8 +30,10 @@ spec:
     sectionName: http
   rules:
     - matches:
-        - spiffeID: {type: Prefix, value: "spiffe://default/ns/a/"}
+        - spiffeID: {type: Prefix, value: "spiffe://default/ns/a"}
         - sni: {type: Exact, value: web.mesh}
+        - spiffeID: {type: Exact, value: "spiffe://default/ns/b"}
+          sni: {type: Exact, value: web.mesh}
       default:
         local:
           http:

@@ -4,7 +4,20 @@ use meshlimit_policy::{Problem, ResourceSet, parse_documents};
 
 /// A MeshRateLimit document around the given `spec` body (indented by the caller as YAML
 /// under `spec:`).
+/// A MeshRateLimit around `spec`; without a targetRef, `rules` get a sidecar scope (Kuma 2.14
+/// refuses `rules` on a scope that also covers gateways, as an omitted targetRef does).
 fn mrl(spec: &str) -> String {
+    let scoped;
+    let spec = if spec.contains("rules:")
+        && !spec.contains("targetRef: {")
+        && !spec.starts_with("targetRef:")
+        && !spec.contains("\ntargetRef:")
+    {
+        scoped = format!("targetRef: {{kind: Mesh, proxyTypes: [Sidecar]}}\n{spec}");
+        scoped.as_str()
+    } else {
+        spec
+    };
     let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     format!("type: MeshRateLimit\nmesh: default\nname: p\nspec:\n{body}")
 }
@@ -236,10 +249,8 @@ fn from_and_rules_must_not_target_gateways() {
         problems(&mrl(&format!(
             "targetRef: {{kind: MeshHTTPRoute, name: r}}\n{from}"
         ))),
-        one(
-            "spec.from",
-            "must not be defined when spec.kind is MeshHTTPRoute"
-        )
+        // Kuma 2.14 reports a MeshHTTPRoute scope as one that includes gateways.
+        one("spec.from", gateway)
     );
     let rules = "rules:\n  - default:\n      local:\n        tcp: {disabled: true}";
     for top in [
@@ -325,7 +336,7 @@ fn matches_are_checked() {
     let base = "spec.rules[0].matches[0]";
     assert_eq!(
         problems(&at("{}")),
-        one(base, "must have exactly one defined: spiffeID, sni")
+        one(base, "must specify at least one of 'spiffeID' or 'sni'")
     );
     assert_eq!(
         problems(&at("sni: {type: Prefix, value: a}")),
@@ -334,16 +345,58 @@ fn matches_are_checked() {
             "unrecognized type \"Prefix\", supported values are: Exact"
         )
     );
+    // Kuma's ValidateMatch: the value must parse as a SPIFFE ID (go-spiffe's reasons), an SNI
+    // as a DNS-1123 subdomain; a missing type "must be set".
+    let spiffe = format!("{base}.spiffeID");
+    for (m, path, message) in [
+        (
+            "spiffeID: {type: Exact, value: web}",
+            spiffe.clone(),
+            "must be a valid Spiffe ID: scheme is missing or invalid",
+        ),
+        (
+            "spiffeID: {type: Exact}",
+            spiffe.clone(),
+            "must be a valid Spiffe ID: cannot be empty",
+        ),
+        (
+            "spiffeID: {type: Prefix, value: \"spiffe://default/ns/\"}",
+            spiffe.clone(),
+            "must be a valid Spiffe ID: path cannot have a trailing slash",
+        ),
+        (
+            "spiffeID: {value: \"spiffe://default/ns\"}",
+            format!("{spiffe}.type"),
+            "must be set",
+        ),
+        (
+            "sni: {value: web.mesh}",
+            format!("{base}.sni.type"),
+            "must be set",
+        ),
+        (
+            "sni: {type: Exact}",
+            format!("{base}.sni.value"),
+            "must be set",
+        ),
+        (
+            "sni: {type: Exact, value: Web_Mesh}",
+            format!("{base}.sni.value"),
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        ),
+    ] {
+        assert_eq!(problems(&at(m)), one(&path, message), "{m}");
+    }
+    // Kuma takes a spiffeID and an SNI in one entry (both must match), and refuses TCP there.
+    let both = "{spiffeID: {type: Exact, value: \"spiffe://default/web\"}, sni: {type: Exact, value: web.mesh}}";
+    assert!(parse_documents("t.yaml", &at(both)).is_ok());
+    let tcp = at(both).replace("http: {disabled: true}", "tcp: {disabled: true}");
     assert_eq!(
-        problems(&at("spiffeID: {type: Exact, value: web}")),
+        problems(&tcp),
         one(
-            &format!("{base}.spiffeID.value"),
-            "must start with spiffe://"
+            "spec.rules[0].default.local.tcp",
+            "can't be specified when matches contain spiffeID because this field cannot be conditioned on source identity"
         )
-    );
-    assert_eq!(
-        problems(&at("spiffeID: {type: Exact}")),
-        one(&format!("{base}.spiffeID.value"), "must be defined")
     );
 }
 
@@ -489,12 +542,18 @@ fn top_level_target_kinds_and_their_fields() {
         )
     );
     assert_eq!(
-        problems(&at("{kind: Mesh, name: x}")),
-        one("spec.targetRef.name", "must not be set with kind Mesh")
+        problems(&at("{kind: Mesh, proxyTypes: [Sidecar], name: x}")),
+        one(
+            "spec.targetRef.name",
+            "using name with kind Mesh is not yet supported"
+        )
     );
     assert_eq!(
         problems(&at("{kind: MeshService}")),
-        one("spec.targetRef.name", "must be set with kind MeshService")
+        one(
+            "spec.targetRef",
+            "name or labels must be set when kind is MeshService"
+        )
     );
     assert_eq!(
         problems(&at("{kind: MeshService, name: web, proxyTypes: [Sidecar]}")),
@@ -507,28 +566,34 @@ fn top_level_target_kinds_and_their_fields() {
         problems(&at("{kind: Dataplane, name: a, labels: {app: b}}")),
         one(
             "spec.targetRef.labels",
-            "must not be set together with name"
+            "either labels or name and namespace must be specified"
         )
     );
     // Kuma: a Dataplane targetRef with only sectionName selects that inbound of every
     // Dataplane in an inbound policy.
     assert!(parse_documents("t.yaml", &at("{kind: Dataplane, sectionName: http}")).is_ok());
     assert_eq!(
-        problems(&at("{kind: Mesh, proxyTypes: [Sidecars]}")),
+        problems(&at("{kind: Mesh, proxyTypes: [Sidecar, Sidecars]}")),
         one(
-            "spec.targetRef.proxyTypes[0]",
+            "spec.targetRef.proxyTypes[1]",
             "value 'Sidecars' is not supported (expected Sidecar or Gateway)"
         )
     );
     assert_eq!(
         problems(&at("{kind: Mesh, proxyTypes: []}")),
-        one(
-            "spec.targetRef.proxyTypes",
-            "must have at least one element"
-        )
+        [
+            (
+                "spec.targetRef.proxyTypes".to_string(),
+                "must be undefined or have at least one element".to_string()
+            ),
+            // With no proxy type given, the scope includes gateways.
+            ("spec.rules".to_string(), "must not be defined".to_string())
+        ]
     );
     assert_eq!(
-        problems(&at("{kind: MeshSubset, tags: {app: \"\"}}")),
+        problems(&at(
+            "{kind: MeshSubset, proxyTypes: [Sidecar], tags: {app: \"\"}}"
+        )),
         one(
             "spec.targetRef.tags[\"app\"]",
             "tag value must be non-empty"
@@ -550,17 +615,17 @@ fn unknown_fields_suggest_the_nearest_name() {
             "unknown field 'rule' (did you mean 'rules'?)",
         ),
         (
-            "spec:\n  rules:\n    - defaults: {}",
+            "spec:\n  targetRef: {kind: Dataplane}\n  rules:\n    - defaults: {}",
             "spec.rules[0].defaults",
             "unknown field 'defaults' (did you mean 'default'?)",
         ),
         (
-            "spec:\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {num: 1, intervall: 1s}",
+            "spec:\n  targetRef: {kind: Dataplane}\n  rules:\n    - default:\n        local:\n          http:\n            requestRate: {num: 1, intervall: 1s}",
             "spec.rules[0].default.local.http.requestRate.intervall",
             "unknown field 'intervall' (did you mean 'interval'?)",
         ),
         (
-            "spec:\n  rules:\n    - default:\n        local:\n          tcp: {connectionrate: {num: 1, interval: 1s}, burst: 3}",
+            "spec:\n  targetRef: {kind: Dataplane}\n  rules:\n    - default:\n        local:\n          tcp: {connectionrate: {num: 1, interval: 1s}, burst: 3}",
             "spec.rules[0].default.local.tcp.connectionrate",
             "unknown field 'connectionrate' (did you mean 'connectionRate'?)",
         ),
@@ -693,7 +758,7 @@ fn documents_need_a_known_kind_and_a_name() {
 fn kubernetes_form_takes_the_mesh_from_its_label() {
     let parsed = parse_documents(
         "t",
-        "apiVersion: kuma.io/v1alpha1\nkind: MeshRateLimit\nmetadata:\n  name: p\n  namespace: kuma-demo\n  labels:\n    kuma.io/mesh: demo\nspec:\n  rules:\n    - default:\n        local:\n          http: {disabled: true}",
+        "apiVersion: kuma.io/v1alpha1\nkind: MeshRateLimit\nmetadata:\n  name: p\n  namespace: kuma-demo\n  labels:\n    kuma.io/mesh: demo\nspec:\n  targetRef: {kind: Dataplane}\n  rules:\n    - default:\n        local:\n          http: {disabled: true}",
     )
     .expect("valid");
     let r = &parsed.resources[0];
@@ -866,7 +931,7 @@ fn dataplanes_need_an_address_and_unique_inbound_ports() {
         problems(&dp("{address: 10.0.0.1}")),
         one(
             "networking",
-            "has to contain at least one inbound interface or gateway"
+            "has to contain at least one inbound interface, listener or gateway"
         )
     );
     assert!(
@@ -889,7 +954,7 @@ fn dataplanes_need_an_address_and_unique_inbound_ports() {
 fn names_are_unique_per_kind_and_mesh() {
     let mesh_policy = |name: &str, mesh: &str| {
         format!(
-            "type: MeshRateLimit\nname: {name}\nmesh: {mesh}\nspec:\n  rules:\n    - default:\n        local:\n          http: {{disabled: true}}\n"
+            "type: MeshRateLimit\nname: {name}\nmesh: {mesh}\nspec:\n  targetRef: {{kind: Dataplane}}\n  rules:\n    - default:\n        local:\n          http: {{disabled: true}}\n"
         )
     };
     let yaml = [

@@ -219,6 +219,7 @@ mod tests {
             }),
             policies: vec!["p".into()],
             global: None,
+            sources: Vec::new(),
         }
     }
 

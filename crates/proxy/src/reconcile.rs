@@ -215,6 +215,7 @@ mod tests {
             tcp: None,
             policies: Vec::new(),
             global: None,
+            sources: Vec::new(),
         }
     }
 

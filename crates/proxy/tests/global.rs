@@ -83,6 +83,7 @@ name: local
 spec:
   targetRef:
     kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:

@@ -20,7 +20,7 @@ fn limits_from_yaml(app_port: u16, num: u32, interval: &str) -> DataplaneLimits 
         "type: Dataplane\nmesh: default\nname: backend\nnetworking:\n  address: 127.0.0.1\n  \
          inbound:\n    - port: {port}\n      servicePort: {app_port}\n      tags:\n        \
          kuma.io/service: backend\n        kuma.io/protocol: http\n---\ntype: MeshRateLimit\n\
-         mesh: default\nname: quota\nspec:\n  targetRef:\n    kind: Mesh\n  rules:\n    - \
+         mesh: default\nname: quota\nspec:\n  targetRef:\n    kind: Mesh\n    proxyTypes: [Sidecar]\n  rules:\n    - \
          default:\n        local:\n          http:\n            requestRate:\n              \
          num: {num}\n              interval: {interval}\n"
     );

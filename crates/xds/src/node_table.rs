@@ -132,6 +132,7 @@ mod tests {
                 }),
                 policies: vec![],
                 global: None,
+                sources: Vec::new(),
             }],
             kernel: vec![],
         }

@@ -230,6 +230,7 @@ mod tests {
                 }),
                 policies: vec![],
                 global: None,
+                sources: Vec::new(),
             }],
             kernel: vec![],
         }

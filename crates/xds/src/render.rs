@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{access_log_filter, compariso
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, ApiVersion, HeaderValueOption, RuntimeFractionalPercent, TrafficDirection,
-    TransportSocket, address, grpc_service, header_value_option::HeaderAppendAction,
-    socket_address, transport_socket,
+    TransportSocket, address, data_source, grpc_service, header_value_option::HeaderAppendAction,
+    socket_address, substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -21,6 +21,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     RateLimit as RouteRateLimit, Route, RouteConfiguration, VirtualHost, rate_limit, route,
     route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
+    FilterStateValue, filter_state_value,
+};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as HttpRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -29,10 +32,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterState;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    FilterStateMatcher, filter_state_matcher, string_matcher,
 };
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, StatusCode, TokenBucket, fractional_percent::DenominatorType,
@@ -252,7 +259,8 @@ fn any_value(any: &Any) -> Value {
         .or_else(|| decode(any, tcp_proxy_value))
         .or_else(|| decode(any, http_ratelimit_value))
         .or_else(|| decode(any, http_protocol_options_value))
-        .or_else(|| decode(any, tls_context_value));
+        .or_else(|| decode(any, tls_context_value))
+        .or_else(|| decode(any, set_filter_state_value));
     let mut obj = Mapping::new();
     obj.insert(text("@type"), text(&any.type_url));
     match fields {
@@ -353,7 +361,21 @@ fn route_value(route: &Route) -> Value {
             // A oneof member: printed even when empty.
             m = m.set("prefix", text(prefix));
         }
+        m = m.list(
+            "filter_state",
+            matcher.filter_state.iter().map(filter_state_matcher_value),
+        );
         obj = obj.set("match", m.into());
+    }
+    if !route.typed_per_filter_config.is_empty() {
+        // Printed in key order, as a JSON map.
+        let mut configs: Vec<(&String, &Any)> = route.typed_per_filter_config.iter().collect();
+        configs.sort_by_key(|(name, _)| *name);
+        let mut map = Mapping::new();
+        for (name, any) in configs {
+            map.insert(text(name), any_value(any));
+        }
+        obj = obj.set("typed_per_filter_config", Value::Mapping(map));
     }
     if let Some(route::Action::Route(action)) = &route.action {
         let mut a = Obj::default();
@@ -365,6 +387,52 @@ fn route_value(route: &Route) -> Value {
             action.rate_limits.iter().map(route_rate_limit_value),
         );
         obj = obj.set("route", a.into());
+    }
+    obj.into()
+}
+
+fn filter_state_matcher_value(m: &FilterStateMatcher) -> Value {
+    let mut obj = Obj::default().str("key", &m.key);
+    if let Some(filter_state_matcher::Matcher::StringMatch(sm)) = &m.matcher {
+        let pattern = match &sm.match_pattern {
+            Some(string_matcher::MatchPattern::Exact(v)) => Obj::default().set("exact", text(v)),
+            Some(string_matcher::MatchPattern::Prefix(v)) => Obj::default().set("prefix", text(v)),
+            _ => Obj::default(),
+        };
+        obj = obj.set("string_match", pattern.into());
+    }
+    obj.into()
+}
+
+fn set_filter_state_value(config: &SetFilterState) -> Value {
+    Obj::default()
+        .list(
+            "on_downstream_tls_handshake",
+            config
+                .on_downstream_tls_handshake
+                .iter()
+                .map(filter_state_value_value),
+        )
+        .into()
+}
+
+fn filter_state_value_value(v: &FilterStateValue) -> Value {
+    let mut obj = Obj::default();
+    if let Some(filter_state_value::Key::ObjectKey(key)) = &v.key {
+        obj = obj.set("object_key", text(key));
+    }
+    obj = obj.str("factory_key", &v.factory_key);
+    if let Some(filter_state_value::Value::FormatString(format)) = &v.value
+        && let Some(substitution_format_string::Format::TextFormatSource(source)) = &format.format
+        && let Some(data_source::Specifier::InlineString(inline)) = &source.specifier
+    {
+        obj = obj.set(
+            "format_string",
+            map([("text_format_source", map([("inline_string", text(inline))]))]),
+        );
+    }
+    if v.skip_if_empty {
+        obj = obj.set("skip_if_empty", Value::Bool(true));
     }
     obj.into()
 }
@@ -657,6 +725,7 @@ mod tests {
                     tcp: None,
                     policies: vec![],
                     global: None,
+                    sources: Vec::new(),
                 },
                 InboundLimits {
                     port: 9000,
@@ -670,6 +739,7 @@ mod tests {
                     }),
                     policies: vec![],
                     global: None,
+                    sources: Vec::new(),
                 },
             ],
             kernel: vec![],

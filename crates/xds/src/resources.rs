@@ -21,6 +21,19 @@
 //!   share, which the service enforces for it while Redis fails (Envoy cannot switch to a
 //!   local bucket itself); if the service cannot be reached at all, Envoy admits, as `Open`.
 //!
+//! Per-client limits ([`InboundLimits::sources`], from `rules[].matches[].spiffeID`) are
+//! rendered as Kuma's MeshRateLimit plugin renders them: an `envoy.filters.network.set_filter_state`
+//! filter first in the chain stores the client certificate's URI SAN
+//! (`%DOWNSTREAM_PEER_URI_SAN%`) under `kuma.mesh_rate_limit.match.spiffe_id` once the TLS
+//! handshake is done (and the requested server name under `kuma.mesh_rate_limit.match.sni` when
+//! a match names one), and each match gets a copy of the inbound's route, in front of it, that
+//! matches that filter state and carries its own `local_ratelimit` in
+//! `typed_per_filter_config` (a copy whose limit is disabled carries a config with no bucket).
+//! A client without a matching certificate takes the inbound's route and its limit. A copy's
+//! answer comes from its own config; when it differs from the inbound's and would need the
+//! local-reply mapper (a status Envoy does not list, more than 10 headers, or 429 while the
+//! inbound's own answer is mapped), the client gets the inbound's answer instead.
+//!
 //! `Shadow` keeps either filter enabled but enforcing 0% (`filter_enforced`): Envoy asks and
 //! counts (`rate_limited` for the local filter, `over_limit` for the service's) but never
 //! rejects, and never fails closed.
@@ -40,10 +53,11 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, ApiVersion, GrpcService, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
-    RuntimeFractionalPercent, RuntimeUInt32, SocketAddress, TrafficDirection, TransportSocket,
-    address, grpc_service, header_value_option::HeaderAppendAction, socket_address,
-    transport_socket,
+    Address, ApiVersion, DataSource, GrpcService, HeaderValue, HeaderValueOption,
+    Http2ProtocolOptions, RuntimeFractionalPercent, RuntimeUInt32, SocketAddress,
+    SubstitutionFormatString, TrafficDirection, TransportSocket, address, data_source,
+    grpc_service, header_value_option::HeaderAppendAction, socket_address,
+    substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -54,6 +68,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     RateLimit as RouteRateLimit, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     rate_limit as route_rate_limit, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::common::set_filter_state::v3::{
+    FilterStateValue, filter_state_value,
+};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as HttpRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -62,10 +79,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as TcpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::set_filter_state::v3::Config as SetFilterState;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    FilterStateMatcher, StringMatcher, filter_state_matcher, string_matcher,
 };
 use envoy_types::pb::envoy::r#type::v3::{
     FractionalPercent, HttpStatus, StatusCode, TokenBucket, fractional_percent::DenominatorType,
@@ -73,7 +94,7 @@ use envoy_types::pb::envoy::r#type::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use meshlimit_policy::effective::{
     DataplaneLimits, FailureMode, GlobalLimit, GlobalMode, HttpLimit, InboundLimits, Protocol,
-    Rate, RejectHeaders, RejectStatus, TcpLimit,
+    Rate, RejectHeaders, RejectStatus, SourceLimit, SpiffeMatchType, TcpLimit,
 };
 use meshlimit_policy::global::DESCRIPTOR_DOMAIN;
 use prost::{Message, Name};
@@ -94,6 +115,11 @@ pub const HTTP_RATELIMIT: &str = "envoy.filters.http.ratelimit";
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 pub const ROUTER: &str = "envoy.filters.http.router";
+pub const SET_FILTER_STATE: &str = "envoy.filters.network.set_filter_state";
+/// Where the set_filter_state filter keeps a client's SPIFFE ID (Kuma's key).
+pub const SPIFFE_ID_STATE_KEY: &str = "kuma.mesh_rate_limit.match.spiffe_id";
+/// ... and the server name it asked for, when a match names one.
+pub const SNI_STATE_KEY: &str = "kuma.mesh_rate_limit.match.sni";
 
 /// The address inbound clusters forward to: the application beside the sidecar.
 const APPLICATION_ADDRESS: &str = "127.0.0.1";
@@ -264,6 +290,9 @@ pub fn to_any<M: Message + Name>(message: &M) -> Any {
 
 fn inbound_listener(address: &str, inbound: &InboundLimits) -> Listener {
     let mut filters = Vec::new();
+    if per_client(inbound) {
+        filters.push(typed_filter(SET_FILTER_STATE, &match_state(inbound)));
+    }
     if let Some(tcp) = &inbound.tcp {
         filters.push(typed_filter(
             NETWORK_LOCAL_RATELIMIT,
@@ -426,12 +455,17 @@ fn mapped(inbound: &InboundLimits) -> bool {
 fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
     let mapped = mapped(inbound);
     let mut http_filters = Vec::new();
-    if let Some(http) = &inbound.http {
+    let per_client = per_client(inbound);
+    let local = match &inbound.http {
+        Some(http) => Some(http_local_ratelimit(inbound.port, http, mapped)),
+        // The clients' routes carry their own configs; the filter itself limits nothing.
+        None if per_client => Some(unlimited(inbound.port)),
+        None => None,
+    };
+    if let Some(local) = local {
         http_filters.push(HttpFilter {
             name: HTTP_LOCAL_RATELIMIT.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(to_any(
-                &http_local_ratelimit(inbound.port, http, mapped),
-            ))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&local))),
             ..Default::default()
         });
     }
@@ -477,6 +511,13 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
         })),
         ..Default::default()
     };
+    // Clients' copies first: Envoy takes the first route that matches.
+    let mut routes = if per_client {
+        client_routes(inbound, &route, mapped)
+    } else {
+        Vec::new()
+    };
+    routes.push(route);
     let local_reply_config = mapped.then(|| {
         let http = inbound
             .http
@@ -500,7 +541,7 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
                 virtual_hosts: vec![VirtualHost {
                     name: inbound.service.clone(),
                     domains: vec!["*".to_string()],
-                    routes: vec![route],
+                    routes,
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -511,9 +552,123 @@ fn http_connection_manager(inbound: &InboundLimits) -> HttpConnectionManager {
     }
 }
 
-/// The HTTP local rate limit of an inbound, enabled and enforced for every request.
-fn http_local_ratelimit(port: u16, limit: &HttpLimit, mapped: bool) -> HttpLocalRateLimit {
-    let (status, headers) = Answer::of_http(limit).filter_answer(mapped, STAND_IN_STATUS);
+/// Whether the inbound gets per-client routes: an HTTP inbound with `sources`, and a limit
+/// somewhere (Kuma renders nothing when neither the inbound nor any client is limited).
+fn per_client(inbound: &InboundLimits) -> bool {
+    inbound.protocol == Protocol::Http
+        && !inbound.sources.is_empty()
+        && (inbound.http.is_some() || inbound.sources.iter().any(|s| s.http.is_some()))
+}
+
+/// The network filter storing, once the TLS handshake is done, the client certificate's URI
+/// SAN and, when a match names an SNI, the server name the client asked for.
+fn match_state(inbound: &InboundLimits) -> SetFilterState {
+    let value = |key: &str, format: &str| FilterStateValue {
+        key: Some(filter_state_value::Key::ObjectKey(key.to_string())),
+        factory_key: "envoy.string".to_string(),
+        value: Some(filter_state_value::Value::FormatString(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(
+                    DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(format.to_string())),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            },
+        )),
+        skip_if_empty: true,
+        ..Default::default()
+    };
+    let mut values = vec![value(SPIFFE_ID_STATE_KEY, "%DOWNSTREAM_PEER_URI_SAN%")];
+    if inbound.sources.iter().any(|s| s.sni.is_some()) {
+        values.push(value(SNI_STATE_KEY, "%REQUESTED_SERVER_NAME%"));
+    }
+    SetFilterState {
+        on_downstream_tls_handshake: values,
+        ..Default::default()
+    }
+}
+
+/// A copy of the inbound's route for each client match, most specific first, matching the
+/// stored SPIFFE ID and carrying that client's limit.
+fn client_routes(inbound: &InboundLimits, route: &Route, mapped: bool) -> Vec<Route> {
+    let base = inbound.http.as_ref().map(Answer::of_http);
+    inbound
+        .sources
+        .iter()
+        .map(|source| {
+            let mut copy = route.clone();
+            if let Some(m) = copy.r#match.as_mut() {
+                m.filter_state.push(spiffe_id_matcher(source));
+                if let Some(sni) = &source.sni {
+                    m.filter_state.push(state_matcher(
+                        SNI_STATE_KEY,
+                        string_matcher::MatchPattern::Exact(sni.clone()),
+                    ));
+                }
+            }
+            let config = match &source.http {
+                Some(limit) => {
+                    let answer = client_answer(Answer::of_http(limit), base, mapped);
+                    limited(inbound.port, limit, answer)
+                }
+                None => disabled(inbound.port),
+            };
+            copy.typed_per_filter_config
+                .insert(HTTP_LOCAL_RATELIMIT.to_string(), to_any(&config));
+            copy
+        })
+        .collect()
+}
+
+fn spiffe_id_matcher(source: &SourceLimit) -> FilterStateMatcher {
+    let value = source.spiffe_id.value.clone();
+    state_matcher(
+        SPIFFE_ID_STATE_KEY,
+        match source.spiffe_id.kind {
+            SpiffeMatchType::Exact => string_matcher::MatchPattern::Exact(value),
+            SpiffeMatchType::Prefix => string_matcher::MatchPattern::Prefix(value),
+        },
+    )
+}
+
+fn state_matcher(key: &str, pattern: string_matcher::MatchPattern) -> FilterStateMatcher {
+    FilterStateMatcher {
+        key: key.to_string(),
+        matcher: Some(filter_state_matcher::Matcher::StringMatch(StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        })),
+    }
+}
+
+/// What a client's limit answers: its own status and headers where the filter can give them
+/// without the mapper (which answers for the inbound's limit), else the inbound's answer.
+fn client_answer(
+    own: Answer<'_>,
+    base: Option<Answer<'_>>,
+    mapped: bool,
+) -> (u16, Vec<HeaderValueOption>) {
+    let same = base.is_some_and(|b| b.status == own.status && b.headers == own.headers);
+    if same {
+        return own.filter_answer(mapped, STAND_IN_STATUS);
+    }
+    let mapper_would_take_it = mapped && own.status.as_u16() == STAND_IN_STATUS;
+    if !own.needs_mapper() && !mapper_would_take_it {
+        return own.filter_answer(false, STAND_IN_STATUS);
+    }
+    // The stand-in: the mapper, when there is one, gives the inbound's answer.
+    (STAND_IN_STATUS, Vec::new())
+}
+
+/// A local rate limit with this answer, enabled and enforced for every request.
+fn limited(
+    port: u16,
+    limit: &HttpLimit,
+    answer: (u16, Vec<HeaderValueOption>),
+) -> HttpLocalRateLimit {
+    let (status, headers) = answer;
     HttpLocalRateLimit {
         stat_prefix: stat_prefix(port),
         status: Some(HttpStatus {
@@ -525,6 +680,47 @@ fn http_local_ratelimit(port: u16, limit: &HttpLimit, mapped: bool) -> HttpLocal
         response_headers_to_add: headers,
         ..Default::default()
     }
+}
+
+/// A route's local rate limit that never applies: Envoy wants a bucket in a per-route config,
+/// so it gets one, enabled for 0% of requests (Kuma leaves such a route without a config,
+/// where its filter-level config limits nothing; here the filter-level config may limit).
+fn disabled(port: u16) -> HttpLocalRateLimit {
+    let never = |runtime_key: &str| RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 0,
+            denominator: DenominatorType::Hundred as i32,
+        }),
+        runtime_key: runtime_key.to_string(),
+    };
+    HttpLocalRateLimit {
+        stat_prefix: stat_prefix(port),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 1,
+            tokens_per_fill: Some(UInt32Value { value: 1 }),
+            fill_interval: Some(duration(Duration::from_secs(1))),
+        }),
+        filter_enabled: Some(never("local_rate_limit_enabled")),
+        filter_enforced: Some(never("local_rate_limit_enforced")),
+        ..Default::default()
+    }
+}
+
+/// A local rate limit config without a bucket: it limits nothing (Kuma's filter-level config).
+fn unlimited(port: u16) -> HttpLocalRateLimit {
+    HttpLocalRateLimit {
+        stat_prefix: stat_prefix(port),
+        ..Default::default()
+    }
+}
+
+/// The HTTP local rate limit of an inbound, enabled and enforced for every request.
+fn http_local_ratelimit(port: u16, limit: &HttpLimit, mapped: bool) -> HttpLocalRateLimit {
+    limited(
+        port,
+        limit,
+        Answer::of_http(limit).filter_answer(mapped, STAND_IN_STATUS),
+    )
 }
 
 /// This instance's share of a global limit, enforced locally (counting only, in `Shadow`).
@@ -761,6 +957,7 @@ mod tests {
             tcp: None,
             policies: vec![],
             global: None,
+            sources: Vec::new(),
         }
     }
 

@@ -402,3 +402,72 @@ async fn a_graceful_shutdown_ends_the_streams_of_connected_envoys() {
     .await;
     assert_eq!(handle.counts().connected, 0);
 }
+
+/// Per-client limits (`rules[].matches[].spiffeID`, one with an SNI too) as Kuma renders them:
+/// Envoy accepts the set_filter_state filter and the matched route copies (the rendering is what it runs), and
+/// a client without a certificate, here every client, takes the inbound's own route: the
+/// catch-all limit on one inbound, no limit on the other, whose only limits are per client
+/// (one of them disabled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffe_id_routes_are_accepted_and_leave_other_clients_to_the_catch_all() {
+    use meshlimit_policy::{SourceLimit, SpiffeIdMatch, SpiffeMatchType};
+    let (handle, xds) = start_xds().await;
+    let (backend, served) = http_backend().await;
+    let (both, clients_only) = (free_port(), free_port());
+    let source = |kind, value: &str, http| SourceLimit {
+        spiffe_id: SpiffeIdMatch {
+            kind,
+            value: value.to_string(),
+        },
+        sni: None,
+        http,
+    };
+    let mut web = inbound(both, backend, Protocol::Http);
+    web.http = Some(http_limit(3, 429, vec![], vec![]));
+    web.sources = vec![
+        SourceLimit {
+            sni: Some("web.mesh".to_string()),
+            ..source(
+                SpiffeMatchType::Exact,
+                "spiffe://default/ns/clients/sa/a",
+                Some(http_limit(2, 503, vec![], vec![])),
+            )
+        },
+        source(
+            SpiffeMatchType::Exact,
+            "spiffe://default/ns/clients/sa/a",
+            Some(http_limit(1, 503, vec![header("x-client", "a")], vec![])),
+        ),
+        source(
+            SpiffeMatchType::Prefix,
+            "spiffe://default/ns/clients",
+            Some(http_limit(5, 429, vec![], vec![])),
+        ),
+    ];
+    let mut api = inbound(clients_only, backend, Protocol::Http);
+    api.sources = vec![
+        source(
+            SpiffeMatchType::Exact,
+            "spiffe://default/ns/clients/sa/b",
+            None,
+        ),
+        source(
+            SpiffeMatchType::Prefix,
+            "spiffe://default/ns/clients",
+            Some(http_limit(1, 429, vec![], vec![])),
+        ),
+    ];
+    let limits = dataplane("web-1", vec![web, api]);
+    handle.update(vec![limits.clone()]);
+    let envoy = Envoy::start("default", "web-1", xds).await;
+    envoy.wait_running(&limits).await;
+    let status = node_status(&handle, "default.web-1");
+    assert!(
+        status.in_sync(),
+        "Envoy accepts both listeners: {status:#?}"
+    );
+
+    assert_eq!(statuses(both, 5).await, [200, 200, 200, 429, 429]);
+    assert_eq!(statuses(clients_only, 5).await, [200; 5]);
+    assert_eq!(served.load(Ordering::SeqCst), 8);
+}

@@ -3,7 +3,8 @@
 //! any check finds a problem.
 //!
 //! The checks: policies that select nothing; inbounds where a policy's limit is shadowed by a
-//! more specific one; limits the recent traffic trips constantly; global limits whose shared
+//! more specific one; what Dataplanes declare that no limit is enforced on (inbounds in state
+//! `Ignored`, zone-proxy listeners); limits the recent traffic trips constantly; global limits whose shared
 //! store (Redis) failed checks in the last minute; kernel limits with no kernel agent attached;
 //! data planes not connected, or behind the store version.
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use meshlimit_control_plane_client::client::{Client, ClientError};
 use meshlimit_control_plane_client::wire::{Selection, StatusResponse};
 use meshlimit_policy::effective::{DataplaneLimits, KernelLimit, Protocol, Rate};
+use meshlimit_policy::model::Dataplane;
 use meshlimit_policy::{Kind, Resource};
 
 use super::Context;
@@ -46,6 +48,7 @@ struct Facts {
     rate_limits: Vec<(Resource, Selection)>,
     effective: Vec<DataplaneLimits>,
     kernel: Vec<KernelLimit>,
+    dataplanes: Vec<Dataplane>,
 }
 
 async fn gather(client: &Client, dataplane: Option<(&str, &str)>) -> Result<Facts, ClientError> {
@@ -94,12 +97,19 @@ async fn gather(client: &Client, dataplane: Option<(&str, &str)>) -> Result<Fact
         }
         meshlimit_control_plane_client::wire::StreamEvent::Heartbeat { .. } => Vec::new(),
     };
+    let mut dataplanes = Vec::new();
+    for value in client.list(Kind::Dataplane, None).await? {
+        if let Ok(Resource::Dataplane(dp)) = resource_of(&value) {
+            dataplanes.push(dp);
+        }
+    }
     Ok(Facts {
         status,
         policies,
         rate_limits,
         effective,
         kernel,
+        dataplanes,
     })
 }
 
@@ -153,6 +163,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     check_store(&facts, &mut report);
     check_selection(&facts, focus, &mut report);
     check_shadowing(&facts, &mut report);
+    check_not_enforced(&facts, focus, &mut report);
     check_traffic(&facts, focus, &mut report);
     check_global(&facts, focus, &mut report);
     check_kernel(&facts, &mut report);
@@ -194,6 +205,22 @@ fn check_store(facts: &Facts, report: &mut Report) {
              log); the next write reopens the store, no restart needed"
                 .to_string(),
         );
+    }
+}
+
+/// Inbounds in state `Ignored` and zone-proxy listeners are accepted and never enforced:
+/// information, as Kuma leaves the first alone and meshlimit has no zone proxy.
+fn check_not_enforced(facts: &Facts, focus: Option<(&str, &str)>, report: &mut Report) {
+    for dp in &facts.dataplanes {
+        if focus.is_some_and(|(m, n)| dp.mesh != m || dp.name != n) {
+            continue;
+        }
+        for note in dp.not_enforced() {
+            report.info(
+                format!("Dataplane {}/{}: {note}", dp.mesh, dp.name),
+                "accepted as Kuma accepts it, and limited by nothing: no change is needed".into(),
+            );
+        }
     }
 }
 

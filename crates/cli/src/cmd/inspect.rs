@@ -51,13 +51,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(limits) = set.effective(&args.mesh, &args.dataplane) else {
         anyhow::bail!("{}", not_found(&set, &args.mesh, &args.dataplane));
     };
+    let notes = set
+        .dataplane(&args.mesh, &args.dataplane)
+        .map(|dp| dp.not_enforced())
+        .unwrap_or_default();
     if args.envoy {
         print!("{}", meshlimit_xds::render_yaml(&limits));
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string_pretty(&limits)?),
+            Output::Table => print!("{}", render(&set, &args.mesh, &limits)),
+        }
     }
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&limits)?),
-        Output::Table => print!("{}", render(&set, &args.mesh, &limits)),
+    // Beside the output (on standard error where that is YAML or JSON, to keep it parseable).
+    if !notes.is_empty() {
+        let text: String = notes.iter().map(|n| format!("  - {n}\n")).collect();
+        if args.envoy || args.output == Output::Json {
+            eprint!("not enforced:\n{text}");
+        } else {
+            print!("\nNot enforced:\n{text}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -167,16 +167,41 @@ pub struct Rule {
 pub enum Match {
     SpiffeId(StringMatch),
     Sni(StringMatch),
+    /// Both in one entry: a client must match both.
+    Both {
+        spiffe_id: StringMatch,
+        sni: StringMatch,
+    },
+}
+
+impl Match {
+    /// The `spiffeID` part, if any.
+    pub fn spiffe_id(&self) -> Option<&StringMatch> {
+        match self {
+            Match::SpiffeId(s) | Match::Both { spiffe_id: s, .. } => Some(s),
+            Match::Sni(_) => None,
+        }
+    }
+
+    /// The `sni` part, if any.
+    pub fn sni(&self) -> Option<&StringMatch> {
+        match self {
+            Match::Sni(s) | Match::Both { sni: s, .. } => Some(s),
+            Match::SpiffeId(_) => None,
+        }
+    }
 }
 
 impl Serialize for Match {
-    /// `{spiffeID: {...}}` or `{sni: {...}}`: a one-entry mapping, never a YAML tag.
+    /// `{spiffeID: {...}}`, `{sni: {...}}` or both: a mapping, never a YAML tag.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(1))?;
-        match self {
-            Match::SpiffeId(m) => map.serialize_entry("spiffeID", m)?,
-            Match::Sni(m) => map.serialize_entry("sni", m)?,
+        let mut map = s.serialize_map(None)?;
+        if let Some(m) = self.spiffe_id() {
+            map.serialize_entry("spiffeID", m)?;
+        }
+        if let Some(m) = self.sni() {
+            map.serialize_entry("sni", m)?;
         }
         map.end()
     }

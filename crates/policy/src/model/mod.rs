@@ -12,7 +12,10 @@ pub mod mesh_global_rate_limit;
 pub mod mesh_rate_limit;
 pub mod rate_limit;
 
-pub use dataplane::{Dataplane, Gateway, GatewayType, Inbound, Networking, Outbound};
+pub use dataplane::{
+    Dataplane, Gateway, GatewayType, Inbound, InboundState, Listener, ListenerState, ListenerType,
+    Networking, NotEnforced, Outbound,
+};
 pub use mesh::{DEFAULT_MESH, Mesh};
 pub use mesh_global_rate_limit::*;
 pub use mesh_rate_limit::*;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use super::shared::{self, check_top_target, on_rate_limit, one_of, target_ref};
+use super::shared::{self, on_rate_limit, one_of};
+use super::target_ref::{Opts, target_ref};
 use crate::effective::{FailureMode, GlobalMode};
 use crate::model::{
     GlobalBackend, GlobalConf, GlobalFromTo, GlobalHttp, GlobalRule, MeshGlobalRateLimitSpec,
@@ -51,9 +52,14 @@ pub(crate) fn spec(
     let mut ok = true;
 
     if let Some((v, p)) = f.get("targetRef") {
-        match target_ref(report, v, &p) {
+        let opts = Opts {
+            supported: &TOP_KINDS,
+            gateway_listener_tags: true,
+            inbound_policy: true,
+        };
+        match target_ref(report, v, &p, opts) {
             Some(t) => {
-                ok &= check_top_target(report, &t, &p, &TOP_KINDS);
+                super::target_ref::warn_selects_nothing(report, &t, &p);
                 spec.target_ref = Some(t);
             }
             None => ok = false,

@@ -5,18 +5,20 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use super::shared::{self, check_top_target, on_rate_limit, target_ref};
+use super::shared::{self, on_rate_limit};
+use super::source_match;
+use super::target_ref::{Opts, target_ref};
 use crate::model::{
-    Conf, FromTo, Local, LocalHttp, LocalTcp, Match, MatchType, MeshRateLimitSpec, ProxyType, Rule,
-    StringMatch, TargetRef, TargetRefKind,
+    Conf, FromTo, Local, LocalHttp, LocalTcp, Match, MeshRateLimitSpec, Rule, TargetRefKind,
 };
 use crate::quota::Rate;
 use crate::tree::{self, Report, field, index};
 
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
-/// The top-level targetRef kinds Kuma accepts for a `MeshRateLimit`.
-const TOP_KINDS: [TargetRefKind; 7] = [
+/// The top-level targetRef kinds Kuma accepts for a `MeshRateLimit` of the system role (no
+/// `kuma.io/policy-role` label, or `system`).
+const SYSTEM_KINDS: [TargetRefKind; 7] = [
     TargetRefKind::Mesh,
     TargetRefKind::MeshSubset,
     TargetRefKind::MeshGateway,
@@ -26,77 +28,85 @@ const TOP_KINDS: [TargetRefKind; 7] = [
     TargetRefKind::Dataplane,
 ];
 
-pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<MeshRateLimitSpec> {
+/// ... and of the other roles (producer, consumer, workload-owner): no gateways.
+const ROLE_KINDS: [TargetRefKind; 5] = [
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+    TargetRefKind::Dataplane,
+];
+
+const GATEWAY_SCOPE: &str = "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to";
+
+/// A `MeshRateLimit` spec, checked in Kuma's order: `rules` against `from`/`to`, the
+/// top-level targetRef, then `rules`, `from` and `to`. `system_role`: the policy has no
+/// `kuma.io/policy-role` label other than `system` (only then may it target gateways).
+pub(crate) fn spec(
+    report: &mut Report,
+    value: &Value,
+    path: &str,
+    system_role: bool,
+) -> Option<MeshRateLimitSpec> {
     let f = tree::fields(report, value, path, &["targetRef", "from", "to", "rules"])?;
     let mut spec = MeshRateLimitSpec::default();
-    let mut ok = true;
+    let mut ok = shared::rules_exclude_from_to(report, &f);
 
+    let nonempty = |name: &str| {
+        f.get(name)
+            .is_some_and(|(v, _)| !matches!(v, Value::Sequence(items) if items.is_empty()))
+    };
     if let Some((v, p)) = f.get("targetRef") {
-        match target_ref(report, v, &p) {
+        let opts = Opts {
+            supported: if system_role {
+                &SYSTEM_KINDS
+            } else {
+                &ROLE_KINDS
+            },
+            gateway_listener_tags: system_role,
+            inbound_policy: nonempty("from") || nonempty("rules"),
+        };
+        match target_ref(report, v, &p, opts) {
             Some(t) => {
-                ok &= check_top_target(report, &t, &p, &TOP_KINDS);
+                super::target_ref::warn_selects_nothing(report, &t, &p);
                 spec.target_ref = Some(t);
             }
             None => ok = false,
         }
     }
-    let top = spec.target();
-
-    ok &= shared::rules_exclude_from_to(report, &f);
-
-    // Kuma: a sectionName names an inbound, so only `from`/`rules` may use it.
-    let nonempty = |name: &str| {
-        f.get(name)
-            .is_some_and(|(v, _)| !matches!(v, Value::Sequence(items) if items.is_empty()))
-    };
-    if top.kind == TargetRefKind::Dataplane
-        && top.section_name.is_some()
-        && !nonempty("from")
-        && !nonempty("rules")
-    {
-        report.error(
-            &field(&field(f.path(), "targetRef"), "sectionName"),
-            "can only be used with inbound policies",
-        );
-        ok = false;
-    }
+    // Kuma checks the entries against the targetRef as written, even when it is invalid.
+    let top = Scope::of(f.get("targetRef").map(|(v, _)| v));
 
     if let Some((v, p)) = f.get("rules") {
-        let gateway_error = explicit_gateway_scope(&top);
         match tree::list(report, v, &p) {
-            Some(items) if !items.is_empty() && gateway_error => {
+            Some(items) if !items.is_empty() && top.gateways => {
                 report.error(&p, "must not be defined");
                 ok = false;
             }
-            Some(items) => {
-                if !items.is_empty() && top.includes_gateways() {
-                    warn_implicit_gateways(report, &f, "rules");
-                }
-                match shared::each(report, items, &p, rule) {
-                    Some(entries) => spec.rules = entries,
-                    None => ok = false,
-                }
-            }
+            Some(items) => match shared::each(report, items, &p, rule) {
+                Some(entries) => spec.rules = entries,
+                None => ok = false,
+            },
             None => ok = false,
         }
     }
 
     if let Some((v, p)) = f.get("from") {
         match tree::list(report, v, &p) {
-            Some(items) if !items.is_empty() && explicit_gateway_scope(&top) => {
-                let message = if top.kind == TargetRefKind::MeshHttpRoute {
-                    "must not be defined when spec.kind is MeshHTTPRoute"
-                } else {
-                    "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to"
-                };
-                report.error(&p, message);
+            Some(items)
+                if !items.is_empty() && top.gateways && (!top.legacy || nonempty("rules")) =>
+            {
+                report.error(&p, GATEWAY_SCOPE);
                 ok = false;
             }
             Some(items) => {
                 if !items.is_empty() {
                     report.warn(&p, "'from' field is deprecated, use 'rules' instead");
-                    if top.includes_gateways() {
-                        warn_implicit_gateways(report, &f, "from");
+                    if top.gateways {
+                        report.warn(
+                            &field(f.path(), "targetRef"),
+                            "the scope also includes gateways, where 'from' does not apply; set proxyTypes: [\"Sidecar\"] (Kuma 2.6+ rejects this policy without it)",
+                        );
                     }
                 }
                 match shared::each(report, items, &p, from_to) {
@@ -110,7 +120,7 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
 
     if let Some((v, p)) = f.get("to") {
         match tree::list(report, v, &p) {
-            Some(items) if !items.is_empty() && !top.includes_gateways() => {
+            Some(items) if !items.is_empty() && !top.gateways => {
                 report.error(&p, "must not be defined");
                 ok = false;
             }
@@ -125,24 +135,42 @@ pub(crate) fn spec(report: &mut Report, value: &Value, path: &str) -> Option<Mes
     ok.then_some(spec)
 }
 
-/// Gateways are in scope because the user said so (not merely because `proxyTypes` is unset).
-fn explicit_gateway_scope(top: &TargetRef) -> bool {
-    matches!(
-        top.kind,
-        TargetRefKind::MeshGateway | TargetRefKind::MeshHttpRoute
-    ) || top.proxy_types.contains(&ProxyType::Gateway)
+/// What the top-level targetRef, as written, says of gateways.
+struct Scope {
+    /// Kuma's `IncludesGateways`: MeshGateway, MeshHTTPRoute, or Mesh/MeshSubset unless
+    /// `proxyTypes` leaves gateways out.
+    gateways: bool,
+    /// Mesh or MeshSubset with `proxyTypes` unset: a Kuma 2.5 policy when it has `from` and no
+    /// `rules`. Kuma 2.6+ rejects that (the scope also covers gateways); meshlimit accepts it
+    /// with a warning, because the MeshRateLimit documentation's Kuma 2.5 examples are written
+    /// so and must keep working unchanged (`from` only ever applies to sidecar inbounds).
+    legacy: bool,
 }
 
-/// Kuma 2.6+ rejects `from`/`rules` when `proxyTypes` is unset, because the scope then also
-/// covers gateways. The seeds' own examples are written that way, so meshlimit accepts them
-/// (inbound entries only ever apply to sidecars) and says how to be explicit.
-fn warn_implicit_gateways(report: &mut Report, f: &tree::Fields<'_>, what: &str) {
-    report.warn(
-        &field(f.path(), "targetRef"),
-        format!(
-            "the scope also includes gateways, where '{what}' does not apply; set proxyTypes: [\"Sidecar\"] (Kuma 2.6+ rejects this policy without it)"
-        ),
-    );
+impl Scope {
+    fn of(target: Option<&Value>) -> Scope {
+        let kind = match target {
+            None => Some(TargetRefKind::Mesh),
+            Some(v) => v
+                .get("kind")
+                .and_then(Value::as_str)
+                .and_then(TargetRefKind::parse),
+        };
+        let proxy_types: Vec<&str> = target
+            .and_then(|v| v.get("proxyTypes"))
+            .and_then(Value::as_sequence)
+            .map(|items| items.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mesh_like = matches!(kind, Some(TargetRefKind::Mesh | TargetRefKind::MeshSubset));
+        Scope {
+            gateways: matches!(
+                kind,
+                Some(TargetRefKind::MeshGateway | TargetRefKind::MeshHttpRoute)
+            ) || (mesh_like
+                && (proxy_types.is_empty() || proxy_types.contains(&"Gateway"))),
+            legacy: mesh_like && proxy_types.is_empty(),
+        }
+    }
 }
 
 fn from_to(report: &mut Report, value: &Value, path: &str) -> Option<FromTo> {
@@ -161,8 +189,16 @@ fn rule(report: &mut Report, value: &Value, path: &str) -> Option<Rule> {
         match tree::list(report, v, &p) {
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    match source_match(report, item, &index(&p, i)) {
-                        Some(m) => matches.push(m),
+                    match source_match::source_match(report, item, &index(&p, i)) {
+                        Some(m) => {
+                            if matches!(m, Match::Sni(_)) {
+                                report.warn(
+                                    &field(&index(&p, i), "sni"),
+                                    "SNI matches apply on zone proxy listeners only (as in Kuma), which meshlimit does not enforce: no inbound uses this entry",
+                                );
+                            }
+                            matches.push(m);
+                        }
                         None => ok = false,
                     }
                 }
@@ -174,7 +210,7 @@ fn rule(report: &mut Report, value: &Value, path: &str) -> Option<Rule> {
     let conf = default_conf(report, f.get("default").map(|(v, _)| v), &default_path);
     if let Some(c) = &conf
         && c.local.tcp.is_some()
-        && matches.iter().any(|m| matches!(m, Match::SpiffeId(_)))
+        && matches.iter().any(|m| m.spiffe_id().is_some())
     {
         report.error(
             &field(&field(&default_path, "local"), "tcp"),
@@ -186,76 +222,6 @@ fn rule(report: &mut Report, value: &Value, path: &str) -> Option<Rule> {
     ok.then_some(Rule {
         matches,
         default: conf,
-    })
-}
-
-fn source_match(report: &mut Report, value: &Value, path: &str) -> Option<Match> {
-    let f = tree::fields(report, value, path, &["spiffeID", "sni"])?;
-    match (f.get("spiffeID"), f.get("sni")) {
-        (Some((v, p)), None) => {
-            let m = string_match(report, v, &p, &[MatchType::Exact, MatchType::Prefix])?;
-            if !m.value.starts_with("spiffe://") {
-                report.error(&field(&p, "value"), "must start with spiffe://");
-                return None;
-            }
-            Some(Match::SpiffeId(m))
-        }
-        (None, Some((v, p))) => Some(Match::Sni(string_match(
-            report,
-            v,
-            &p,
-            &[MatchType::Exact],
-        )?)),
-        _ => {
-            report.error(path, "must have exactly one defined: spiffeID, sni");
-            None
-        }
-    }
-}
-
-fn string_match(
-    report: &mut Report,
-    value: &Value,
-    path: &str,
-    types: &[MatchType],
-) -> Option<StringMatch> {
-    let f = tree::fields(report, value, path, &["type", "value"])?;
-    let kind = match f.get("type") {
-        None => {
-            report.error(&field(path, "type"), "must be defined");
-            None
-        }
-        Some((v, p)) => {
-            let text = tree::string(report, v, &p)?;
-            let kind = match text.as_str() {
-                "Exact" => Some(MatchType::Exact),
-                "Prefix" => Some(MatchType::Prefix),
-                _ => None,
-            }
-            .filter(|k| types.contains(k));
-            if kind.is_none() {
-                let names: Vec<String> = types.iter().map(|t| format!("{t:?}")).collect();
-                report.error(
-                    &p,
-                    format!(
-                        "unrecognized type {text:?}, supported values are: {}",
-                        names.join(", ")
-                    ),
-                );
-            }
-            kind
-        }
-    };
-    let value = match f.get("value") {
-        None => {
-            report.error(&field(path, "value"), "must be defined");
-            None
-        }
-        Some((v, p)) => tree::nonempty_string(report, v, &p),
-    };
-    Some(StringMatch {
-        kind: kind?,
-        value: value?,
     })
 }
 

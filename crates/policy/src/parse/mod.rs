@@ -19,6 +19,8 @@ mod mesh_global_rate_limit;
 mod mesh_rate_limit;
 mod rate_limit;
 mod shared;
+mod source_match;
+mod target_ref;
 
 /// Files larger than this are refused before parsing: real policy files are a few kilobytes,
 /// and the bound keeps memory and time predictable for anything fed to the parser (the YAML
@@ -32,6 +34,9 @@ pub const MAX_FLOW_DEPTH: usize = 1000;
 
 /// The label that puts a Kubernetes-form resource in a mesh.
 pub const MESH_LABEL: &str = "kuma.io/mesh";
+
+/// The label that gives a policy its role (system, producer, consumer, workload-owner).
+const POLICY_ROLE_LABEL: &str = "kuma.io/policy-role";
 
 const MAX_NAME_LEN: usize = 253;
 
@@ -303,7 +308,10 @@ fn universal(
     };
     let resource = match kind {
         Kind::MeshRateLimit => {
-            let spec = body(report, &f, "spec", mesh_rate_limit::spec);
+            let system = system_role(labels.as_ref());
+            let spec = body(report, &f, "spec", |r, v, p| {
+                mesh_rate_limit::spec(r, v, p, system)
+            });
             (|| {
                 Some(Resource::MeshRateLimit(MeshRateLimit {
                     name: name.clone()?,
@@ -430,7 +438,10 @@ fn kubernetes(
         .unwrap_or_else(|| DEFAULT_MESH.to_string());
     let resource = match kind {
         Kind::MeshRateLimit => {
-            let spec = body(report, &f, "spec", mesh_rate_limit::spec);
+            let system = system_role(labels.as_ref());
+            let spec = body(report, &f, "spec", |r, v, p| {
+                mesh_rate_limit::spec(r, v, p, system)
+            });
             (|| {
                 Some(Resource::MeshRateLimit(MeshRateLimit {
                     name: name.clone()?,
@@ -478,7 +489,7 @@ fn body<T>(
     report: &mut Report,
     f: &tree::Fields<'_>,
     name: &str,
-    read: fn(&mut Report, &Value, &str) -> Option<T>,
+    read: impl FnOnce(&mut Report, &Value, &str) -> Option<T>,
 ) -> Option<T> {
     match f.get(name) {
         None => {
@@ -487,6 +498,14 @@ fn body<T>(
         }
         Some((v, p)) => read(report, v, &p),
     }
+}
+
+/// Kuma takes a policy without a `kuma.io/policy-role` label as of the system role when it
+/// validates it.
+fn system_role(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(POLICY_ROLE_LABEL))
+        .is_none_or(|role| role.is_empty() || role == "system")
 }
 
 fn required_name(report: &mut Report, f: &tree::Fields<'_>, name: &str) -> Option<String> {
@@ -529,11 +548,16 @@ fn resource_name(report: &mut Report, value: &Value, path: &str) -> Option<Strin
     Some(name)
 }
 
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`, the Kubernetes rule.
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`, the Kubernetes rule,
+/// at most 253 characters.
 pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= MAX_NAME_LEN && is_dns1123_subdomain_chars(s)
+}
+
+/// The Kubernetes subdomain pattern alone, whatever the length.
+pub(crate) fn is_dns1123_subdomain_chars(s: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     !s.is_empty()
-        && s.len() <= MAX_NAME_LEN
         && s.split('.').all(|label| {
             let b = label.as_bytes();
             match (b.first(), b.last()) {

@@ -141,6 +141,7 @@ pub fn dataplane(
             tcp,
             policies: vec!["test-policy".into()],
             global: None,
+            sources: Vec::new(),
         }],
         kernel: vec![],
     }

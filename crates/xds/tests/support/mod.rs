@@ -400,6 +400,7 @@ pub fn inbound(port: u16, service_port: u16, protocol: Protocol) -> InboundLimit
         tcp: None,
         policies: vec!["test".into()],
         global: None,
+        sources: Vec::new(),
     }
 }
 

@@ -171,6 +171,14 @@ fn match_words(m: &Match) -> String {
         }
         Match::SpiffeId(s) => format!("is {}", s.value),
         Match::Sni(s) => format!("asks for SNI {}", s.value),
+        Match::Both { spiffe_id, sni } => {
+            let id = if spiffe_id.kind == MatchType::Prefix {
+                format!("has a SPIFFE ID starting with {}", spiffe_id.value)
+            } else {
+                format!("is {}", spiffe_id.value)
+            };
+            format!("{id} and asks for SNI {}", sni.value)
+        }
     }
 }
 
