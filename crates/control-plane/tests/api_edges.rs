@@ -14,6 +14,7 @@ name: web
 spec:
   targetRef:
     kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:

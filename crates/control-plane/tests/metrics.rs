@@ -197,6 +197,7 @@ name: web
 spec:
   targetRef:
     kind: Mesh
+    proxyTypes: [Sidecar]
   rules:
     - default:
         local:

@@ -54,10 +54,9 @@ pub fn counting_backend(body: &'static str) -> (u16, Arc<AtomicU64>) {
     (port, served)
 }
 
-/// A port nothing listens on now (for a process told to listen there).
+/// A port nothing listens on now (for a process told to listen there), below the ephemeral
+/// range where parallel tests' outgoing connections would take it first (see
+/// [`meshlimit_testkit::listener_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    meshlimit_testkit::listener_port()
 }
