@@ -14,14 +14,11 @@ use std::time::Duration;
 use arc_swap::Guard;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use meshlimit_bucket::{Clock, Decision};
@@ -36,19 +33,15 @@ use crate::inbound::Inbound;
 use crate::options::ProxyOptions;
 use crate::plan::{GlobalPlan, InboundPlan};
 use crate::store::{SharedBuckets, SharedError};
-
-/// What the application receives as a request body: the client's, its read errors marked as
-/// the client's, cut at the size limit.
-type UpstreamBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>;
+use crate::upstream::{ExchangeError, Lease, UpstreamBody};
 
 /// What the client receives: the application's response, relayed, or one of ours.
 type ToClient = ProxyBody<Relayed>;
 
-/// Shared by every HTTP connection of a proxy: the server and client configuration, the
-/// clock buckets are read with, and the upstream connection pool.
+/// Shared by every HTTP connection of a proxy: the server configuration and the clock
+/// buckets are read with. (Upstream connections are pooled per inbound, in [`Inbound`].)
 pub(crate) struct HttpContext {
     server: auto::Builder<TokioExecutor>,
-    client: Client<HttpConnector, UpstreamBody>,
     clock: Arc<dyn Clock>,
     body_limit: Option<u64>,
     rate_limit_headers: bool,
@@ -78,15 +71,8 @@ impl HttpContext {
             .max_header_list_size(
                 u32::try_from(options.max_request_header_bytes).unwrap_or(u32::MAX),
             );
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector);
         HttpContext {
             server,
-            client,
             clock,
             body_limit: options.max_request_body_bytes,
             rate_limit_headers: options.rate_limit_headers,
@@ -315,7 +301,7 @@ async fn handle(
         inbound.counters.connect_refused.inc();
         return error_response(RequestError::Connect);
     }
-    let (upstream_request, rate_limit) = {
+    let (upstream_request, upstream, rate_limit) = {
         let guard = inbound.plan.load();
         let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
         // A check of the store is awaited: the plan is then held by its reference count, as
@@ -339,10 +325,14 @@ async fn handle(
         } else {
             None
         };
-        (to_upstream(request, plan, ctx.body_limit), rate_limit)
+        (
+            to_upstream(request, plan, ctx.body_limit),
+            plan.upstream,
+            rate_limit,
+        )
     };
-    match forward(upstream_request, inbound, ctx).await {
-        Ok(response) => to_downstream(response, rate_limit, inbound),
+    match forward(upstream_request, upstream, inbound, ctx).await {
+        Ok((response, lease)) => to_downstream(response, lease, rate_limit, inbound),
         Err(error) => error_response(error),
     }
 }
@@ -569,16 +559,17 @@ fn check_body(
     }
 }
 
-/// Phase 3: address the application over HTTP/1.1, keep the client's `Host` (the target's
-/// authority when it has one: HTTP/2's `:authority`, RFC 9113 §8.3.1, or an absolute-form
-/// target, RFC 9112 §3.2.2), drop hop-by-hop headers, cap the body.
+/// Phase 3: address the application over HTTP/1.1 in origin form (`CONNECT`: its address in
+/// authority form), keep the client's `Host` (the target's authority when it has one:
+/// HTTP/2's `:authority`, RFC 9113 §8.3.1, or an absolute-form target, RFC 9112 §3.2.2; the
+/// application's address when the client sent neither), drop hop-by-hop headers, cap the body.
 fn to_upstream(
     request: Request<Incoming>,
     plan: &InboundPlan,
     body_limit: Option<u64>,
 ) -> Request<UpstreamBody> {
     let (mut parts, body) = request.into_parts();
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    let uri = std::mem::take(&mut parts.uri).into_parts();
     if let Some(value) = uri
         .authority
         .as_ref()
@@ -587,12 +578,17 @@ fn to_upstream(
         parts.headers.insert(HOST, value);
     }
     remove_hop_by_hop(&mut parts.headers);
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(plan.upstream_authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    if !parts.headers.contains_key(HOST) {
+        parts.headers.insert(HOST, plan.upstream_host.clone());
     }
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.uri = if parts.method == Method::CONNECT {
+        Uri::from(plan.upstream_authority.clone())
+    } else {
+        Uri::from(
+            uri.path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+    };
     parts.version = Version::HTTP_11;
     let limit = body_limit.map_or(usize::MAX, |limit| {
         usize::try_from(limit).unwrap_or(usize::MAX)
@@ -606,10 +602,11 @@ fn to_upstream(
 /// malformed), the application's otherwise; each is logged here, once per request.
 async fn forward(
     request: Request<UpstreamBody>,
+    upstream: std::net::SocketAddr,
     inbound: &Inbound,
     ctx: &HttpContext,
-) -> Result<Response<Incoming>, RequestError<'static>> {
-    let exchange = ctx.client.request(request);
+) -> Result<(Response<Incoming>, Lease), RequestError<'static>> {
+    let exchange = inbound.upstream.send(upstream, request);
     let result = if ctx.upstream_timeout.is_zero() {
         exchange.await
     } else {
@@ -628,7 +625,7 @@ async fn forward(
             }
         }
     };
-    result.map_err(|error| {
+    result.map_err(|error: ExchangeError| {
         if is_body_limit(&error) {
             RequestError::BodyTooLarge
         } else if is_client_body(&error) {
@@ -653,9 +650,11 @@ async fn forward(
 }
 
 /// Phase 5: the application's response goes back with hop-by-hop headers removed and, when
-/// switched on, the IETF rate-limit header fields; its body is relayed as it arrives.
+/// switched on, the IETF rate-limit header fields; its body is relayed as it arrives, and its
+/// connection given back to the pool once the body has ended.
 fn to_downstream(
     response: Response<Incoming>,
+    lease: Lease,
     rate_limit: Option<(HeaderValue, Decision)>,
     inbound: &Arc<Inbound>,
 ) -> Response<ToClient> {
@@ -669,6 +668,7 @@ fn to_downstream(
     }
     let body = Relayed {
         body,
+        lease: Some(lease),
         inbound: Arc::clone(inbound),
         active: None,
     };
@@ -682,9 +682,20 @@ fn to_downstream(
 /// whole one.
 struct Relayed {
     body: Incoming,
+    /// The upstream connection, given back once the body has ended (a body dropped before
+    /// its end closes it: the rest of the response would be in the way of the next one).
+    lease: Option<Lease>,
     inbound: Arc<Inbound>,
     /// The request stays in flight on its connection until its body is sent.
     active: Option<Active>,
+}
+
+impl Relayed {
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.inbound.upstream.give_back(lease);
+        }
+    }
 }
 
 impl Body for Relayed {
@@ -696,14 +707,19 @@ impl Body for Relayed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Err(error)) = &frame {
-            // hyper stops polling a body that failed: counted once per response.
-            self.inbound.counters.upstream_resets.inc();
-            tracing::warn!(
-                inbound = %self.inbound.key,
-                error = %error_chain(error),
-                "upstream broke off the response body; aborting the client's response"
-            );
+        match &frame {
+            Some(Err(error)) => {
+                // hyper stops polling a body that failed: counted once per response.
+                self.lease = None;
+                self.inbound.counters.upstream_resets.inc();
+                tracing::warn!(
+                    inbound = %self.inbound.key,
+                    error = %error_chain(error),
+                    "upstream broke off the response body; aborting the client's response"
+                );
+            }
+            None => self.give_back(),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
@@ -714,6 +730,15 @@ impl Body for Relayed {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        // hyper drops a body without polling it again once it says it has ended.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
     }
 }
 
