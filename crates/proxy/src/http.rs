@@ -745,23 +745,44 @@ impl Drop for Relayed {
 /// RFC 9110 §7.6.1: `Connection`, the fields it names, and the classic hop-by-hop fields.
 /// `TE: trailers` is kept (gRPC needs it), as Envoy does, and so is `Host`, whatever
 /// `Connection` names: without it the request has no target (RFC 9112 §3.2).
+///
+/// Called twice per request: one pass over the names finds whether there is anything to do
+/// (most requests carry no hop-by-hop field; most responses only `Connection: keep-alive`),
+/// and the fields `Connection` names are removed by their text, without building names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::try_from(token.trim()).ok())
-            .collect();
-        for name in named {
-            if name != TE && name != HOST {
-                headers.remove(name);
-            }
+    let hop_by_hop = |name: &HeaderName| {
+        name == CONNECTION
+            || name == TE
+            || name == TRAILER
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
+    // Taken out of the map (all its values), so that the map can be changed while they are read.
+    let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) = match headers.entry(CONNECTION) {
+        http::header::Entry::Occupied(entry) => {
+            let mut values = entry.remove_entry_mult().1;
+            (values.next(), values.collect())
         }
-        headers.remove(CONNECTION);
+        http::header::Entry::Vacant(_) => (None, Vec::new()),
+    };
+    for token in first
+        .iter()
+        .chain(&more)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+    {
+        if !token.eq_ignore_ascii_case(TE.as_str()) && !token.eq_ignore_ascii_case(HOST.as_str()) {
+            // A token that is no valid field name names no field.
+            let _ = headers.remove(token);
+        }
     }
     for name in [
         &KEEP_ALIVE,
@@ -888,5 +909,16 @@ mod tests {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers[TE], "trailers");
+
+        // Several `Connection` fields, one token that is no field name.
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("x-one"));
+        headers.append(CONNECTION, HeaderValue::from_static("not a name, X-Two"));
+        headers.insert("x-one", HeaderValue::from_static("1"));
+        headers.insert("x-two", HeaderValue::from_static("2"));
+        headers.insert("x-three", HeaderValue::from_static("3"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-three"]);
     }
 }
