@@ -61,10 +61,12 @@ impl HttpContext {
             .keep_alive(true)
             .max_buf_size(options.max_request_header_bytes.max(8192))
             .max_headers(options.max_request_headers)
-            // hyper's head timer runs from the end of the previous response: it bounds a
-            // keep-alive connection's idle time and a later head trickled byte by byte. The
-            // first head has its own deadline, in `Activity`.
-            .header_read_timeout(Some(options.idle_timeout).filter(|d| !d.is_zero()));
+            // Off (hyper's default is 30 s): `Activity` bounds the first head (the request
+            // headers timeout) and a keep-alive connection's idle time, a later head trickled
+            // byte by byte included (no request is in flight until its head is complete).
+            // hyper's timer would be a second, racing deadline, and costs a boxed timer per
+            // request.
+            .header_read_timeout(None);
         server
             .http2()
             .timer(TokioTimer::new())
@@ -118,11 +120,11 @@ pub(crate) async fn serve_connection(
     });
     let connection = ctx.server.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let (result, counted) = tokio::select! {
-        result = connection.as_mut() => (result, false),
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
         () = stop.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            (connection.await, false)
+            connection.await
         }
         timeout = activity.expired(ctx.request_headers_timeout, ctx.idle_timeout) => {
             count_timeout(&inbound, timeout);
@@ -132,26 +134,15 @@ pub(crate) async fn serve_connection(
                 Timeout::Idle => {
                     connection.as_mut().graceful_shutdown();
                     match tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
-                        Ok(result) => (result, true),
+                        Ok(result) => result,
                         Err(_elapsed) => return,
                     }
                 }
             }
         }
     };
-    match result {
-        // hyper's own head timer (HTTP/1.1, armed with the idle timeout once a response is
-        // sent) may close an idle connection before `Activity` does: the same deadline, and
-        // counted once whichever fires first.
-        Err(error) if is_head_timeout(error.as_ref()) => {
-            if !counted {
-                count_timeout(&inbound, activity.timeout_kind());
-            }
-        }
-        Err(error) => {
-            tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
-        }
-        Ok(()) => {}
+    if let Err(error) = result {
+        tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
     }
 }
 
@@ -166,12 +157,6 @@ fn count_timeout(inbound: &Inbound, timeout: Timeout) {
             tracing::debug!(inbound = %inbound.key, "idle timeout; closing the connection");
         }
     }
-}
-
-fn is_head_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
 }
 
 /// Which deadline of a connection passed.
@@ -255,15 +240,6 @@ impl Activity {
         } else {
             let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
             Deadline::At(self.accepted + since + idle, Timeout::Idle)
-        }
-    }
-
-    /// Which deadline a timeout now would be.
-    fn timeout_kind(&self) -> Timeout {
-        if self.seen_request.load(Ordering::Acquire) {
-            Timeout::Idle
-        } else {
-            Timeout::RequestHeaders
         }
     }
 }

@@ -227,6 +227,38 @@ async fn idle_connections_are_closed_and_counted_once_and_requests_in_flight_els
 }
 
 #[tokio::test]
+async fn a_later_head_trickled_on_a_keep_alive_connection_is_closed_as_idle() {
+    let app = upstream().await;
+    let h = Harness::unlimited_http(
+        "backend",
+        app.addr.port(),
+        options(Duration::from_secs(3600), Duration::from_millis(200)),
+    )
+    .await;
+    let mut stream = TcpStream::connect(h.addr("backend")).await.unwrap();
+    // One request, then half of the next head and nothing more: no request is in flight
+    // until a head is complete, so the idle deadline runs from the first response.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\nGET /two HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(seen.matches("HTTP/1.1 ").count(), 1, "{seen}");
+    let metrics = metrics(&h.proxy).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshlimit_connection_timeouts_total",
+            "timeout=\"idle\""
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
 async fn beyond_the_inbound_cap_connections_are_refused_the_admin_answers_and_room_comes_back() {
     let app = upstream().await;
     let cap = 8;
