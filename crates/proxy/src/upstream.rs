@@ -33,8 +33,9 @@ pub(crate) type UpstreamBody = Limited<MapErr<Incoming, fn(hyper::Error) -> Clie
 /// Idle connections kept per inbound; more than that are closed when given back.
 const MAX_IDLE: usize = 1024;
 
-/// How long an idle connection is kept: one unused for longer is closed when the pool is next
-/// used (Envoy keeps them until the application closes them; hyper's pool drops them after 90 s).
+/// How long an idle connection is kept, as the pooled client this replaces was configured: one
+/// unused for longer is closed when a request next takes from the pool (until then, or until
+/// the application closes it, it stays open).
 const IDLE_FOR: Duration = Duration::from_secs(60);
 
 /// The idle connections to one inbound's application.
