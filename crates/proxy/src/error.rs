@@ -46,7 +46,9 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
             decision,
             rate_limit_headers,
         } => {
-            let mut response = local(reject.status, reject.body.clone());
+            // The template's headers as they are: nothing else to insert on the common path.
+            let mut response = Response::new(Either::Right(Full::new(reject.body.clone())));
+            *response.status_mut() = reject.status;
             *response.headers_mut() = reject.headers.clone();
             if rate_limit_headers {
                 let retry_after = ceil_secs(decision.next_token_in()).max(1);

@@ -14,20 +14,16 @@ use std::time::Duration;
 use arc_swap::Guard;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use meshlimit_bucket::{Clock, Decision};
 use meshlimit_policy::effective::{FailureMode, GlobalMode};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::error::{
     ClientBodyError, ProxyBody, RequestError, error_chain, error_response, is_body_limit,
@@ -37,19 +33,15 @@ use crate::inbound::Inbound;
 use crate::options::ProxyOptions;
 use crate::plan::{GlobalPlan, InboundPlan};
 use crate::store::{SharedBuckets, SharedError};
-
-/// What the application receives as a request body: the client's, its read errors marked as
-/// the client's, cut at the size limit.
-type UpstreamBody = Limited<MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>>;
+use crate::upstream::{ExchangeError, Lease, UpstreamBody};
 
 /// What the client receives: the application's response, relayed, or one of ours.
 type ToClient = ProxyBody<Relayed>;
 
-/// Shared by every HTTP connection of a proxy: the server and client configuration, the
-/// clock buckets are read with, and the upstream connection pool.
+/// Shared by every HTTP connection of a proxy: the server configuration and the clock
+/// buckets are read with. (Upstream connections are pooled per inbound, in [`Inbound`].)
 pub(crate) struct HttpContext {
     server: auto::Builder<TokioExecutor>,
-    client: Client<HttpConnector, UpstreamBody>,
     clock: Arc<dyn Clock>,
     body_limit: Option<u64>,
     rate_limit_headers: bool,
@@ -69,25 +61,20 @@ impl HttpContext {
             .keep_alive(true)
             .max_buf_size(options.max_request_header_bytes.max(8192))
             .max_headers(options.max_request_headers)
-            // hyper's head timer runs from the end of the previous response: it bounds a
-            // keep-alive connection's idle time and a later head trickled byte by byte. The
-            // first head has its own deadline, in `Activity`.
-            .header_read_timeout(Some(options.idle_timeout).filter(|d| !d.is_zero()));
+            // Off (hyper's default is 30 s): `Activity` bounds the first head (the request
+            // headers timeout) and a keep-alive connection's idle time, a later head trickled
+            // byte by byte included (no request is in flight until its head is complete).
+            // hyper's timer would be a second, racing deadline, and costs a boxed timer per
+            // request.
+            .header_read_timeout(None);
         server
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(
                 u32::try_from(options.max_request_header_bytes).unwrap_or(u32::MAX),
             );
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector);
         HttpContext {
             server,
-            client,
             clock,
             body_limit: options.max_request_body_bytes,
             rate_limit_headers: options.rate_limit_headers,
@@ -140,16 +127,11 @@ pub(crate) async fn serve_connection(
             connection.await
         }
         timeout = activity.expired(ctx.request_headers_timeout, ctx.idle_timeout) => {
+            count_timeout(&inbound, timeout);
             match timeout {
-                Timeout::RequestHeaders => {
-                    // Nothing to finish: no request has arrived.
-                    inbound.counters.request_headers_timeouts.inc();
-                    tracing::debug!(inbound = %inbound.key, "no request head in time; closing the connection");
-                    return;
-                }
+                // Nothing to finish: no request has arrived.
+                Timeout::RequestHeaders => return,
                 Timeout::Idle => {
-                    inbound.counters.idle_timeouts.inc();
-                    tracing::debug!(inbound = %inbound.key, "idle timeout; closing the connection");
                     connection.as_mut().graceful_shutdown();
                     match tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await {
                         Ok(result) => result,
@@ -164,6 +146,19 @@ pub(crate) async fn serve_connection(
     }
 }
 
+fn count_timeout(inbound: &Inbound, timeout: Timeout) {
+    match timeout {
+        Timeout::RequestHeaders => {
+            inbound.counters.request_headers_timeouts.inc();
+            tracing::debug!(inbound = %inbound.key, "no request head in time; closing the connection");
+        }
+        Timeout::Idle => {
+            inbound.counters.idle_timeouts.inc();
+            tracing::debug!(inbound = %inbound.key, "idle timeout; closing the connection");
+        }
+    }
+}
+
 /// Which deadline of a connection passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timeout {
@@ -175,13 +170,28 @@ enum Timeout {
 
 /// A connection's requests in flight and when it last had none: what its deadlines are
 /// counted from. HTTP/2 pings and window updates do not count as activity, as in Envoy.
+///
+/// Requests only update counters; nothing is woken. The deadline's timer is armed once and,
+/// when it fires, looks at what happened meanwhile and arms itself again if the connection was
+/// not idle all along (as Envoy's and hyper's own timers do): a request costs two atomic
+/// additions and a clock read, not a wake-up and two timer resets.
 struct Activity {
     accepted: tokio::time::Instant,
     in_flight: AtomicUsize,
     seen_request: AtomicBool,
     /// When `in_flight` last fell to zero, in milliseconds since `accepted`.
     idle_since_ms: AtomicU64,
-    changed: Notify,
+}
+
+/// What a connection's state says about its deadline now.
+enum Deadline {
+    /// This deadline, unless a request comes first.
+    At(tokio::time::Instant, Timeout),
+    /// No deadline while a request is in flight (or, without a request headers deadline,
+    /// until one arrives); an idle one follows. Only with an idle timeout.
+    Busy,
+    /// No deadline ever (the remaining one is disabled).
+    Never,
 }
 
 impl Activity {
@@ -191,46 +201,45 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             seen_request: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
-            changed: Notify::new(),
         }
     }
 
-    /// Resolves when a deadline passes with no request in flight; a zero duration is no
+    /// Resolves when a deadline has passed with no request in flight; a zero duration is no
     /// deadline.
     async fn expired(&self, request_headers: Duration, idle: Duration) -> Timeout {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read, so that no change is missed.
-            changed.as_mut().enable();
-            match self.deadline(request_headers, idle) {
-                None => changed.await,
-                Some((at, timeout)) => tokio::select! {
-                    () = tokio::time::sleep_until(at) => {
-                        // A request may have started as the timer fired.
-                        if self.deadline(request_headers, idle).is_some_and(|(now, _)| now <= at) {
-                            return timeout;
-                        }
-                    }
-                    () = changed => {}
-                },
-            }
+            let now = tokio::time::Instant::now();
+            let at = match self.deadline(request_headers, idle) {
+                Deadline::At(at, timeout) if at <= now => return timeout,
+                // A request that starts and ends meanwhile makes the connection idle from its
+                // end, so no sooner than one idle timeout from now: looking again by then
+                // misses no deadline.
+                Deadline::At(at, _) if !idle.is_zero() => at.min(now + idle),
+                Deadline::At(at, _) => at,
+                Deadline::Busy => now + idle,
+                Deadline::Never => std::future::pending().await,
+            };
+            tokio::time::sleep_until(at).await;
         }
     }
 
-    fn deadline(
-        &self,
-        request_headers: Duration,
-        idle: Duration,
-    ) -> Option<(tokio::time::Instant, Timeout)> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            None
-        } else if !self.seen_request.load(Ordering::Acquire) {
-            (!request_headers.is_zero())
-                .then(|| (self.accepted + request_headers, Timeout::RequestHeaders))
+    fn deadline(&self, request_headers: Duration, idle: Duration) -> Deadline {
+        let seen_request = self.seen_request.load(Ordering::Acquire);
+        if self.in_flight.load(Ordering::Acquire) > 0
+            || (!seen_request && request_headers.is_zero())
+        {
+            if idle.is_zero() {
+                Deadline::Never
+            } else {
+                Deadline::Busy
+            }
+        } else if !seen_request {
+            Deadline::At(self.accepted + request_headers, Timeout::RequestHeaders)
+        } else if idle.is_zero() {
+            Deadline::Never
         } else {
             let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            (!idle.is_zero()).then(|| (self.accepted + since + idle, Timeout::Idle))
+            Deadline::At(self.accepted + since + idle, Timeout::Idle)
         }
     }
 }
@@ -240,10 +249,10 @@ struct Active(Arc<Activity>);
 
 impl Active {
     fn start(activity: &Arc<Activity>) -> Active {
-        activity.seen_request.store(true, Ordering::Release);
-        if activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            activity.changed.notify_waiters();
+        if !activity.seen_request.load(Ordering::Relaxed) {
+            activity.seen_request.store(true, Ordering::Release);
         }
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
         Active(Arc::clone(activity))
     }
 }
@@ -252,10 +261,9 @@ impl Drop for Active {
     fn drop(&mut self) {
         let activity = &self.0;
         let since = u64::try_from(activity.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(since, Ordering::Release);
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.changed.notify_waiters();
-        }
+        // Before the count falls: a timer that sees no request in flight sees this end too.
+        activity.idle_since_ms.fetch_max(since, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -269,7 +277,7 @@ async fn handle(
         inbound.counters.connect_refused.inc();
         return error_response(RequestError::Connect);
     }
-    let (upstream_request, rate_limit) = {
+    let (upstream_request, upstream, rate_limit) = {
         let guard = inbound.plan.load();
         let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
         // A check of the store is awaited: the plan is then held by its reference count, as
@@ -293,10 +301,14 @@ async fn handle(
         } else {
             None
         };
-        (to_upstream(request, plan, ctx.body_limit), rate_limit)
+        (
+            to_upstream(request, plan, ctx.body_limit),
+            plan.upstream,
+            rate_limit,
+        )
     };
-    match forward(upstream_request, inbound, ctx).await {
-        Ok(response) => to_downstream(response, rate_limit, inbound),
+    match forward(upstream_request, upstream, inbound, ctx).await {
+        Ok((response, lease)) => to_downstream(response, lease, rate_limit, inbound),
         Err(error) => error_response(error),
     }
 }
@@ -523,16 +535,17 @@ fn check_body(
     }
 }
 
-/// Phase 3: address the application over HTTP/1.1, keep the client's `Host` (the target's
-/// authority when it has one: HTTP/2's `:authority`, RFC 9113 §8.3.1, or an absolute-form
-/// target, RFC 9112 §3.2.2), drop hop-by-hop headers, cap the body.
+/// Phase 3: address the application over HTTP/1.1 in origin form (`CONNECT`: its address in
+/// authority form), keep the client's `Host` (the target's authority when it has one:
+/// HTTP/2's `:authority`, RFC 9113 §8.3.1, or an absolute-form target, RFC 9112 §3.2.2; the
+/// application's address when the client sent neither), drop hop-by-hop headers, cap the body.
 fn to_upstream(
     request: Request<Incoming>,
     plan: &InboundPlan,
     body_limit: Option<u64>,
 ) -> Request<UpstreamBody> {
     let (mut parts, body) = request.into_parts();
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    let uri = std::mem::take(&mut parts.uri).into_parts();
     if let Some(value) = uri
         .authority
         .as_ref()
@@ -541,12 +554,17 @@ fn to_upstream(
         parts.headers.insert(HOST, value);
     }
     remove_hop_by_hop(&mut parts.headers);
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(plan.upstream_authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    if !parts.headers.contains_key(HOST) {
+        parts.headers.insert(HOST, plan.upstream_host.clone());
     }
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.uri = if parts.method == Method::CONNECT {
+        Uri::from(plan.upstream_authority.clone())
+    } else {
+        Uri::from(
+            uri.path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+    };
     parts.version = Version::HTTP_11;
     let limit = body_limit.map_or(usize::MAX, |limit| {
         usize::try_from(limit).unwrap_or(usize::MAX)
@@ -560,10 +578,11 @@ fn to_upstream(
 /// malformed), the application's otherwise; each is logged here, once per request.
 async fn forward(
     request: Request<UpstreamBody>,
+    upstream: std::net::SocketAddr,
     inbound: &Inbound,
     ctx: &HttpContext,
-) -> Result<Response<Incoming>, RequestError<'static>> {
-    let exchange = ctx.client.request(request);
+) -> Result<(Response<Incoming>, Lease), RequestError<'static>> {
+    let exchange = inbound.upstream.send(upstream, request);
     let result = if ctx.upstream_timeout.is_zero() {
         exchange.await
     } else {
@@ -582,7 +601,7 @@ async fn forward(
             }
         }
     };
-    result.map_err(|error| {
+    result.map_err(|error: ExchangeError| {
         if is_body_limit(&error) {
             RequestError::BodyTooLarge
         } else if is_client_body(&error) {
@@ -607,9 +626,11 @@ async fn forward(
 }
 
 /// Phase 5: the application's response goes back with hop-by-hop headers removed and, when
-/// switched on, the IETF rate-limit header fields; its body is relayed as it arrives.
+/// switched on, the IETF rate-limit header fields; its body is relayed as it arrives, and its
+/// connection given back to the pool once the body has ended.
 fn to_downstream(
     response: Response<Incoming>,
+    lease: Lease,
     rate_limit: Option<(HeaderValue, Decision)>,
     inbound: &Arc<Inbound>,
 ) -> Response<ToClient> {
@@ -623,6 +644,7 @@ fn to_downstream(
     }
     let body = Relayed {
         body,
+        lease: Some(lease),
         inbound: Arc::clone(inbound),
         active: None,
     };
@@ -636,9 +658,20 @@ fn to_downstream(
 /// whole one.
 struct Relayed {
     body: Incoming,
+    /// The upstream connection, given back once the body has ended (a body dropped before
+    /// its end closes it: the rest of the response would be in the way of the next one).
+    lease: Option<Lease>,
     inbound: Arc<Inbound>,
     /// The request stays in flight on its connection until its body is sent.
     active: Option<Active>,
+}
+
+impl Relayed {
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.inbound.upstream.give_back(lease);
+        }
+    }
 }
 
 impl Body for Relayed {
@@ -650,14 +683,19 @@ impl Body for Relayed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if let Some(Err(error)) = &frame {
-            // hyper stops polling a body that failed: counted once per response.
-            self.inbound.counters.upstream_resets.inc();
-            tracing::warn!(
-                inbound = %self.inbound.key,
-                error = %error_chain(error),
-                "upstream broke off the response body; aborting the client's response"
-            );
+        match &frame {
+            Some(Err(error)) => {
+                // hyper stops polling a body that failed: counted once per response.
+                self.lease = None;
+                self.inbound.counters.upstream_resets.inc();
+                tracing::warn!(
+                    inbound = %self.inbound.key,
+                    error = %error_chain(error),
+                    "upstream broke off the response body; aborting the client's response"
+                );
+            }
+            None => self.give_back(),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
@@ -671,26 +709,56 @@ impl Body for Relayed {
     }
 }
 
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        // hyper drops a body without polling it again once it says it has ended.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
 /// RFC 9110 §7.6.1: `Connection`, the fields it names, and the classic hop-by-hop fields.
 /// `TE: trailers` is kept (gRPC needs it), as Envoy does, and so is `Host`, whatever
 /// `Connection` names: without it the request has no target (RFC 9112 §3.2).
+///
+/// Called twice per request: one pass over the names finds whether there is anything to do
+/// (most requests carry no hop-by-hop field; most responses only `Connection: keep-alive`),
+/// and the fields `Connection` names are removed by their text, without building names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::try_from(token.trim()).ok())
-            .collect();
-        for name in named {
-            if name != TE && name != HOST {
-                headers.remove(name);
-            }
+    let hop_by_hop = |name: &HeaderName| {
+        name == CONNECTION
+            || name == TE
+            || name == TRAILER
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
+    // Taken out of the map (all its values), so that the map can be changed while they are read.
+    let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) = match headers.entry(CONNECTION) {
+        http::header::Entry::Occupied(entry) => {
+            let mut values = entry.remove_entry_mult().1;
+            (values.next(), values.collect())
         }
-        headers.remove(CONNECTION);
+        http::header::Entry::Vacant(_) => (None, Vec::new()),
+    };
+    for token in first
+        .iter()
+        .chain(&more)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+    {
+        if !token.eq_ignore_ascii_case(TE.as_str()) && !token.eq_ignore_ascii_case(HOST.as_str()) {
+            // A token that is no valid field name names no field.
+            let _ = headers.remove(token);
+        }
     }
     for name in [
         &KEEP_ALIVE,
@@ -713,6 +781,81 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const REQUEST_HEADERS: Duration = Duration::from_secs(3600);
+
+    /// How long after now `activity` expires, on tokio's paused clock, and which deadline.
+    async fn expires_in(activity: &Activity, request_headers: Duration) -> (Duration, Timeout) {
+        let start = tokio::time::Instant::now();
+        let timeout = activity.expired(request_headers, IDLE).await;
+        (start.elapsed(), timeout)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_expires_at_the_request_headers_deadline() {
+        let activity = Activity::new();
+        assert_eq!(
+            expires_in(&activity, REQUEST_HEADERS).await,
+            (REQUEST_HEADERS, Timeout::RequestHeaders)
+        );
+        // Without that deadline, only a request's end starts a deadline.
+        let activity = Arc::new(Activity::new());
+        let waiting = tokio::time::timeout(10 * IDLE, activity.expired(Duration::ZERO, IDLE));
+        assert!(waiting.await.is_err());
+        drop(Active::start(&activity));
+        assert_eq!(
+            expires_in(&activity, Duration::ZERO).await,
+            (IDLE, Timeout::Idle)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_runs_from_the_end_of_the_last_request_in_flight() {
+        let activity = Arc::new(Activity::new());
+        let expired = activity.expired(REQUEST_HEADERS, IDLE);
+        tokio::pin!(expired);
+        // The first request comes after a second, long before the request headers deadline,
+        // and two overlap on the connection (HTTP/2) for ten idle timeouts.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = Active::start(&activity);
+        let second = Active::start(&activity);
+        assert!(
+            tokio::time::timeout(5 * IDLE, expired.as_mut())
+                .await
+                .is_err()
+        );
+        drop(first);
+        assert!(
+            tokio::time::timeout(5 * IDLE, expired.as_mut())
+                .await
+                .is_err()
+        );
+        drop(second);
+        let ended = tokio::time::Instant::now();
+        assert_eq!(expired.await, Timeout::Idle);
+        assert_eq!(ended.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_came_and_went_moves_an_armed_deadline() {
+        // Armed for the request headers deadline, an hour away: a request from 1 s to 2 s
+        // makes the connection idle from 2 s, and the idle deadline a minute later applies.
+        let activity = Arc::new(Activity::new());
+        let expired = activity.expired(REQUEST_HEADERS, IDLE);
+        tokio::pin!(expired);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), expired.as_mut())
+                .await
+                .is_err()
+        );
+        let request = Active::start(&activity);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(request);
+        let ended = tokio::time::Instant::now();
+        assert_eq!(expired.await, Timeout::Idle);
+        assert_eq!(ended.elapsed(), IDLE);
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_end_to_end_headers_stay() {
@@ -742,5 +885,16 @@ mod tests {
         headers.insert(TE, HeaderValue::from_static("trailers"));
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers[TE], "trailers");
+
+        // Several `Connection` fields, one token that is no field name.
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("x-one"));
+        headers.append(CONNECTION, HeaderValue::from_static("not a name, X-Two"));
+        headers.insert("x-one", HeaderValue::from_static("1"));
+        headers.insert("x-two", HeaderValue::from_static("2"));
+        headers.insert("x-three", HeaderValue::from_static("3"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-three"]);
     }
 }

@@ -1,5 +1,5 @@
-//! One listening inbound: its identity, its counters and its current plan (swapped on
-//! configuration changes, never locked). Shared by the request path, the TCP relay, the
+//! One listening inbound: its identity, its counters, its current plan (swapped on
+//! configuration changes, never locked) and its pool of connections to the application. Shared by the request path, the TCP relay, the
 //! metrics and the supervisor; it knows none of them.
 
 use std::fmt;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::Cap;
 use crate::plan::InboundPlan;
+use crate::upstream::UpstreamPool;
 
 /// Which inbound of which Dataplane. Its listener lives as long as the key stays configured
 /// (and its address does not change).
@@ -80,6 +81,8 @@ pub(crate) struct Inbound {
     pub local_addr: SocketAddr,
     pub counters: Counters,
     pub plan: ArcSwap<InboundPlan>,
+    /// Idle HTTP connections to the application.
+    pub upstream: UpstreamPool,
     /// The inbound's open connections and its own cap (`usize::MAX` without one).
     pub cap: Arc<Cap>,
     /// Whether the last check of the shared store failed: an outage is logged when it starts

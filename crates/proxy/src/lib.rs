@@ -19,8 +19,9 @@
 //! `plan.rs`; the admin endpoint (`/metrics`, `/ready`, `/config`) is [`Admin`].
 //!
 //! Each module uses only modules listed before it: `store` (the [`SharedBuckets`] interface)
-//! and `plan` (no dependencies), `options`, `error`, `limits` (connection caps, the descriptor limit), `inbound` (an inbound's key, counters and
-//! current plan), `http` and `tcp` (one connection each), `state` (what the tasks share,
+//! and `plan` (no dependencies), `options`, `error`, `limits` (connection caps, the descriptor limit), `upstream` (the pool
+//! of connections to the application), `inbound` (an inbound's key, counters, current plan and
+//! upstream pool), `http` and `tcp` (one connection each), `state` (what the tasks share,
 //! [`Status`], [`ProxyProblem`]), `metrics`, `listener` (bind, accept, stop), `reconcile`,
 //! `proxy`, and `admin` on top.
 
@@ -39,6 +40,7 @@ mod reconcile;
 mod state;
 mod store;
 mod tcp;
+mod upstream;
 
 pub use admin::{
     ADMIN_MAX_CONNECTIONS, Admin, Collected, ConfigSource, MetricsSource, ReadinessSource,

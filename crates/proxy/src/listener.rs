@@ -48,6 +48,7 @@ impl Listener {
             local_addr,
             counters: Default::default(),
             plan: ArcSwap::from_pointee(plan),
+            upstream: Default::default(),
             cap: Cap::new(
                 shared
                     .options

@@ -22,6 +22,8 @@ pub(crate) struct InboundPlan {
     /// The application: `127.0.0.1:servicePort`.
     pub upstream: SocketAddr,
     pub upstream_authority: Authority,
+    /// `upstream_authority` as a `Host` value, for a request that names no host.
+    pub upstream_host: HeaderValue,
     pub http: Option<HttpPlan>,
     /// HTTP inbounds only, as the policy applies.
     pub global: Option<GlobalPlan>,
@@ -83,6 +85,8 @@ pub(crate) fn compile(
     let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, limits.service_port));
     let upstream_authority = Authority::try_from(upstream.to_string().as_str())
         .expect("a socket address is a valid authority");
+    let upstream_host = HeaderValue::try_from(upstream_authority.as_str())
+        .expect("an authority is a valid header value");
     let http = match (&limits.http, limits.protocol) {
         (Some(http), Protocol::Http) => Some(HttpPlan {
             bucket: carry(
@@ -118,6 +122,7 @@ pub(crate) fn compile(
         protocol: limits.protocol,
         upstream,
         upstream_authority,
+        upstream_host,
         http,
         global,
         tcp,

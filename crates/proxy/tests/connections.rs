@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshlimit_bucket::FakeClock;
 use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::Protocol;
@@ -101,6 +102,160 @@ async fn a_connection_that_sends_nothing_or_half_a_head_is_closed() {
     );
     // A client that asks in time is served.
     assert_eq!(get_once(addr, "/").await.status, 200);
+}
+
+/// A client connection of either version and the task driving it, which ends when the proxy
+/// closes the connection.
+struct Client<S> {
+    sender: S,
+    closed: tokio::task::JoinHandle<()>,
+}
+
+async fn h1_client(
+    addr: SocketAddr,
+) -> Client<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Client { sender, closed }
+}
+
+async fn h2_client(
+    addr: SocketAddr,
+) -> Client<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Client { sender, closed }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .header("host", "backend.test")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// Waits for the proxy to close a client connection.
+async fn closed(client: Client<impl Sized>) {
+    tokio::time::timeout(GIVE_UP, client.closed)
+        .await
+        .expect("the proxy closed the idle connection")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_counted_once_and_requests_in_flight_elsewhere_finish() {
+    let app = upstream().await;
+    let h = Harness::unlimited_http(
+        "backend",
+        app.addr.port(),
+        ProxyOptions {
+            // The held requests below wait for as long as the test takes.
+            upstream_timeout: Duration::from_secs(3600),
+            ..options(Duration::from_secs(3600), Duration::from_millis(200))
+        },
+    )
+    .await;
+    let addr = h.addr("backend");
+    let idle_closes = |metrics: &str| {
+        sample(
+            metrics,
+            "meshlimit_connection_timeouts_total",
+            "timeout=\"idle\"",
+        )
+    };
+
+    // One request held by the application on an HTTP/1.1 connection and one on an HTTP/2
+    // connection, for longer than the idle timeout: until the connections below are closed.
+    let mut held_h1 = h1_client(addr).await;
+    let mut held_h2 = h2_client(addr).await;
+    let h1_reply = {
+        let response = held_h1.sender.send_request(get(addr, "/hold"));
+        tokio::spawn(async move { Reply::read(response.await.unwrap()).await })
+    };
+    // One at a time: `arrived` keeps one notification.
+    app.arrived.notified().await;
+    let h2_reply = {
+        let response = held_h2.sender.send_request(get(addr, "/hold"));
+        tokio::spawn(async move { Reply::read(response.await.unwrap()).await })
+    };
+    app.arrived.notified().await;
+
+    // Idle connections of both versions, each after one request. Several HTTP/1.1 ones: each
+    // is closed by whichever of two equal deadlines fires first (hyper's head timer or the
+    // proxy's own), and must count once either way.
+    let mut idle_h1 = Vec::new();
+    for _ in 0..3 {
+        let mut client = h1_client(addr).await;
+        let reply = Reply::read(client.sender.send_request(get(addr, "/")).await.unwrap()).await;
+        assert_eq!(reply.status, 200);
+        idle_h1.push(client);
+    }
+    let mut idle_h2 = h2_client(addr).await;
+    let reply = Reply::read(idle_h2.sender.send_request(get(addr, "/")).await.unwrap()).await;
+    assert_eq!(reply.status, 200);
+    for client in idle_h1 {
+        closed(client).await;
+    }
+    closed(idle_h2).await;
+    let metrics_now = metrics(&h.proxy).await;
+    assert_eq!(idle_closes(&metrics_now), Some(4), "{metrics_now}");
+
+    // The held requests were not cut, nor their connections closed.
+    assert!(!held_h1.closed.is_finished() && !held_h2.closed.is_finished());
+    assert!(!h1_reply.is_finished() && !h2_reply.is_finished());
+    app.release.notify_waiters();
+    for reply in [h1_reply.await.unwrap(), h2_reply.await.unwrap()] {
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.starts_with("GET /hold"), "{}", reply.body);
+    }
+    // Then idle too: closed (HTTP/2 after GOAWAY) and counted.
+    closed(held_h1).await;
+    closed(held_h2).await;
+    let metrics = metrics(&h.proxy).await;
+    assert_eq!(idle_closes(&metrics), Some(6), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_later_head_trickled_on_a_keep_alive_connection_is_closed_as_idle() {
+    let app = upstream().await;
+    let h = Harness::unlimited_http(
+        "backend",
+        app.addr.port(),
+        options(Duration::from_secs(3600), Duration::from_millis(200)),
+    )
+    .await;
+    let mut stream = TcpStream::connect(h.addr("backend")).await.unwrap();
+    // One request, then half of the next head and nothing more: no request is in flight
+    // until a head is complete, so the idle deadline runs from the first response.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\nGET /two HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&read_until_closed(&mut stream).await).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(seen.matches("HTTP/1.1 ").count(), 1, "{seen}");
+    let metrics = metrics(&h.proxy).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "meshlimit_connection_timeouts_total",
+            "timeout=\"idle\""
+        ),
+        Some(1),
+        "{metrics}"
+    );
+    assert_eq!(app.hits(), 1);
 }
 
 #[tokio::test]

@@ -24,11 +24,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-/// An HTTP/1.1 application on 127.0.0.1:0 that counts the requests reaching it. It answers
-/// `<method> <path> host=<host>`; `/hold` waits for `release` before answering.
+/// An HTTP/1.1 application on 127.0.0.1:0 that counts the requests reaching it and the
+/// connections they came on. It answers `<method> <path> host=<host>`; `/hold` waits for
+/// `release` before answering.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
     pub release: Arc<Notify>,
     pub arrived: Arc<Notify>,
 }
@@ -36,6 +38,10 @@ pub struct Upstream {
 impl Upstream {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -45,12 +51,19 @@ pub async fn upstream() -> Upstream {
     let hits = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Notify::new());
     let arrived = Arc::new(Notify::new());
-    let (h, r, a) = (hits.clone(), release.clone(), arrived.clone());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (h, r, a, c) = (
+        hits.clone(),
+        release.clone(),
+        arrived.clone(),
+        connections.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            c.fetch_add(1, Ordering::SeqCst);
             let (hits, release, arrived) = (h.clone(), r.clone(), a.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
@@ -92,6 +105,7 @@ pub async fn upstream() -> Upstream {
     Upstream {
         addr,
         hits,
+        connections,
         release,
         arrived,
     }
