@@ -38,9 +38,16 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn start(store: &Path, api: &str) -> ControlPlane {
+        ControlPlane::start_with(store, &["--api", api])
+    }
+
+    /// `meshlimit control-plane --store STORE` with `flags`.
+    fn start_with(store: &Path, flags: &[&str]) -> ControlPlane {
         let mut command = Command::new(BIN);
         command
-            .args(["control-plane", "--api", api, "--store"])
+            .arg("control-plane")
+            .args(flags)
+            .arg("--store")
             .arg(store);
         ControlPlane::from_command(command)
     }
@@ -645,18 +652,10 @@ fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
 #[test]
 fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "control-plane",
-            "--api",
-            "127.0.0.1:0",
-            "--max-body-bytes",
-            "4096",
-            "--store",
-        ])
-        .arg(dir.path().join("store.redb"));
-    let cp = ControlPlane::from_command(command);
+    let cp = ControlPlane::start_with(
+        &dir.path().join("store.redb"),
+        &["--api", "127.0.0.1:0", "--max-body-bytes", "4096"],
+    );
     let client = cp.client();
     let rt = runtime();
     let call = |method: &str, path: &str, media: Option<&str>, body: String| {
@@ -909,13 +908,8 @@ fn a_control_plane_on_the_unspecified_address_requires_its_token() {
 
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "open-sesame\n").expect("write");
-    let mut command = Command::new(BIN);
-    command
-        .args(["control-plane", "--api", "0.0.0.0:0", "--token-file"])
-        .arg(&token_file)
-        .arg("--store")
-        .arg(&store);
-    let cp = ControlPlane::from_command(command);
+    let token_arg = token_file.to_str().expect("a UTF-8 path");
+    let cp = ControlPlane::start_with(&store, &["--api", "0.0.0.0:0", "--token-file", token_arg]);
     let local = format!("http://127.0.0.1:{}", cp.port());
     let rt = runtime();
 
@@ -1126,18 +1120,10 @@ fn files_starting_with_a_byte_order_mark_validate_and_apply() {
 #[test]
 fn the_api_listener_refuses_past_its_cap_and_answers_once_the_flood_ends() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "control-plane",
-            "--api",
-            "127.0.0.1:0",
-            "--api-max-connections",
-            "4",
-            "--store",
-        ])
-        .arg(dir.path().join("store.redb"));
-    let cp = ControlPlane::from_command(command);
+    let cp = ControlPlane::start_with(
+        &dir.path().join("store.redb"),
+        &["--api", "127.0.0.1:0", "--api-max-connections", "4"],
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], cp.port()));
     let get = |path: &str| -> Option<String> {
         let mut stream = TcpStream::connect(addr).ok()?;

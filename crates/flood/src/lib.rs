@@ -88,23 +88,11 @@ impl Report {
 
 /// Starts a target, runs every scenario against it, and stops it.
 pub fn run(config: &Config) -> anyhow::Result<Report> {
-    raise_fd_limit();
+    // The floods hold thousands of sockets at once.
+    meshlimit_proxy::raise_fd_limit();
     let mut target = Target::start(&config.meshlimit)?;
     let mut report = Report::default();
     scenarios::all(&mut target, config.scale, &mut report);
     target.stop(&mut report);
     Ok(report)
-}
-
-/// The floods hold thousands of sockets at once.
-fn raise_fd_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
 }
