@@ -545,6 +545,25 @@ fn dataplane_yaml(name: &str, service: &str, port: u16, service_port: u16) -> St
     )
 }
 
+/// A million requests a second for all of `backend`: it never limits, and its decisions
+/// carry its name.
+const GLOBAL_POLICY: &str = r#"type: MeshGlobalRateLimit
+mesh: default
+name: backend-total
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  from:
+    - targetRef:
+        kind: Mesh
+      default:
+        http:
+          requestRate:
+            num: 1000000
+            interval: 1s
+"#;
+
 /// 5 requests an hour for `app: backend`.
 const POLICY: &str = r#"type: MeshRateLimit
 mesh: default
@@ -678,6 +697,7 @@ fn scrape_after_traffic() -> String {
         &dataplane_yaml("backend", "backend", http_port, service_port),
     );
     write("policy.yaml", POLICY);
+    write("global.yaml", GLOBAL_POLICY);
     write(
         "web.yaml",
         &dataplane_yaml("web-1", "web", web_port, free_port()),

@@ -310,10 +310,10 @@ fn run_enforces_reloads_and_stops_cleanly() {
 
     let metrics = get(admin, "/metrics").unwrap().body;
     let allowed = format!(
-        r#"meshlimit_http_requests_total{{mesh="default",dataplane="backend",inbound="{port}",decision="allowed"}} 5"#
+        r#"meshlimit_http_requests_total{{mesh="default",dataplane="backend",inbound="{port}",decision="allowed",policy="backend-rate-limit"}} 5"#
     );
     let limited = format!(
-        r#"meshlimit_http_requests_total{{mesh="default",dataplane="backend",inbound="{port}",decision="limited"}} 2"#
+        r#"meshlimit_http_requests_total{{mesh="default",dataplane="backend",inbound="{port}",decision="limited",policy="backend-rate-limit"}} 2"#
     );
     assert!(
         metrics.contains(&allowed) && metrics.contains(&limited),

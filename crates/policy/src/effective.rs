@@ -37,6 +37,10 @@ pub struct RejectHeaders {
 #[serde(rename_all = "camelCase")]
 pub struct HttpLimit {
     pub request_rate: Rate,
+    /// The policy whose `requestRate` won the merge: rejections and the rate-limit header
+    /// fields name it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy: String,
     /// 429 when the policy leaves it unset.
     pub status: RejectStatus,
     pub headers: RejectHeaders,
@@ -107,6 +111,9 @@ pub struct GlobalLimit {
     #[serde(with = "crate::duration::serde_go")]
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// The `MeshGlobalRateLimit` whose `requestRate` won the merge (it names `key`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy: String,
     /// Names of the `MeshGlobalRateLimit`s that contributed, least specific first.
     pub policies: Vec<String>,
 }

@@ -340,8 +340,13 @@ fn replace<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
 }
 
 /// What a merged conf enforces on an inbound of this protocol. HTTP limits need an HTTP
-/// inbound; the TCP connection limit applies to every inbound.
-pub fn enforced(conf: &Conf, protocol: Protocol) -> (Option<HttpLimit>, Option<TcpLimit>) {
+/// inbound; the TCP connection limit applies to every inbound. `rate_from` names the policy
+/// whose `requestRate` won the merge.
+pub fn enforced(
+    conf: &Conf,
+    rate_from: Option<&str>,
+    protocol: Protocol,
+) -> (Option<HttpLimit>, Option<TcpLimit>) {
     let http = conf
         .local
         .http
@@ -355,6 +360,7 @@ pub fn enforced(conf: &Conf, protocol: Protocol) -> (Option<HttpLimit>, Option<T
             let headers = orl.headers.unwrap_or_default();
             Some(HttpLimit {
                 request_rate: h.request_rate?,
+                policy: rate_from.unwrap_or_default().to_string(),
                 status: orl.status.unwrap_or(RejectStatus::DEFAULT),
                 headers: RejectHeaders {
                     set: headers.set.unwrap_or_default(),
@@ -430,22 +436,46 @@ fn spiffe_rules<'a>(policies: &[&'a MeshRateLimit]) -> Vec<SpiffeRule<'a>> {
     out
 }
 
+/// A conf merged from several policies, with the names that went into it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    pub conf: Conf,
+    /// The policies that contributed, least specific first.
+    pub policies: Vec<String>,
+    /// The policy whose HTTP `requestRate` won the merge: the one a rejection is told of.
+    pub rate_from: Option<String>,
+}
+
+impl Merged {
+    fn merge(&mut self, over: &Conf, policy: &str) {
+        merge(&mut self.conf, over);
+        if !self.policies.iter().any(|n| n == policy) {
+            self.policies.push(policy.to_string());
+        }
+        if over
+            .local
+            .http
+            .as_ref()
+            .is_some_and(|h| h.request_rate.is_some())
+        {
+            self.rate_from = Some(policy.to_string());
+        }
+    }
+
+    /// What the merged conf enforces on an inbound of this protocol (see [`enforced`]).
+    pub fn enforced(&self, protocol: Protocol) -> (Option<HttpLimit>, Option<TcpLimit>) {
+        enforced(&self.conf, self.rate_from.as_deref(), protocol)
+    }
+}
+
 /// The conf for one source: catch-all confs of every policy first, then every `spiffeID` rule
 /// matching the client (and its SNI, when the rule names one), least specific first. This is
-/// the conf of the route Kuma's Envoy picks for that client ([`spiffe_routes`]). Returns the
-/// conf and the names of the policies that contributed.
-pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, Vec<String>) {
-    let mut conf = Conf::default();
-    let mut names: Vec<String> = Vec::new();
-    let contributed = |names: &mut Vec<String>, name: &str| {
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
-    };
+/// the conf of the route Kuma's Envoy picks for that client ([`spiffe_routes`]).
+pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> Merged {
+    let mut merged = Merged::default();
     for p in policies {
         for c in catch_all_confs(p) {
-            merge(&mut conf, c);
-            contributed(&mut names, &p.name);
+            merged.merge(c, &p.name);
         }
     }
     if let Some(source) = source
@@ -461,11 +491,10 @@ pub fn conf_for(policies: &[&MeshRateLimit], source: Option<&Source>) -> (Conf, 
             .collect();
         matched.sort_by_key(spiffe_rank);
         for r in matched {
-            merge(&mut conf, r.conf);
-            contributed(&mut names, r.policy);
+            merged.merge(r.conf, r.policy);
         }
     }
-    (conf, names)
+    merged
 }
 
 /// A route Kuma adds in front of a sidecar inbound's route for a `spiffeID` match: requests
@@ -477,14 +506,14 @@ pub struct SpiffeRoute {
     pub sni: Option<StringMatch>,
     /// The catch-all conf merged with every rule whose match covers this one, least specific
     /// first (Kuma's `mergeSubsumingMatchedRouteConfs`).
-    pub conf: Conf,
+    pub merged: Merged,
 }
 
 /// The routes Kuma's MeshRateLimit plugin adds on a sidecar inbound for `rules[].matches`
 /// with a `spiffeID` (`ConfigureMatchedRoutesOnFilterChain`), most specific first, as Envoy
 /// tries them; one per distinct match.
 pub fn spiffe_routes(policies: &[&MeshRateLimit]) -> Vec<SpiffeRoute> {
-    let (base, _) = conf_for(policies, None);
+    let base = conf_for(policies, None);
     let mut rules: Vec<_> = spiffe_rules(policies)
         .into_iter()
         .filter(|r| r.conf.local.http.is_some())
@@ -500,18 +529,18 @@ pub fn spiffe_routes(policies: &[&MeshRateLimit]) -> Vec<SpiffeRoute> {
         }
         let mut covering: Vec<_> = rules.iter().filter(|r| covers(r, target)).collect();
         covering.sort_by_key(|r| spiffe_rank(r));
-        let mut conf = if base.local.http.is_some() {
+        let mut merged = if base.conf.local.http.is_some() {
             base.clone()
         } else {
-            Conf::default()
+            Merged::default()
         };
         for r in covering {
-            merge(&mut conf, r.conf);
+            merged.merge(r.conf, r.policy);
         }
         routes.push(SpiffeRoute {
             matched: target.spiffe_id.clone(),
             sni: target.sni.cloned(),
-            conf,
+            merged,
         });
     }
     routes
@@ -631,6 +660,7 @@ pub fn enforced_global(
             .and_then(|s| s.timeout)
             .unwrap_or(DEFAULT_RATE_LIMIT_SERVICE_TIMEOUT),
         failure_mode: conf.failure().unwrap_or_default(),
+        policy: owner.to_string(),
         policies: merged.policies.clone(),
     })
 }

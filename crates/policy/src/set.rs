@@ -287,9 +287,9 @@ fn inbound_limits(
     source: Option<&Source>,
     global: Option<GlobalLimit>,
 ) -> InboundLimits {
-    let (conf, names) = matching::conf_for(policies, source);
+    let merged = matching::conf_for(policies, source);
     let protocol = inbound.protocol();
-    let (http, tcp) = matching::enforced(&conf, protocol);
+    let (http, tcp) = merged.enforced(protocol);
     // Per-client routes belong to the inbound's own limits, not to one client's view of them.
     let sources = match (source, protocol) {
         (None, Protocol::Http) => matching::spiffe_routes(policies)
@@ -303,7 +303,7 @@ fn inbound_limits(
                     value: route.matched.value,
                 },
                 sni: route.sni.map(|s| s.value),
-                http: matching::enforced(&route.conf, protocol).0,
+                http: route.merged.enforced(protocol).0,
             })
             .collect(),
         _ => Vec::new(),
@@ -315,7 +315,7 @@ fn inbound_limits(
         protocol,
         http,
         tcp,
-        policies: names,
+        policies: merged.policies,
         global,
         sources,
     }

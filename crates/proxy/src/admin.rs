@@ -218,6 +218,7 @@ impl Admin {
         match path {
             "/metrics" => {
                 let mut registry = Registry::default();
+                exposition::register_build_info(&mut registry);
                 for source in &self.metrics {
                     source.register(&mut registry);
                 }

@@ -2,11 +2,12 @@
 //! into the HTTP response the client gets.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use meshlimit_bucket::Decision;
 
-use crate::plan::{RejectTemplate, ceil_secs};
+use crate::options::RateLimitHeaders;
+use crate::plan::{QuotaPolicy, RejectTemplate, ceil_secs};
 
 /// The body of every response the proxy sends: the application's (`B`, streamed), or one of
 /// ours.
@@ -18,10 +19,10 @@ pub(crate) enum RequestError<'a> {
     /// A limit of the inbound rejected it: the local one, or the global one.
     RateLimited {
         reject: &'a RejectTemplate,
-        /// `RateLimit-Policy` of the bucket that decided.
-        policy: &'a HeaderValue,
+        /// The bucket that decided, as the header fields describe it.
+        quota: &'a QuotaPolicy,
         decision: Decision,
-        rate_limit_headers: bool,
+        rate_limit_headers: RateLimitHeaders,
     },
     /// The declared or streamed body is larger than the configured limit.
     BodyTooLarge,
@@ -42,7 +43,7 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
     match error {
         RequestError::RateLimited {
             reject,
-            policy,
+            quota,
             decision,
             rate_limit_headers,
         } => {
@@ -50,13 +51,13 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
             let mut response = Response::new(Either::Right(Full::new(reject.body.clone())));
             *response.status_mut() = reject.status;
             *response.headers_mut() = reject.headers.clone();
-            if rate_limit_headers {
-                let retry_after = ceil_secs(decision.next_token_in()).max(1);
-                let headers = response.headers_mut();
-                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
-                headers.insert("ratelimit-policy", policy.clone());
-                headers.insert("ratelimit", rate_limit_value(&decision));
-            }
+            add_rate_limit_headers(
+                response.headers_mut(),
+                rate_limit_headers,
+                quota,
+                &decision,
+                true,
+            );
             response
         }
         RequestError::BodyTooLarge => local(
@@ -81,14 +82,61 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
     }
 }
 
-/// `RateLimit: "default";r=<remaining>;t=<seconds until the next token>`.
-pub(crate) fn rate_limit_value(decision: &Decision) -> HeaderValue {
-    let value = format!(
-        "\"default\";r={};t={}",
-        decision.remaining(),
-        ceil_secs(decision.next_token_in())
-    );
-    HeaderValue::try_from(value).expect("digits and quotes are a valid header value")
+/// The rate-limit header fields for `decision` of `quota`'s bucket, in `style`; a rejection
+/// also gets `Retry-After`.
+pub(crate) fn add_rate_limit_headers(
+    headers: &mut HeaderMap,
+    style: RateLimitHeaders,
+    quota: &QuotaPolicy,
+    decision: &Decision,
+    rejected: bool,
+) {
+    match style {
+        RateLimitHeaders::Off => {}
+        RateLimitHeaders::Ietf => {
+            // draft-10: `t` is when the quota is whole again, and a `Retry-After` sent with it
+            // must not be earlier.
+            let reset = ceil_secs(quota.until_full(decision));
+            headers.insert("ratelimit-policy", quota.policy_header.clone());
+            let value = format!("{};r={};t={reset}", quota.name, decision.remaining());
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert("ratelimit", value);
+            }
+            if rejected {
+                let next = ceil_secs(decision.next_token_in()).max(1);
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(next.max(reset)),
+                );
+            }
+        }
+        RateLimitHeaders::XRateLimit => {
+            headers.insert("x-ratelimit-limit", quota.limit_header.clone());
+            headers.insert(
+                "x-ratelimit-remaining",
+                HeaderValue::from(decision.remaining()),
+            );
+            headers.insert(
+                "x-ratelimit-reset",
+                HeaderValue::from(envoy_reset(quota, decision)),
+            );
+            if rejected {
+                let next = ceil_secs(decision.next_token_in()).max(1);
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(next));
+            }
+        }
+    }
+}
+
+/// Envoy's `X-RateLimit-Reset` of its local rate limit: 0 while a token is left, else one
+/// token's time in whole seconds (milliseconds rounded up, then divided down).
+fn envoy_reset(quota: &QuotaPolicy, decision: &Decision) -> u64 {
+    if decision.remaining() > 0 {
+        return 0;
+    }
+    let time = quota.token_time();
+    let ms = time.as_millis() + u128::from(!time.as_nanos().is_multiple_of(1_000_000));
+    u64::try_from(ms / 1000).unwrap_or(u64::MAX)
 }
 
 fn local<B>(status: StatusCode, body: Bytes) -> Response<ProxyBody<B>> {

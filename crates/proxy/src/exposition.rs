@@ -44,8 +44,8 @@ pub fn gauge<S: EncodeLabelSet>(
     Ok(())
 }
 
-/// A cumulative histogram family: per sample, the bucket upper bounds with their cumulative
-/// counts (the last bound `+Inf`), the sum and the count.
+/// A histogram family: per sample, the bucket upper bounds with the count of each bucket
+/// alone (the encoder cumulates them; the last bound `+Inf`), the sum and the count.
 pub fn histogram<S: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -68,8 +68,23 @@ pub fn histogram<S: EncodeLabelSet>(
 pub struct HistogramSample {
     pub sum: f64,
     pub count: u64,
-    /// `(upper bound, cumulative count)`, ascending, ending with `f64::INFINITY`.
+    /// `(upper bound, count of observations above the previous bound up to this one)`,
+    /// ascending, ending with `f64::INFINITY`.
     pub buckets: Vec<(f64, u64)>,
+}
+
+/// `meshlimit_build_info{version} 1`: which release a process runs. Every `/metrics` of
+/// meshlimit has it once.
+pub fn register_build_info(registry: &mut Registry) {
+    fn encode(_: &(), mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        gauge(
+            &mut encoder,
+            "meshlimit_build_info",
+            "The meshlimit release this process runs (always 1).",
+            [(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1)],
+        )
+    }
+    registry.register_collector(Box::new(crate::admin::Collected((), encode)));
 }
 
 /// The OpenMetrics media type, as scrapers ask for it.

@@ -15,7 +15,9 @@ use arc_swap::Guard;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body_util::{BodyExt, Either, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
@@ -26,12 +28,12 @@ use meshlimit_policy::effective::{FailureMode, GlobalMode};
 use tokio::net::TcpStream;
 
 use crate::error::{
-    ClientBodyError, ProxyBody, RequestError, error_chain, error_response, is_body_limit,
-    is_client_body, rate_limit_value,
+    ClientBodyError, ProxyBody, RequestError, add_rate_limit_headers, error_chain, error_response,
+    is_body_limit, is_client_body,
 };
-use crate::inbound::Inbound;
-use crate::options::ProxyOptions;
-use crate::plan::{GlobalPlan, InboundPlan};
+use crate::inbound::{Inbound, Source};
+use crate::options::{ProxyOptions, RateLimitHeaders};
+use crate::plan::{GlobalPlan, InboundPlan, QuotaPolicy};
 use crate::store::{SharedBuckets, SharedError};
 use crate::upstream::{ExchangeError, Lease, UpstreamBody};
 
@@ -44,7 +46,7 @@ pub(crate) struct HttpContext {
     server: auto::Builder<TokioExecutor>,
     clock: Arc<dyn Clock>,
     body_limit: Option<u64>,
-    rate_limit_headers: bool,
+    rate_limit_headers: RateLimitHeaders,
     upstream_timeout: Duration,
     request_headers_timeout: Duration,
     idle_timeout: Duration,
@@ -110,10 +112,24 @@ pub(crate) async fn serve_connection(
         let conn = Arc::clone(&conn);
         async move {
             let active = Active::start(&conn.2);
-            let mut response = handle(request, &conn.0, &conn.1).await;
-            // A relayed body keeps the request in flight until it is sent.
-            if let Either::Left(body) = response.body_mut() {
-                body.active = Some(active);
+            let inbound = &conn.0;
+            let started_ns = inbound.latency_clock.now_ns();
+            let mut response = handle(request, inbound, &conn.1).await;
+            let counters = &inbound.counters;
+            let status = response.status();
+            match response.body_mut() {
+                // A relayed body keeps the request in flight until it is sent, and its
+                // duration runs until then.
+                Either::Left(body) => {
+                    counters.responses.count(Source::Application, status);
+                    body.active = Some(active);
+                    body.started_ns = started_ns;
+                }
+                Either::Right(_) => {
+                    counters.responses.count(Source::Proxy, status);
+                    let ns = inbound.latency_clock.now_ns().saturating_sub(started_ns);
+                    counters.request_duration.record(ns);
+                }
             }
             Ok::<_, Infallible>(response)
         }
@@ -142,7 +158,31 @@ pub(crate) async fn serve_connection(
         }
     };
     if let Err(error) = result {
+        count_refused_head(&inbound, error.as_ref());
         tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
+    }
+}
+
+/// hyper answers a request head it cannot parse itself (HTTP/1.1: 400, or 431 for one over
+/// the size limit) and ends the connection with that error: counted here, as answers of the
+/// proxy.
+fn count_refused_head(inbound: &Inbound, error: &(dyn std::error::Error + 'static)) {
+    let Some(error) = std::iter::successors(Some(error), |cause| cause.source())
+        .find_map(|cause| cause.downcast_ref::<hyper::Error>())
+    else {
+        return;
+    };
+    let counters = &inbound.counters;
+    if error.is_parse_too_large() {
+        counters.heads_too_large.inc();
+        counters
+            .responses
+            .count(Source::Proxy, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    } else if error.is_parse() {
+        counters.malformed_heads.inc();
+        counters
+            .responses
+            .count(Source::Proxy, StatusCode::BAD_REQUEST);
     }
 }
 
@@ -293,14 +333,14 @@ async fn handle(
             Ok(admitted) => admitted,
             Err(error) => return error_response(error),
         };
-        if let Err(error) = check_body(&request, ctx.body_limit) {
-            return error_response(error);
-        }
-        let rate_limit = if ctx.rate_limit_headers {
-            admitted.closest()
-        } else {
+        let rate_limit = if ctx.rate_limit_headers == RateLimitHeaders::Off {
             None
+        } else {
+            admitted.closest()
         };
+        if let Err(error) = check_body(&request, ctx.body_limit) {
+            return local_after_admission(error, inbound, &rate_limit, ctx);
+        }
         (
             to_upstream(request, plan, ctx.body_limit),
             plan.upstream,
@@ -308,14 +348,53 @@ async fn handle(
         )
     };
     match forward(upstream_request, upstream, inbound, ctx).await {
-        Ok((response, lease)) => to_downstream(response, lease, rate_limit, inbound),
-        Err(error) => error_response(error),
+        Ok((mut response, lease)) => {
+            if let Some((quota, decision)) = &rate_limit {
+                add_rate_limit_headers(
+                    response.headers_mut(),
+                    ctx.rate_limit_headers,
+                    quota,
+                    decision,
+                    false,
+                );
+            }
+            to_downstream(response, lease, inbound)
+        }
+        Err(error) => local_after_admission(error, inbound, &rate_limit, ctx),
     }
 }
 
-/// A bucket's answer to an admitted request and its `RateLimit-Policy`, for the IETF header
-/// fields.
-type Answer<'p> = (&'p HeaderValue, Decision);
+/// The proxy's own answer to an admitted request it could not forward (413, 400, 503, 504):
+/// counted by reason, and with the rate-limit header fields of the admission, as every
+/// answer of a limited inbound has them.
+fn local_after_admission(
+    error: RequestError<'_>,
+    inbound: &Inbound,
+    rate_limit: &Option<(Arc<QuotaPolicy>, Decision)>,
+    ctx: &HttpContext,
+) -> Response<ToClient> {
+    let counters = &inbound.counters;
+    match error {
+        RequestError::BodyTooLarge => counters.bodies_too_large.inc(),
+        RequestError::BadRequestBody => counters.malformed_bodies.inc(),
+        RequestError::UpstreamUnavailable => counters.upstream_unavailable.inc(),
+        _ => {}
+    }
+    let mut response = error_response(error);
+    if let Some((quota, decision)) = rate_limit {
+        add_rate_limit_headers(
+            response.headers_mut(),
+            ctx.rate_limit_headers,
+            quota,
+            decision,
+            false,
+        );
+    }
+    response
+}
+
+/// A bucket's answer to an admitted request and the bucket, for the rate-limit header fields.
+type Answer<'p> = (&'p Arc<QuotaPolicy>, Decision);
 
 /// What the limits enforced on an admitted request answered (`None`: no such limit, or one
 /// that decided without a bucket, or one in `Shadow` mode, which the client is not told of).
@@ -327,14 +406,14 @@ struct Admitted<'p> {
 impl Admitted<'_> {
     /// The answer closest to a rejection (the local one on a tie), as the header fields name
     /// one policy.
-    fn closest(self) -> Option<(HeaderValue, Decision)> {
+    fn closest(self) -> Option<(Arc<QuotaPolicy>, Decision)> {
         let closest = match (self.local, self.global) {
             (Some(local), Some(global)) if global.1.remaining() < local.1.remaining() => {
                 Some(global)
             }
             (local, global) => local.or(global),
         };
-        closest.map(|(policy, decision)| (policy.clone(), decision))
+        closest.map(|(quota, decision)| (Arc::clone(quota), decision))
     }
 }
 
@@ -348,7 +427,7 @@ async fn admit<'p>(
     ctx: &HttpContext,
     store: Option<&dyn SharedBuckets>,
 ) -> Result<Admitted<'p>, RequestError<'p>> {
-    let local = admit_local(plan, inbound, ctx)?;
+    let local = admit_local(plan, ctx)?;
     let global = match &plan.global {
         Some(global) => admit_global(global, inbound, ctx, store).await?,
         None => None,
@@ -359,33 +438,32 @@ async fn admit<'p>(
 /// Phase 1a: one token of the inbound's own bucket, if it has one.
 fn admit_local<'p>(
     plan: &'p InboundPlan,
-    inbound: &Inbound,
     ctx: &HttpContext,
 ) -> Result<Option<Answer<'p>>, RequestError<'p>> {
     let Some(http) = &plan.http else {
-        inbound.counters.http_allowed.inc();
+        plan.local_counters.allowed.inc();
         return Ok(None);
     };
     let decision = http.bucket.check(ctx.clock.now_ns());
     if decision.admitted() {
-        inbound.counters.http_allowed.inc();
-        Ok(Some((&http.policy_header, decision)))
+        plan.local_counters.allowed.inc();
+        Ok(Some((&http.quota, decision)))
     } else {
-        inbound.counters.http_limited.inc();
+        plan.local_counters.limited.inc();
         Err(RequestError::RateLimited {
             reject: &http.reject,
-            policy: &http.policy_header,
+            quota: &http.quota,
             decision,
             rate_limit_headers: ctx.rate_limit_headers,
         })
     }
 }
 
-/// The global limit's decision, and the `RateLimit-Policy` of the bucket that made it (`None`
-/// when the store failed and the failure mode decided alone).
+/// The global limit's decision, and the bucket that made it (`None` when the store failed
+/// and the failure mode decided alone).
 struct Verdict<'p> {
     decision: Decision,
-    policy: Option<&'p HeaderValue>,
+    quota: Option<&'p Arc<QuotaPolicy>>,
 }
 
 /// Phase 1b: one token of the total, from the store, or of this instance's share without
@@ -403,31 +481,31 @@ async fn admit_global<'p>(
                 store_answered(inbound);
                 Verdict {
                     decision,
-                    policy: Some(&global.total_policy_header),
+                    quota: Some(&global.total_quota),
                 }
             }
             Err(failure) => fall_back(global, inbound, ctx, &failure),
         },
     };
-    let counters = &inbound.counters;
+    let counters = &global.counters;
     match (verdict.decision.admitted(), global.mode) {
         (true, GlobalMode::Limit) => {
-            counters.global_allowed.inc();
-            Ok(verdict.policy.map(|policy| (policy, verdict.decision)))
+            counters.allowed.inc();
+            Ok(verdict.quota.map(|quota| (quota, verdict.decision)))
         }
         (true, GlobalMode::Shadow) => {
-            counters.global_allowed.inc();
+            counters.allowed.inc();
             Ok(None)
         }
         (false, GlobalMode::Shadow) => {
-            counters.global_shadow_limited.inc();
+            counters.shadow_limited.inc();
             Ok(None)
         }
         (false, GlobalMode::Limit) => {
-            counters.global_limited.inc();
+            counters.limited.inc();
             Err(RequestError::RateLimited {
                 reject: &global.reject,
-                policy: verdict.policy.unwrap_or(&global.total_policy_header),
+                quota: verdict.quota.unwrap_or(&global.total_quota),
                 decision: verdict.decision,
                 rate_limit_headers: ctx.rate_limit_headers,
             })
@@ -438,7 +516,7 @@ async fn admit_global<'p>(
 fn local_share<'p>(global: &'p GlobalPlan, ctx: &HttpContext) -> Verdict<'p> {
     Verdict {
         decision: global.local_share.check(ctx.clock.now_ns()),
-        policy: Some(&global.share_policy_header),
+        quota: Some(&global.share_quota),
     }
 }
 
@@ -496,14 +574,14 @@ fn fall_back<'p>(
             counters.global_fallbacks_open.inc();
             Verdict {
                 decision: Decision::new(true, 0, Duration::ZERO),
-                policy: None,
+                quota: None,
             }
         }
         FailureMode::Closed => {
             counters.global_fallbacks_closed.inc();
             Verdict {
                 decision: Decision::new(false, 0, global.token_time),
-                policy: None,
+                quota: None,
             }
         }
         FailureMode::LocalShare => {
@@ -582,6 +660,7 @@ async fn forward(
     inbound: &Inbound,
     ctx: &HttpContext,
 ) -> Result<(Response<Incoming>, Lease), RequestError<'static>> {
+    let started_ns = inbound.latency_clock.now_ns();
     let exchange = inbound.upstream.send(upstream, request);
     let result = if ctx.upstream_timeout.is_zero() {
         exchange.await
@@ -601,6 +680,10 @@ async fn forward(
             }
         }
     };
+    if result.is_ok() {
+        let ns = inbound.latency_clock.now_ns().saturating_sub(started_ns);
+        inbound.counters.upstream_duration.record(ns);
+    }
     result.map_err(|error: ExchangeError| {
         if is_body_limit(&error) {
             RequestError::BodyTooLarge
@@ -631,22 +714,16 @@ async fn forward(
 fn to_downstream(
     response: Response<Incoming>,
     lease: Lease,
-    rate_limit: Option<(HeaderValue, Decision)>,
     inbound: &Arc<Inbound>,
 ) -> Response<ToClient> {
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    if let Some((policy, decision)) = rate_limit {
-        parts.headers.insert("ratelimit-policy", policy);
-        parts
-            .headers
-            .insert("ratelimit", rate_limit_value(&decision));
-    }
     let body = Relayed {
         body,
         lease: Some(lease),
         inbound: Arc::clone(inbound),
         active: None,
+        started_ns: 0,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -664,6 +741,9 @@ struct Relayed {
     inbound: Arc<Inbound>,
     /// The request stays in flight on its connection until its body is sent.
     active: Option<Active>,
+    /// When the request arrived, on the inbound's latency clock: its duration is recorded
+    /// when this body ends or is dropped.
+    started_ns: u64,
 }
 
 impl Relayed {
@@ -715,6 +795,13 @@ impl Drop for Relayed {
         if self.body.is_end_stream() {
             self.give_back();
         }
+        let counters = &self.inbound.counters;
+        let ns = self
+            .inbound
+            .latency_clock
+            .now_ns()
+            .saturating_sub(self.started_ns);
+        counters.request_duration.record(ns);
     }
 }
 

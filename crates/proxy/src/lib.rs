@@ -48,7 +48,7 @@ pub use admin::{
 pub use inbound::InboundKey;
 pub use limits::{FdLimit, default_max_connections, raise_fd_limit};
 pub use metrics::{InboundStats, ProxyStats};
-pub use options::ProxyOptions;
+pub use options::{ProxyOptions, RateLimitHeaders};
 pub use proxy::Proxy;
 pub use state::{ListenerStatus, ProxyProblem, Status};
 pub use store::{SharedBuckets, SharedCheck, SharedError};

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{self, HttpContext};
-use crate::inbound::{Counter, Inbound, InboundKey};
+use crate::inbound::{Counter, Counters, Inbound, InboundKey};
 use crate::limits::{self, Cap, Refused};
 use crate::plan::InboundPlan;
 use crate::state::{ListenerStatus, Shared};
@@ -33,6 +33,7 @@ impl Listener {
         key: InboundKey,
         address: IpAddr,
         plan: InboundPlan,
+        counters: Counters,
     ) -> io::Result<Listener> {
         let listener = TcpListener::bind((address, key.port)).await?;
         let local_addr = listener.local_addr()?;
@@ -46,8 +47,9 @@ impl Listener {
         let inbound = Arc::new(Inbound {
             key,
             local_addr,
-            counters: Default::default(),
+            counters,
             plan: ArcSwap::from_pointee(plan),
+            latency_clock: Arc::clone(&shared.latency_clock),
             upstream: Default::default(),
             cap: Cap::new(
                 shared

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-use crate::exposition::{Labels, counter, gauge};
-use crate::inbound::{Counter, Inbound, InboundKey};
+use crate::exposition::{HistogramSample, Labels, counter, gauge, histogram};
+use crate::inbound::{ByPolicy, Counter, Histogram, Inbound, InboundKey, PolicyCounters, Source};
 use crate::state::Shared;
 
 /// The labels that name an inbound, then `extra`.
@@ -47,34 +47,27 @@ pub(crate) fn encode(shared: &Shared, mut encoder: DescriptorEncoder<'_>) -> fmt
     let inbounds = inbounds.as_slice();
     let now_ns = shared.clock.now_ns();
     let e = &mut encoder;
-    per_inbound(
+    by_policy(
         e,
         inbounds,
         "meshlimit_http_requests",
-        "HTTP requests received by an inbound, by the decision of its local limit (MeshRateLimit; allowed when it has none).",
-        |i| {
-            vec![
-                (&[("decision", "allowed")][..], &i.counters.http_allowed),
-                (&[("decision", "limited")][..], &i.counters.http_limited),
-            ]
-        },
+        "HTTP requests received by an inbound, by the decision of its local limit (MeshRateLimit) and the policy whose rate it enforces (no policy label: the inbound has no local limit, all allowed).",
+        |i| &i.counters.local,
+        &[("allowed", |c| &c.allowed), ("limited", |c| &c.limited)],
     )?;
-    per_inbound(
+    by_policy(
         e,
         inbounds,
         "meshlimit_global_requests",
-        "HTTP requests the local limit admitted, by the decision of the inbound's global limit (MeshGlobalRateLimit); shadow_limited ones were admitted in Shadow mode.",
-        |i| {
-            vec![
-                (&[("decision", "allowed")][..], &i.counters.global_allowed),
-                (&[("decision", "limited")][..], &i.counters.global_limited),
-                (
-                    &[("decision", "shadow_limited")][..],
-                    &i.counters.global_shadow_limited,
-                ),
-            ]
-        },
+        "HTTP requests the local limit admitted, by the decision of the inbound's global limit (MeshGlobalRateLimit) and its policy; shadow_limited ones were admitted in Shadow mode.",
+        |i| &i.counters.global,
+        &[
+            ("allowed", |c| &c.allowed),
+            ("limited", |c| &c.limited),
+            ("shadow_limited", |c| &c.shadow_limited),
+        ],
     )?;
+    request_families(inbounds, e)?;
     per_inbound(
         e,
         inbounds,
@@ -129,22 +122,23 @@ pub(crate) fn encode(shared: &Shared, mut encoder: DescriptorEncoder<'_>) -> fmt
     )?;
     connection_families(shared, inbounds, e)?;
     let mut tokens = Vec::new();
+    let mut capacity = Vec::new();
     for inbound in inbounds {
         let plan = inbound.plan.load();
-        if let Some(http) = &plan.http {
-            tokens.push((
-                labels(inbound, &[("limit", "http")]),
-                http.bucket.peek(now_ns),
-            ));
-        }
-        if let Some(global) = &plan.global {
-            tokens.push((
-                labels(inbound, &[("limit", "global_share")]),
-                global.local_share.peek(now_ns),
-            ));
-        }
-        if let Some(tcp) = &plan.tcp {
-            tokens.push((labels(inbound, &[("limit", "tcp")]), tcp.peek(now_ns)));
+        let buckets = [
+            ("http", plan.http.as_ref().map(|http| &http.bucket)),
+            (
+                "global_share",
+                plan.global.as_ref().map(|global| &global.local_share),
+            ),
+            ("tcp", plan.tcp.as_ref()),
+        ];
+        for (limit, bucket) in buckets {
+            if let Some(bucket) = bucket {
+                let labels = labels(inbound, &[("limit", limit)]);
+                tokens.push((labels.clone(), bucket.peek(now_ns)));
+                capacity.push((labels, bucket.settings().max_tokens()));
+            }
         }
     }
     gauge(
@@ -152,6 +146,145 @@ pub(crate) fn encode(shared: &Shared, mut encoder: DescriptorEncoder<'_>) -> fmt
         "meshlimit_bucket_tokens",
         "Whole tokens left in an inbound's bucket (limit=\"http\" per request, \"tcp\" per connection, \"global_share\" this instance's share of a global limit).",
         tokens,
+    )?;
+    gauge(
+        e,
+        "meshlimit_bucket_capacity",
+        "Most tokens an inbound's bucket holds (its burst), beside meshlimit_bucket_tokens.",
+        capacity,
+    )?;
+    let status = shared.status.borrow().clone();
+    let none: Labels = Vec::new();
+    gauge(
+        e,
+        "meshlimit_proxy_config_version",
+        "The store version of the limits the proxy enforces (0 until its source has sent any).",
+        [(none.clone(), status.version.unwrap_or(0))],
+    )?;
+    counter(
+        e,
+        "meshlimit_proxy_config_applied",
+        "Configurations the proxy has applied since it started.",
+        [(none, status.generation)],
+    )
+}
+
+/// A decision's label value and the counter of a policy that holds it.
+type DecisionCounter = (&'static str, fn(&PolicyCounters) -> &Counter);
+
+/// One counter family over the policies that decided on every inbound: per policy, one
+/// sample per `(decision, counter)`, labelled with the policy when it has a name.
+fn by_policy(
+    encoder: &mut DescriptorEncoder<'_>,
+    inbounds: &[Arc<Inbound>],
+    name: &str,
+    help: &str,
+    of: impl Fn(&Inbound) -> &ByPolicy,
+    decisions: &[DecisionCounter],
+) -> fmt::Result {
+    let mut samples = Vec::new();
+    for inbound in inbounds {
+        let mut all = of(inbound).all();
+        // Zeros for an inbound no policy has decided on yet, so that sums over the family
+        // (`local + global`) have a value for every inbound.
+        if all.is_empty() {
+            all.push(Arc::default());
+        }
+        for counters in all {
+            for (decision, pick) in decisions {
+                let mut labels = labels(inbound, &[("decision", decision)]);
+                if !counters.policy.is_empty() {
+                    labels.push(("policy", counters.policy.clone()));
+                }
+                samples.push((labels, pick(&counters).get()));
+            }
+        }
+    }
+    counter(encoder, name, help, samples)
+}
+
+/// Responses by who answered, latencies, requests refused as invalid, the 503s.
+fn request_families(inbounds: &[Arc<Inbound>], e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+    let mut responses = Vec::new();
+    for inbound in inbounds {
+        for (source, name) in [
+            (Source::Application, "application"),
+            (Source::Proxy, "proxy"),
+        ] {
+            for class in 1..=5 {
+                let class_label = format!("{class}xx");
+                let labels = labels(inbound, &[("source", name), ("class", &class_label)]);
+                responses.push((labels, inbound.counters.responses.get(source, class)));
+            }
+        }
+    }
+    counter(
+        e,
+        "meshlimit_http_responses",
+        "HTTP responses by status class and by who answered: the application (relayed) or the proxy itself (rate-limit rejections, invalid requests, 503 and 504).",
+        responses,
+    )?;
+    let samples = |pick: fn(&Inbound) -> &Histogram| {
+        inbounds
+            .iter()
+            .map(move |inbound| {
+                let (buckets, sum, count) = pick(inbound).snapshot();
+                (
+                    labels(inbound, &[]),
+                    HistogramSample {
+                        sum,
+                        count,
+                        buckets,
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    histogram(
+        e,
+        "meshlimit_http_request_duration_seconds",
+        "From a request's arrival to the end of its response (the last body frame handed to the connection), every answer included.",
+        samples(|i| &i.counters.request_duration),
+    )?;
+    histogram(
+        e,
+        "meshlimit_upstream_request_duration_seconds",
+        "From forwarding a request to the application to its response head (requests that got one).",
+        samples(|i| &i.counters.upstream_duration),
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_http_invalid_requests",
+        "Requests the proxy refused as invalid: status=\"400\" a malformed head (HTTP/1.1 parser) or body, \"413\" a body over the limit, \"431\" a head over the limit.",
+        |i| {
+            let c = &i.counters;
+            vec![
+                (
+                    &[("status", "400"), ("reason", "malformed_head")][..],
+                    &c.malformed_heads,
+                ),
+                (
+                    &[("status", "400"), ("reason", "malformed_body")][..],
+                    &c.malformed_bodies,
+                ),
+                (
+                    &[("status", "413"), ("reason", "body_too_large")][..],
+                    &c.bodies_too_large,
+                ),
+                (
+                    &[("status", "431"), ("reason", "head_too_large")][..],
+                    &c.heads_too_large,
+                ),
+            ]
+        },
+    )?;
+    per_inbound(
+        e,
+        inbounds,
+        "meshlimit_upstream_unavailable",
+        "HTTP requests answered 503 because the application could not be reached or dropped the request before answering.",
+        |i| vec![(&[][..], &i.counters.upstream_unavailable)],
     )
 }
 
@@ -211,11 +344,11 @@ impl ProxyStats {
                 let counters = &inbound.counters;
                 InboundStats {
                     key: inbound.key.clone(),
-                    http_allowed: counters.http_allowed.get(),
-                    http_limited: counters.http_limited.get(),
-                    global_allowed: counters.global_allowed.get(),
-                    global_limited: counters.global_limited.get(),
-                    global_shadow_limited: counters.global_shadow_limited.get(),
+                    http_allowed: counters.local.sum(|c| &c.allowed),
+                    http_limited: counters.local.sum(|c| &c.limited),
+                    global_allowed: counters.global.sum(|c| &c.allowed),
+                    global_limited: counters.global.sum(|c| &c.limited),
+                    global_shadow_limited: counters.global.sum(|c| &c.shadow_limited),
                     global_errors: counters.global_errors.get(),
                     global_fallbacks_open: counters.global_fallbacks_open.get(),
                     global_fallbacks_closed: counters.global_fallbacks_closed.get(),

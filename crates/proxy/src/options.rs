@@ -4,7 +4,26 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshlimit_bucket::Clock;
+
 use crate::store::SharedBuckets;
+
+/// Which rate-limit header fields responses of a limited inbound carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateLimitHeaders {
+    /// None (Kuma's policy does not ask for them; Envoy sends none by default).
+    #[default]
+    Off,
+    /// The IETF fields of draft-ietf-httpapi-ratelimit-headers-10: `RateLimit-Policy:
+    /// "<policy>";q=<quota>;w=<window>` and `RateLimit: "<policy>";r=<remaining>;t=<seconds
+    /// until the quota is whole again>`, plus `Retry-After` (never earlier than `t`) on
+    /// rejections.
+    Ietf,
+    /// Envoy's `enable_x_ratelimit_headers: DRAFT_VERSION_03`: `X-RateLimit-Limit`,
+    /// `X-RateLimit-Remaining` and `X-RateLimit-Reset`, plus `Retry-After` (seconds to the
+    /// next token) on rejections.
+    XRateLimit,
+}
 
 /// How the proxy treats clients and upstreams, independent of the limits it enforces.
 #[derive(Clone)]
@@ -19,10 +38,9 @@ pub struct ProxyOptions {
     /// A declared `content-length` above it is answered with 413 at once; a streamed body that
     /// grows past it is cut and answered with 413 when no response has started yet.
     pub max_request_body_bytes: Option<u64>,
-    /// Add `Retry-After` (rejections) and the IETF `RateLimit` / `RateLimit-Policy` header
-    /// fields (every response of a limited inbound). Off by default: Kuma's policy does not ask
-    /// for them and Envoy does not send them.
-    pub rate_limit_headers: bool,
+    /// The rate-limit header fields on every response of a limited inbound (the
+    /// application's and the proxy's own, rejections with `Retry-After`).
+    pub rate_limit_headers: RateLimitHeaders,
     /// How long the whole exchange with the application may take until its response head
     /// arrives (connecting, sending the request and its body, waiting): past it the request
     /// is dropped, its upstream connection closed, and the client answered 504. Envoy's route
@@ -58,6 +76,9 @@ pub struct ProxyOptions {
     /// the limit's failure mode decides when it fails; without one (the default), each
     /// instance enforces its share of the total locally.
     pub shared: Option<Arc<dyn SharedBuckets>>,
+    /// What request and upstream durations (the latency histograms) are measured with;
+    /// `None`: the system's precise monotonic clock. Tests inject theirs.
+    pub latency_clock: Option<Arc<dyn Clock>>,
 }
 
 impl ProxyOptions {
@@ -74,7 +95,7 @@ impl Default for ProxyOptions {
             max_request_header_bytes: 64 * 1024,
             max_request_headers: 100,
             max_request_body_bytes: None,
-            rate_limit_headers: false,
+            rate_limit_headers: RateLimitHeaders::Off,
             upstream_timeout: Duration::from_secs(15),
             request_headers_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
@@ -83,11 +104,12 @@ impl Default for ProxyOptions {
             forward_connect: false,
             drain_timeout: Duration::from_secs(10),
             shared: None,
+            latency_clock: None,
         }
     }
 }
 
-// A store has no useful `Debug` or equality of its own: it is shown as present or not, and
+// A store and a clock have no useful `Debug` or equality of its own: it is shown as present or not, and
 // two options are equal when they hold the same store.
 impl fmt::Debug for ProxyOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,6 +129,10 @@ impl fmt::Debug for ProxyOptions {
             .field("forward_connect", &self.forward_connect)
             .field("drain_timeout", &self.drain_timeout)
             .field("shared", &self.shared.as_ref().map(|_| "SharedBuckets"))
+            .field(
+                "latency_clock",
+                &self.latency_clock.as_ref().map(|_| "Clock"),
+            )
             .finish()
     }
 }
@@ -125,6 +151,11 @@ impl PartialEq for ProxyOptions {
             && self.forward_connect == other.forward_connect
             && self.drain_timeout == other.drain_timeout
             && match (&self.shared, &other.shared) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+            && match (&self.latency_clock, &other.latency_clock) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 _ => false,

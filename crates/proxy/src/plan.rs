@@ -9,11 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use meshlimit_bucket::{Bucket, Settings};
+use meshlimit_bucket::{Bucket, Decision, Settings};
 use meshlimit_policy::effective::{
     FailureMode, GlobalLimit, GlobalMode, InboundLimits, Protocol, Rate, RejectHeaders,
     RejectStatus,
 };
+
+use crate::inbound::{Counters, PolicyCounters};
 
 /// An inbound's compiled limits. Immutable; a configuration change swaps in a new one.
 #[derive(Debug)]
@@ -25,6 +27,9 @@ pub(crate) struct InboundPlan {
     /// `upstream_authority` as a `Host` value, for a request that names no host.
     pub upstream_host: HeaderValue,
     pub http: Option<HttpPlan>,
+    /// The decisions of the local limit: its policy's counters, or those of the empty policy
+    /// (every request allowed) without one.
+    pub local_counters: Arc<PolicyCounters>,
     /// HTTP inbounds only, as the policy applies.
     pub global: Option<GlobalPlan>,
     pub tcp: Option<Arc<Bucket>>,
@@ -35,8 +40,81 @@ pub(crate) struct InboundPlan {
 pub(crate) struct HttpPlan {
     pub bucket: Arc<Bucket>,
     pub reject: RejectTemplate,
-    /// `RateLimit-Policy` for this rate, used when the IETF headers are switched on.
+    pub quota: Arc<QuotaPolicy>,
+}
+
+/// A bucket as the rate-limit header fields describe it, named after the policy whose rate
+/// it enforces; the fixed fields are built once.
+#[derive(Debug)]
+pub(crate) struct QuotaPolicy {
+    /// The policy's name as a Structured Fields string (`"name"`): the IETF fields' quota
+    /// policy name.
+    pub name: String,
+    pub settings: Settings,
+    /// `RateLimit-Policy: "name";q=<num>;w=<interval in whole seconds, rounded up>`.
     pub policy_header: HeaderValue,
+    /// `X-RateLimit-Limit: <num>` (Envoy's draft 03 fields).
+    pub limit_header: HeaderValue,
+}
+
+impl QuotaPolicy {
+    pub(crate) fn new(policy: &str, rate: &Rate) -> QuotaPolicy {
+        let name = sf_string(policy);
+        let window = ceil_secs(rate.interval()).max(1);
+        let num = rate.num().get();
+        QuotaPolicy {
+            policy_header: HeaderValue::try_from(format!("{name};q={num};w={window}"))
+                .expect("a Structured Fields string and digits are a valid header value"),
+            limit_header: HeaderValue::from(num),
+            name,
+            settings: rate.settings(),
+        }
+    }
+
+    /// How long after `decision` the bucket is full again: the quota reset of the IETF
+    /// fields (a token bucket refills one token at a time; its whole quota is back when the
+    /// last token is).
+    pub(crate) fn until_full(&self, decision: &Decision) -> Duration {
+        let max = self.settings.max_tokens();
+        let remaining = decision.remaining();
+        if remaining >= max {
+            return Duration::ZERO;
+        }
+        let after_next = u128::from(max - remaining - 1);
+        let more_ns = after_next * u128::from(self.settings.fill_interval_ns())
+            / u128::from(self.settings.tokens_per_fill().max(1));
+        decision
+            .next_token_in()
+            .saturating_add(Duration::from_nanos(
+                u64::try_from(more_ns).unwrap_or(u64::MAX),
+            ))
+    }
+
+    /// One token's time: what Envoy's draft 03 `X-RateLimit-Reset` reports once the bucket
+    /// is empty.
+    pub(crate) fn token_time(&self) -> Duration {
+        Duration::from_nanos(
+            self.settings.fill_interval_ns() / self.settings.tokens_per_fill().max(1),
+        )
+    }
+}
+
+/// `name` as a Structured Fields string (RFC 8941 §3.3.3): quoted, `"` and `\` escaped.
+/// Only printable ASCII can be one; a name with anything else is shown as `"default"`.
+fn sf_string(name: &str) -> String {
+    if name.is_empty() || !name.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return "\"default\"".to_string();
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// The inbound's `MeshGlobalRateLimit`: a total for every instance of the service, checked in
@@ -48,10 +126,12 @@ pub(crate) struct GlobalPlan {
     pub key: String,
     /// The total's bucket, as the shared store is asked to apply it.
     pub total: Settings,
-    pub total_policy_header: HeaderValue,
+    pub total_quota: Arc<QuotaPolicy>,
     /// This instance's share, carried across reloads like the other buckets.
     pub local_share: Arc<Bucket>,
-    pub share_policy_header: HeaderValue,
+    pub share_quota: Arc<QuotaPolicy>,
+    /// The global limit's decisions, under its policy.
+    pub counters: Arc<PolicyCounters>,
     pub mode: GlobalMode,
     pub failure_mode: FailureMode,
     /// How long a check of the shared store may take.
@@ -81,6 +161,7 @@ pub(crate) fn compile(
     limits: &InboundLimits,
     previous: Option<&InboundPlan>,
     now_ns: u64,
+    counters: &Counters,
 ) -> InboundPlan {
     let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, limits.service_port));
     let upstream_authority = Authority::try_from(upstream.to_string().as_str())
@@ -99,15 +180,21 @@ pub(crate) fn compile(
                 &http.headers,
                 Bytes::from_static(REJECTED_BODY),
             ),
-            policy_header: rate_limit_policy(&http.request_rate),
+            quota: Arc::new(QuotaPolicy::new(&http.policy, &http.request_rate)),
         }),
         _ => None,
     };
+    let local_counters = counters.local.of(limits
+        .http
+        .as_ref()
+        .filter(|_| http.is_some())
+        .map_or("", |h| h.policy.as_str()));
     let global = match (&limits.global, limits.protocol) {
         (Some(global), Protocol::Http) => Some(compile_global(
             global,
             previous.and_then(|p| p.global.as_ref()),
             now_ns,
+            counters,
         )),
         _ => None,
     };
@@ -124,6 +211,7 @@ pub(crate) fn compile(
         upstream_authority,
         upstream_host,
         http,
+        local_counters,
         global,
         tcp,
     }
@@ -131,18 +219,24 @@ pub(crate) fn compile(
 
 /// Envoy's global rate limit filter answers with an empty body (its local one says
 /// `local_rate_limited`), so a global rejection has the policy's status and headers only.
-fn compile_global(global: &GlobalLimit, previous: Option<&GlobalPlan>, now_ns: u64) -> GlobalPlan {
+fn compile_global(
+    global: &GlobalLimit,
+    previous: Option<&GlobalPlan>,
+    now_ns: u64,
+    counters: &Counters,
+) -> GlobalPlan {
     let rate = &global.request_rate;
     GlobalPlan {
         key: global.key.clone(),
         total: rate.settings(),
-        total_policy_header: rate_limit_policy(rate),
+        total_quota: Arc::new(QuotaPolicy::new(&global.policy, rate)),
         local_share: carry(
             previous.map(|p| &p.local_share),
             global.share.settings(),
             now_ns,
         ),
-        share_policy_header: rate_limit_policy(&global.share),
+        share_quota: Arc::new(QuotaPolicy::new(&global.policy, &global.share)),
+        counters: counters.global.of(&global.policy),
         mode: global.mode,
         failure_mode: global.failure_mode,
         timeout: global.timeout,
@@ -185,13 +279,6 @@ fn reject_template(status: RejectStatus, set_add: &RejectHeaders, body: Bytes) -
     }
 }
 
-/// `RateLimit-Policy: "default";q=<num>;w=<interval in whole seconds, rounded up>`.
-fn rate_limit_policy(rate: &Rate) -> HeaderValue {
-    let window = ceil_secs(rate.interval()).max(1);
-    HeaderValue::try_from(format!("\"default\";q={};w={window}", rate.num().get()))
-        .expect("digits and quotes are a valid header value")
-}
-
 pub(crate) fn ceil_secs(duration: std::time::Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
@@ -215,6 +302,7 @@ mod tests {
             service: "backend".into(),
             protocol: Protocol::Http,
             http: Some(HttpLimit {
+                policy: "limit".into(),
                 request_rate: Rate::new(num, interval).expect("valid rate"),
                 status: meshlimit_policy::RejectStatus::new(423).expect("a status"),
                 headers,
@@ -238,7 +326,12 @@ mod tests {
             ],
             add: vec![header("x-a", "3"), header("x-b", "4")],
         };
-        let plan = compile(&inbound(5, Duration::from_secs(10), headers), None, 0);
+        let plan = compile(
+            &inbound(5, Duration::from_secs(10), headers),
+            None,
+            0,
+            &Counters::default(),
+        );
         let reject = &plan.http.as_ref().unwrap().reject;
         assert_eq!(reject.status, StatusCode::LOCKED);
         let values: Vec<_> = reject.headers.get_all("x-a").iter().collect();
@@ -247,8 +340,8 @@ mod tests {
         assert_eq!(reject.headers["content-type"], "text/html");
         assert_eq!(reject.body, "local_rate_limited");
         assert_eq!(
-            plan.http.as_ref().unwrap().policy_header,
-            "\"default\";q=5;w=10"
+            plan.http.as_ref().unwrap().quota.policy_header,
+            "\"limit\";q=5;w=10"
         );
         assert_eq!(plan.upstream, "127.0.0.1:8081".parse().unwrap());
     }
@@ -256,7 +349,7 @@ mod tests {
     #[test]
     fn unchanged_settings_keep_the_bucket_and_its_tokens() {
         let limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
-        let first = compile(&limits, None, 0);
+        let first = compile(&limits, None, 0, &Counters::default());
         let bucket = &first.http.as_ref().unwrap().bucket;
         for _ in 0..3 {
             assert!(bucket.check(0).admitted());
@@ -269,7 +362,7 @@ mod tests {
             .headers
             .set
             .push(header("x-new", "1"));
-        let second = compile(&changed_headers, Some(&first), 0);
+        let second = compile(&changed_headers, Some(&first), 0, &Counters::default());
         let carried = &second.http.as_ref().unwrap().bucket;
         assert!(Arc::ptr_eq(bucket, carried));
         assert_eq!(carried.peek(0), 2);
@@ -285,11 +378,13 @@ mod tests {
             &inbound(5, Duration::from_secs(10), RejectHeaders::default()),
             None,
             0,
+            &Counters::default(),
         );
         let second = compile(
             &inbound(1, Duration::from_secs(10), RejectHeaders::default()),
             Some(&first),
             0,
+            &Counters::default(),
         );
         let bucket = &second.http.as_ref().unwrap().bucket;
         assert_eq!(bucket.settings().max_tokens(), 1);
@@ -300,7 +395,7 @@ mod tests {
     fn a_new_limit_starts_full_and_a_tcp_inbound_ignores_http() {
         let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
         limits.protocol = Protocol::Tcp;
-        let plan = compile(&limits, None, 0);
+        let plan = compile(&limits, None, 0, &Counters::default());
         assert!(plan.http.is_none());
         assert_eq!(plan.tcp.unwrap().peek(0), 2);
     }
@@ -308,6 +403,7 @@ mod tests {
     fn global(total: u32, instances: u32, index: u32) -> GlobalLimit {
         let request_rate = Rate::new(total, Duration::from_secs(1)).expect("valid rate");
         GlobalLimit {
+            policy: "global".into(),
             service: "backend".into(),
             key: "mgrl/default/g/backend".into(),
             request_rate,
@@ -331,14 +427,14 @@ mod tests {
     fn a_global_limit_has_its_share_its_total_and_an_empty_rejection() {
         let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
         limits.global = Some(global(10, 3, 0));
-        let plan = compile(&limits, None, 0);
+        let plan = compile(&limits, None, 0, &Counters::default());
         let g = plan.global.as_ref().expect("a global plan");
         assert_eq!(g.key, "mgrl/default/g/backend");
         assert_eq!(g.total.max_tokens(), 10);
         assert_eq!(g.local_share.settings().max_tokens(), 4);
         assert_eq!(g.local_share.peek(0), 4);
-        assert_eq!(g.total_policy_header, "\"default\";q=10;w=1");
-        assert_eq!(g.share_policy_header, "\"default\";q=4;w=1");
+        assert_eq!(g.total_quota.policy_header, "\"global\";q=10;w=1");
+        assert_eq!(g.share_quota.policy_header, "\"global\";q=4;w=1");
         assert_eq!(g.token_time, Duration::from_millis(100));
         assert_eq!(
             (g.mode, g.failure_mode, g.timeout),
@@ -357,23 +453,27 @@ mod tests {
         assert_eq!(plan.http.as_ref().unwrap().bucket.peek(0), 5);
 
         limits.protocol = Protocol::Tcp;
-        assert!(compile(&limits, None, 0).global.is_none());
+        assert!(
+            compile(&limits, None, 0, &Counters::default())
+                .global
+                .is_none()
+        );
     }
 
     #[test]
     fn the_local_share_keeps_its_tokens_across_reloads_and_instance_changes() {
         let mut limits = inbound(5, Duration::from_secs(10), RejectHeaders::default());
         limits.global = Some(global(10, 3, 0));
-        let first = compile(&limits, None, 0);
+        let first = compile(&limits, None, 0, &Counters::default());
         let share = &first.global.as_ref().unwrap().local_share;
         assert!(share.check(0).admitted());
-        let second = compile(&limits, Some(&first), 0);
+        let second = compile(&limits, Some(&first), 0, &Counters::default());
         let carried = &second.global.as_ref().unwrap().local_share;
         assert!(Arc::ptr_eq(share, carried));
         assert_eq!(carried.peek(0), 3);
         // A fourth instance joins: the share drops to 3, the tokens stay (clamped).
         limits.global = Some(global(10, 4, 0));
-        let third = compile(&limits, Some(&second), 0);
+        let third = compile(&limits, Some(&second), 0, &Counters::default());
         let carried = &third.global.as_ref().unwrap().local_share;
         assert!(Arc::ptr_eq(share, carried));
         assert_eq!(carried.settings().max_tokens(), 3);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use meshlimit_bucket::Clock;
+use meshlimit_bucket::{Clock, PreciseMonotonicClock};
 use meshlimit_policy::Versioned;
 use meshlimit_policy::effective::DataplaneLimits;
 use tokio::sync::watch;
@@ -49,6 +49,10 @@ impl Proxy {
         tracing::info!(max_connections, "client connection cap over all inbounds");
         let shared = Arc::new(Shared {
             http: Arc::new(HttpContext::new(&options, Arc::clone(&clock))),
+            latency_clock: options
+                .latency_clock
+                .clone()
+                .unwrap_or_else(|| Arc::new(PreciseMonotonicClock)),
             clock,
             options,
             inbounds: ArcSwap::from_pointee(Vec::new()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use meshlimit_policy::effective::{DataplaneLimits, InboundLimits};
 
-use crate::inbound::InboundKey;
+use crate::inbound::{Counters, InboundKey};
 use crate::listener::Listener;
 use crate::plan::compile;
 use crate::state::{ProxyProblem, Shared};
@@ -143,7 +143,7 @@ fn replan(
     for (key, limits) in replan {
         if let Some(listener) = running.get(&key) {
             let previous = listener.inbound.plan.load();
-            let plan = compile(limits, Some(&previous), now_ns);
+            let plan = compile(limits, Some(&previous), now_ns, &listener.inbound.counters);
             listener.inbound.plan.store(Arc::new(plan));
         }
     }
@@ -158,8 +158,9 @@ async fn bind(
 ) -> Vec<ProxyProblem> {
     let mut problems = Vec::new();
     for (key, wanted) in bind {
-        let plan = compile(wanted.limits, None, now_ns);
-        match Listener::start(shared, key.clone(), wanted.address, plan).await {
+        let counters = Counters::default();
+        let plan = compile(wanted.limits, None, now_ns, &counters);
+        match Listener::start(shared, key.clone(), wanted.address, plan, counters).await {
             Ok(listener) => {
                 running.insert(key, listener);
             }

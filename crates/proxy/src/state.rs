@@ -80,6 +80,9 @@ impl ProxyProblem {
 /// State shared by the supervisor, the admin endpoint and the connection tasks.
 pub(crate) struct Shared {
     pub clock: Arc<dyn Clock>,
+    /// What request and upstream durations are measured with (precise, unlike the buckets'
+    /// coarse clock).
+    pub latency_clock: Arc<dyn Clock>,
     pub options: ProxyOptions,
     pub http: Arc<HttpContext>,
     /// The inbounds being served, for metrics.

@@ -58,8 +58,8 @@ async fn metrics_ready_and_config() {
     let body = metrics.body;
     for line in [
         "# TYPE meshlimit_http_requests_total counter",
-        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 5"#,
-        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="limited"} 2"#,
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed",policy="limit"} 5"#,
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="limited",policy="limit"} 2"#,
         r#"meshlimit_tcp_connections_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 1"#,
         "# TYPE meshlimit_bucket_tokens gauge",
         r#"meshlimit_bucket_tokens{mesh="default",dataplane="backend",inbound="0",limit="http"} 0"#,
@@ -93,7 +93,7 @@ async fn metrics_ready_and_config() {
     );
     for line in [
         "# TYPE meshlimit_http_requests counter",
-        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed"} 5"#,
+        r#"meshlimit_http_requests_total{mesh="default",dataplane="backend",inbound="0",decision="allowed",policy="limit"} 5"#,
         "meshlimit_kernel_example 7",
     ] {
         assert!(
@@ -210,7 +210,7 @@ async fn admin_routes_merge_into_another_router_behind_a_token() {
     assert!(
         metrics
             .body
-            .contains(r#"inbound="0",decision="limited"} 1"#),
+            .contains(r#"inbound="0",decision="limited",policy="limit"} 1"#),
         "{}",
         metrics.body
     );

@@ -446,7 +446,7 @@ async fn a_store_that_never_answers_leaves_each_failure_mode_in_charge() {
             &[global_policy(&format!("{BACKEND}\nfailureMode: {mode}"))],
         );
         let options = ProxyOptions {
-            rate_limit_headers: true,
+            rate_limit_headers: meshlimit_proxy::RateLimitHeaders::Ietf,
             ..ProxyOptions::default().with_shared(Arc::new(Silent))
         };
         Harness::start(vec![limits(&set, "web-1")], options)
@@ -471,12 +471,12 @@ async fn a_store_that_never_answers_leaves_each_failure_mode_in_charge() {
                 "# TYPE meshlimit_global_requests_total counter".into(),
                 series(
                     "meshlimit_global_requests_total",
-                    r#"decision="allowed""#,
+                    r#"decision="allowed",policy="web-total""#,
                     6,
                 ),
                 series(
                     "meshlimit_global_requests_total",
-                    r#"decision="limited""#,
+                    r#"decision="limited",policy="web-total""#,
                     0,
                 ),
                 "# TYPE meshlimit_global_store_errors_total counter".into(),
@@ -503,7 +503,7 @@ async fn a_store_that_never_answers_leaves_each_failure_mode_in_charge() {
     for reply in &replies {
         assert_global_rejection(reply);
         assert_eq!(reply.headers["retry-after"], "1");
-        assert_eq!(reply.headers["ratelimit-policy"], "\"default\";q=10;w=1");
+        assert_eq!(reply.headers["ratelimit-policy"], "\"web-total\";q=10;w=1");
     }
     assert_eq!(app.hits(), hits);
     let s = stats(&h, "web-1");
@@ -518,9 +518,9 @@ async fn a_store_that_never_answers_leaves_each_failure_mode_in_charge() {
     assert_eq!(statuses(&replies), [200, 200, 200, 200, 423, 423]);
     assert_eq!(
         replies[0].headers["ratelimit-policy"],
-        "\"default\";q=4;w=1"
+        "\"web-total\";q=4;w=1"
     );
-    assert_eq!(replies[0].headers["ratelimit"], "\"default\";r=3;t=1");
+    assert_eq!(replies[0].headers["ratelimit"], "\"web-total\";r=3;t=1");
     let s = stats(&h, "web-1");
     assert_eq!(
         (
@@ -540,12 +540,12 @@ async fn a_store_that_never_answers_leaves_each_failure_mode_in_charge() {
             &[
                 series(
                     "meshlimit_global_requests_total",
-                    r#"decision="allowed""#,
+                    r#"decision="allowed",policy="web-total""#,
                     4,
                 ),
                 series(
                     "meshlimit_global_requests_total",
-                    r#"decision="limited""#,
+                    r#"decision="limited",policy="web-total""#,
                     2,
                 ),
                 series("meshlimit_global_store_errors_total", "", 6),

@@ -114,44 +114,6 @@ async fn a_rejection_has_the_policy_status_and_headers_set_overwrites_add_append
 }
 
 #[tokio::test]
-async fn ietf_rate_limit_headers_when_switched_on() {
-    let app = upstream().await;
-    let options = ProxyOptions {
-        rate_limit_headers: true,
-        ..ProxyOptions::default()
-    };
-    let h = Harness::start(
-        vec![dataplane(
-            "backend",
-            app.addr.port(),
-            Protocol::Http,
-            Some(http_limit(5, TEN_S, 423)),
-            None,
-        )],
-        options,
-    )
-    .await;
-    let mut client = H1::connect(h.addr("backend")).await;
-    let first = client.get("/").await;
-    assert_eq!(first.status, 200);
-    assert_eq!(first.headers["ratelimit-policy"], "\"default\";q=5;w=10");
-    assert_eq!(first.headers["ratelimit"], "\"default\";r=4;t=2");
-    for _ in 0..4 {
-        assert_eq!(client.get("/").await.status, 200);
-    }
-    h.clock.advance(Duration::from_millis(500));
-    let rejected = client.get("/").await;
-    assert_eq!(rejected.status, 423);
-    assert_eq!(
-        rejected.headers["retry-after"], "2",
-        "1.5 s to the next token, rounded up"
-    );
-    assert_eq!(rejected.headers["ratelimit"], "\"default\";r=0;t=2");
-    assert_eq!(rejected.headers["ratelimit-policy"], "\"default\";q=5;w=10");
-    assert_eq!(rejected.headers["x-kuma-rate-limited"], "true");
-}
-
-#[tokio::test]
 async fn http2_requests_take_one_token_each_on_one_connection() {
     let app = upstream().await;
     let h = Harness::start(

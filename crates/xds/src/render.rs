@@ -714,6 +714,7 @@ mod tests {
                     service: "backend".into(),
                     protocol: Protocol::Http,
                     http: Some(HttpLimit {
+                        policy: "limit".into(),
                         request_rate: Rate::new(10, StdDuration::from_millis(500))
                             .expect("valid rate"),
                         status: meshlimit_policy::RejectStatus::new(429).expect("an HTTP status"),
@@ -801,6 +802,7 @@ mod tests {
         let mut limits = limits();
         let total = Rate::new(5, StdDuration::from_secs(60)).expect("valid rate");
         limits.inbounds[0].global = Some(GlobalLimit {
+            policy: "global".into(),
             service: "backend".into(),
             key: "mgrl/default/p/backend".into(),
             request_rate: total,

@@ -997,6 +997,7 @@ mod tests {
     fn http_inbound_gets_local_ratelimit_before_router() {
         let mut http = inbound(8080, Protocol::Http);
         http.http = Some(HttpLimit {
+            policy: "limit".into(),
             request_rate: rate(7, Duration::from_millis(1500)),
             status: meshlimit_policy::RejectStatus::new(503).expect("an HTTP status"),
             headers: RejectHeaders {
@@ -1067,6 +1068,7 @@ mod tests {
     fn a_status_envoy_does_not_list_is_mapped_from_a_stand_in() {
         let mut http = inbound(8080, Protocol::Http);
         http.http = Some(HttpLimit {
+            policy: "limit".into(),
             request_rate: rate(1, Duration::from_secs(1)),
             status: meshlimit_policy::RejectStatus::new(418).expect("an HTTP status"),
             headers: RejectHeaders::default(),
@@ -1094,6 +1096,7 @@ mod tests {
                 .collect()
         };
         http.http = Some(HttpLimit {
+            policy: "limit".into(),
             request_rate: rate(1, Duration::from_secs(1)),
             status: meshlimit_policy::RejectStatus::new(503).expect("an HTTP status"),
             headers: RejectHeaders {
@@ -1189,6 +1192,7 @@ mod tests {
     fn global(service: Option<&str>) -> GlobalLimit {
         let total = rate(10, Duration::from_secs(60));
         GlobalLimit {
+            policy: "global".into(),
             service: "backend".to_string(),
             key: "mgrl/default/p/backend".to_string(),
             request_rate: total,
@@ -1228,6 +1232,7 @@ mod tests {
     fn without_a_service_the_share_is_enforced_after_the_local_limit() {
         let mut web = inbound(8080, Protocol::Http);
         web.http = Some(HttpLimit {
+            policy: "limit".into(),
             request_rate: rate(100, Duration::from_secs(1)),
             status: RejectStatus::new(429).expect("an HTTP status"),
             headers: RejectHeaders::default(),
@@ -1443,6 +1448,7 @@ mod tests {
     fn when_one_limit_needs_the_mapper_both_answer_through_it() {
         let mut web = inbound(8080, Protocol::Http);
         web.http = Some(HttpLimit {
+            policy: "limit".into(),
             request_rate: rate(100, Duration::from_secs(1)),
             status: RejectStatus::new(418).expect("an HTTP status"),
             headers: RejectHeaders::default(),

@@ -26,6 +26,7 @@ fn global_limit(
 ) -> GlobalLimit {
     let request_rate = rate(total, Duration::from_secs(3600));
     GlobalLimit {
+        policy: "global".into(),
         service: "web".into(),
         key: "mgrl/default/test/web".into(),
         request_rate,

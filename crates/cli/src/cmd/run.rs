@@ -96,19 +96,6 @@ pub struct Args {
     /// (`redis://host:port`). Without it, each instance enforces its share of the total.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// Also send `Retry-After` and the IETF `RateLimit` / `RateLimit-Policy` header fields.
-    #[arg(long)]
-    rate_limit_headers: bool,
-    /// Largest request head a client may send (bytes); larger ones get 431.
-    #[arg(long, value_name = "BYTES", default_value_t = ProxyOptions::default().max_request_header_bytes)]
-    max_request_header_bytes: usize,
-    /// Largest request body forwarded (bytes); larger ones get 413. Default: no limit.
-    #[arg(long, value_name = "BYTES")]
-    max_request_body_bytes: Option<u64>,
-    /// How long the application may take to send a response head, e.g. `15s` (Envoy's route
-    /// timeout); past it the request gets 504. `0s` waits forever.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
-    upstream_timeout: Duration,
     #[command(flatten)]
     connections: connections::ConnectionArgs,
     /// How long shutdown (SIGTERM, Ctrl-C) waits for in-flight requests, e.g. `10s`.
@@ -322,10 +309,6 @@ fn start_proxy(
     fd_limit: meshlimit_proxy::FdLimit,
 ) -> anyhow::Result<Proxy> {
     let mut options = ProxyOptions {
-        max_request_header_bytes: args.max_request_header_bytes,
-        max_request_body_bytes: args.max_request_body_bytes,
-        rate_limit_headers: args.rate_limit_headers,
-        upstream_timeout: args.upstream_timeout,
         drain_timeout: args.drain_timeout,
         shared: shared.clone(),
         ..ProxyOptions::default()

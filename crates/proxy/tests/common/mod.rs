@@ -119,6 +119,7 @@ pub fn closed_port() -> u16 {
 
 pub fn http_limit(num: u32, interval: Duration, status: u16) -> HttpLimit {
     HttpLimit {
+        policy: "limit".into(),
         request_rate: Rate::new(num, interval).expect("valid rate"),
         status: meshlimit_policy::RejectStatus::new(status).expect("an HTTP status"),
         headers: RejectHeaders {
@@ -169,8 +170,13 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub async fn start(config: Vec<DataplaneLimits>, options: ProxyOptions) -> Harness {
+    /// A proxy on a fake clock: buckets and, unless `options` has its own, the latency
+    /// histograms.
+    pub async fn start(config: Vec<DataplaneLimits>, mut options: ProxyOptions) -> Harness {
         let clock = FakeClock::new(1_000_000_000);
+        if options.latency_clock.is_none() {
+            options.latency_clock = Some(Arc::new(clock.clone()));
+        }
         let (limits, receiver) = watch::channel(Versioned::new(1, config));
         let proxy = Proxy::spawn(options, Arc::new(clock.clone()), receiver);
         let mut status = proxy.status();

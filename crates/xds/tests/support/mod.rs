@@ -378,6 +378,7 @@ pub fn http_limit(
     add: Vec<HeaderValue>,
 ) -> HttpLimit {
     HttpLimit {
+        policy: "limit".into(),
         request_rate: rate(num, Duration::from_secs(3600)),
         status: meshlimit_policy::RejectStatus::new(status).expect("an HTTP status"),
         headers: RejectHeaders { set, add },

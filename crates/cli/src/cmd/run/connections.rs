@@ -1,13 +1,46 @@
-//! The flags bounding client connections, shared by `meshlimit run` and `meshlimit dataplane`,
-//! and the descriptor limit raised at start.
+//! The flags of the proxy shared by `meshlimit run` and `meshlimit dataplane` (how it bounds
+//! client connections and requests, which rate-limit header fields it sends), and the
+//! descriptor limit raised at start.
 
 use std::time::Duration;
 
 use crate::cmd::parse_duration;
-use meshlimit_proxy::{FdLimit, ProxyOptions, default_max_connections, raise_fd_limit};
+use meshlimit_proxy::{
+    FdLimit, ProxyOptions, RateLimitHeaders, default_max_connections, raise_fd_limit,
+};
+
+/// The rate-limit header fields, as `--rate-limit-headers` names them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum HeaderStyle {
+    /// IETF draft 10: `RateLimit-Policy` and `RateLimit`, named after the policy.
+    Ietf,
+    /// Envoy's draft 03 fields: `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    XRatelimit,
+}
 
 #[derive(clap::Args)]
 pub struct ConnectionArgs {
+    /// Send rate-limit header fields on every answer of a limited inbound, and `Retry-After`
+    /// on rejections: `ietf` (the default when the flag has no value) or `x-ratelimit`
+    /// (Envoy's). Off without the flag, as in Envoy.
+    #[arg(
+        long,
+        value_name = "STYLE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "ietf"
+    )]
+    rate_limit_headers: Option<HeaderStyle>,
+    /// Largest request head a client may send (bytes); larger ones get 431.
+    #[arg(long, value_name = "BYTES", default_value_t = ProxyOptions::default().max_request_header_bytes)]
+    max_request_header_bytes: usize,
+    /// Largest request body forwarded (bytes); larger ones get 413. Default: no limit.
+    #[arg(long, value_name = "BYTES")]
+    max_request_body_bytes: Option<u64>,
+    /// How long the application may take to send a response head, e.g. `15s` (Envoy's route
+    /// timeout); past it the request gets 504. `0s` waits forever.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
     /// How long a new connection may take to send its first request head (HTTP/2: its first
     /// request, preface included), e.g. `10s`; past it the connection is closed. `0s` waits
     /// forever (Envoy's default).
@@ -37,6 +70,14 @@ impl ConnectionArgs {
         if self.max_connections == Some(0) || self.max_connections_per_inbound == Some(0) {
             anyhow::bail!("--max-connections and --max-connections-per-inbound must be at least 1");
         }
+        options.rate_limit_headers = match self.rate_limit_headers {
+            None => RateLimitHeaders::Off,
+            Some(HeaderStyle::Ietf) => RateLimitHeaders::Ietf,
+            Some(HeaderStyle::XRatelimit) => RateLimitHeaders::XRateLimit,
+        };
+        options.max_request_header_bytes = self.max_request_header_bytes;
+        options.max_request_body_bytes = self.max_request_body_bytes;
+        options.upstream_timeout = self.upstream_timeout;
         options.request_headers_timeout = self.request_headers_timeout;
         options.idle_timeout = self.idle_timeout;
         options.max_connections = Some(
