@@ -118,7 +118,7 @@ pub(crate) fn add_rate_limit_headers(
             );
             headers.insert(
                 "x-ratelimit-reset",
-                HeaderValue::from(envoy_reset(quota, decision)),
+                HeaderValue::from(envoy_reset(decision)),
             );
             if rejected {
                 let next = ceil_secs(decision.next_token_in()).max(1);
@@ -128,14 +128,14 @@ pub(crate) fn add_rate_limit_headers(
     }
 }
 
-/// Envoy's `X-RateLimit-Reset` of its local rate limit: 0 while a token is left, else one
-/// token's time in whole seconds (milliseconds rounded up, then divided down).
-fn envoy_reset(quota: &QuotaPolicy, decision: &Decision) -> u64 {
+/// Envoy's `X-RateLimit-Reset` of its local rate limit: the time until the next token
+/// (0 while one is left), in milliseconds rounded up, then in whole seconds rounded down.
+fn envoy_reset(decision: &Decision) -> u64 {
     if decision.remaining() > 0 {
         return 0;
     }
-    let time = quota.token_time();
-    let ms = time.as_millis() + u128::from(!time.as_nanos().is_multiple_of(1_000_000));
+    let next = decision.next_token_in();
+    let ms = next.as_millis() + u128::from(!next.as_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms / 1000).unwrap_or(u64::MAX)
 }
 

@@ -89,14 +89,6 @@ impl QuotaPolicy {
                 u64::try_from(more_ns).unwrap_or(u64::MAX),
             ))
     }
-
-    /// One token's time: what Envoy's draft 03 `X-RateLimit-Reset` reports once the bucket
-    /// is empty.
-    pub(crate) fn token_time(&self) -> Duration {
-        Duration::from_nanos(
-            self.settings.fill_interval_ns() / self.settings.tokens_per_fill().max(1),
-        )
-    }
 }
 
 /// `name` as a Structured Fields string (RFC 8941 §3.3.3): quoted, `"` and `\` escaped.
