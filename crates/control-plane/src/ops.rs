@@ -1,7 +1,8 @@
 //! What operators scrape and probe: `/metrics` (API requests, watch-stream subscribers, xDS
 //! nodes and NACKs, the store's version and write errors, build info) in the Prometheus text
 //! format, or OpenMetrics when asked, and `/ready` (503 with the reason while the store refuses
-//! writes). Every series goes through `prometheus-client`.
+//! writes). Every series goes through `prometheus-client`; the format is chosen and encoded
+//! by `meshlimit-exposition`, as for the proxy's `/metrics`.
 //!
 //! The standalone control plane serves both routes itself ([`crate::ApiConfig::serve_ops`]);
 //! the all-in-one serves them on its admin routes, fed by [`ControlPlane::ready`] and
@@ -19,35 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::state::ControlPlane;
 
-/// The `Content-Type` of each format.
-pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Which text format a scrape gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text 0.0.4 (what a plain scrape gets).
-    Prometheus,
-    /// OpenMetrics 1.0 (`Accept: application/openmetrics-text`).
-    OpenMetrics,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => PROMETHEUS_TEXT,
-            Format::OpenMetrics => OPENMETRICS_TEXT,
-        }
-    }
-}
+pub use meshlimit_exposition::{Format, OPENMETRICS_TEXT, PROMETHEUS_TEXT};
 
 /// The labels of an API request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,16 +86,7 @@ impl Metrics {
 
     /// Every series, as of now, in `format`. `xds`: the xDS server this process runs.
     pub fn render(&self, cp: &ControlPlane, xds: Option<&XdsHandle>, format: Format) -> String {
-        let registry = self.registry(cp, xds);
-        let mut out = String::new();
-        // Writing to a String cannot fail; a series that could not be encoded is left out.
-        let _ = match format {
-            Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
-        out
+        format.encode(&self.registry(cp, xds))
     }
 
     fn registry(&self, cp: &ControlPlane, xds: Option<&XdsHandle>) -> Registry {
