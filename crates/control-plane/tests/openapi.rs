@@ -8,6 +8,7 @@ use std::path::Path;
 
 use meshlimit_control_plane::{ApiConfig, ControlPlane, api};
 use meshlimit_control_plane_client::{Client, ClientError};
+use meshlimit_testkit::fixtures::{Target, http_limit_yaml};
 use serde_yaml_ng::Value;
 
 const METHODS: [&str; 4] = ["GET", "PUT", "POST", "DELETE"];
@@ -269,21 +270,7 @@ async fn the_documented_400_is_what_an_invalid_apply_gets() {
     let example = &doc["components"]["responses"]["BadRequest"]["content"]["application/problem+json"]
         ["example"];
     let (client, _dir) = serve(None).await;
-    let body = "type: MeshRateLimit
-mesh: default
-name: web
-spec:
-  targetRef:
-    kind: MeshService
-    name: web
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: 0
-              interval: 1s
-";
+    let body = http_limit_yaml("web", Target::Service("web"), 0, "1s");
     let refused = client
         .call(
             "POST".parse().expect("a method"),
