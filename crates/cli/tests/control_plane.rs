@@ -25,6 +25,7 @@ use net::{backend, free_port};
 use meshlimit_control_plane_client::client::Client;
 use meshlimit_control_plane_client::wire::{SourceFile, StatusResponse};
 use meshlimit_testkit::Process;
+use meshlimit_testkit::fixtures::{Target, dataplane_yaml, http_limit_yaml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a test waits for something that normally takes milliseconds.
@@ -141,43 +142,6 @@ fn until_status(port: u16, want: u16) {
     }
 }
 
-fn dataplane_yaml(name: &str, port: u16, service_port: u16) -> String {
-    format!(
-        "type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-    - port: {port}
-      servicePort: {service_port}
-      tags:
-        kuma.io/service: web
-        kuma.io/protocol: http
-"
-    )
-}
-
-fn policy_yaml(name: &str, num: u32, interval: &str) -> String {
-    format!(
-        "type: MeshRateLimit
-mesh: default
-name: {name}
-spec:
-  targetRef:
-    kind: MeshService
-    name: web
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: {num}
-              interval: {interval}
-"
-    )
-}
-
 fn file(name: &str, content: String) -> SourceFile {
     SourceFile {
         name: name.to_string(),
@@ -222,7 +186,10 @@ fn mesh_with_dataplane() -> Mesh {
     let service = backend("ok");
     runtime()
         .block_on(cp.client().apply(
-            vec![file("dp.yaml", dataplane_yaml("web-1", inbound, service))],
+            vec![file(
+                "dp.yaml",
+                dataplane_yaml("web-1", "web", None, inbound, service),
+            )],
             false,
         ))
         .expect("the Dataplane is applied");
@@ -254,7 +221,10 @@ fn applies_are_enforced_by_a_separate_dataplane_process_promptly() {
         };
         let start = std::time::Instant::now();
         rt.block_on(client.apply(
-            vec![file("p.yaml", policy_yaml("web", num, interval))],
+            vec![file(
+                "p.yaml",
+                http_limit_yaml("web", Target::Service("web"), num, interval),
+            )],
             false,
         ))
         .expect("the policy is applied");
@@ -284,9 +254,13 @@ fn the_store_keeps_every_acknowledged_apply_across_kill_9() {
         let rt = runtime();
         for i in 0.. {
             let name = format!("p-{i}");
-            let applied = rt.block_on(
-                client.apply(vec![file("p.yaml", policy_yaml(&name, i + 1, "1s"))], false),
-            );
+            let applied = rt.block_on(client.apply(
+                vec![file(
+                    "p.yaml",
+                    http_limit_yaml(&name, Target::Service("web"), i + 1, "1s"),
+                )],
+                false,
+            ));
             match applied {
                 Ok(_) => {
                     if acked_tx.send(name).is_err() {
@@ -339,11 +313,13 @@ fn the_store_keeps_every_acknowledged_apply_across_kill_9() {
 fn a_dataplane_keeps_enforcing_while_the_control_plane_is_down_and_catches_up() {
     let mut mesh = mesh_with_dataplane();
     let rt = runtime();
-    rt.block_on(
-        mesh.cp
-            .client()
-            .apply(vec![file("p.yaml", policy_yaml("web", 1, "1m"))], false),
-    )
+    rt.block_on(mesh.cp.client().apply(
+        vec![file(
+            "p.yaml",
+            http_limit_yaml("web", Target::Service("web"), 1, "1m"),
+        )],
+        false,
+    ))
     .expect("applied");
     until_status(mesh.inbound, 429);
     let port = mesh.cp.port();
@@ -360,7 +336,10 @@ fn a_dataplane_keeps_enforcing_while_the_control_plane_is_down_and_catches_up() 
     // Back on the same address and store; a new apply reaches the data plane after it reconnects.
     let cp = ControlPlane::start(&mesh.store, &format!("127.0.0.1:{port}"));
     rt.block_on(cp.client().apply(
-        vec![file("p.yaml", policy_yaml("web", 100_000, "1s"))],
+        vec![file(
+            "p.yaml",
+            http_limit_yaml("web", Target::Service("web"), 100_000, "1s"),
+        )],
         false,
     ))
     .expect("applied after the restart");
@@ -381,7 +360,11 @@ fn invalid_applies_change_nothing_and_report_every_problem() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
     let good = dir.path().join("good.yaml");
-    std::fs::write(&good, policy_yaml("web", 10, "1s")).expect("write");
+    std::fs::write(
+        &good,
+        http_limit_yaml("web", Target::Service("web"), 10, "1s"),
+    )
+    .expect("write");
     let applied = cli(&cp.url, &["apply", "-f", good.to_str().expect("utf-8")]);
     assert!(applied.status.success(), "{}", stderr(&applied));
     assert_eq!(stdout(&applied), "meshratelimit/web created\n");
@@ -393,8 +376,8 @@ fn invalid_applies_change_nothing_and_report_every_problem() {
         &bad,
         format!(
             "{}---\n{}",
-            policy_yaml("web", 20, "1s"),
-            policy_yaml("other", 0, "10ms")
+            http_limit_yaml("web", Target::Service("web"), 20, "1s"),
+            http_limit_yaml("other", Target::Service("web"), 0, "10ms")
         ),
     )
     .expect("write");
@@ -431,7 +414,8 @@ fn invalid_applies_change_nothing_and_report_every_problem() {
     let orphan = dir.path().join("orphan.yaml");
     std::fs::write(
         &orphan,
-        policy_yaml("web", 30, "1s").replace("mesh: default", "mesh: nowhere"),
+        http_limit_yaml("web", Target::Service("web"), 30, "1s")
+            .replace("mesh: default", "mesh: nowhere"),
     )
     .expect("write");
     let refused = cli(&cp.url, &["apply", "-f", orphan.to_str().expect("utf-8")]);
@@ -529,17 +513,19 @@ fn describe_diagnose_stats_and_top_show_what_the_data_plane_reports() {
     let mesh = mesh_with_dataplane();
     let url = mesh.cp.url.clone();
     let rt = runtime();
-    rt.block_on(mesh.cp.client().apply(
-        vec![
-            file("p.yaml", policy_yaml("web", 1, "1m")),
-            file(
-                "none.yaml",
-                policy_yaml("nothing", 5, "1s").replace("name: web\n", "name: nosuch\n"),
-            ),
-        ],
-        false,
-    ))
-    .expect("applied");
+    let files = vec![
+        file(
+            "p.yaml",
+            http_limit_yaml("web", Target::Service("web"), 1, "1m"),
+        ),
+        file(
+            "none.yaml",
+            http_limit_yaml("nothing", Target::Service("web"), 5, "1s")
+                .replace("name: web\n", "name: nosuch\n"),
+        ),
+    ];
+    rt.block_on(mesh.cp.client().apply(files, false))
+        .expect("applied");
     until_status(mesh.inbound, 429);
     for _ in 0..20 {
         status_of(mesh.inbound);
@@ -672,7 +658,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
         "PUT",
         "/meshes/default/meshratelimits/a",
         Some("application/yaml"),
-        policy_yaml("a", 1, "1s"),
+        http_limit_yaml("a", Target::Service("web"), 1, "1s"),
     )
     .expect("created");
     assert_eq!(created.0.as_u16(), 201);
@@ -693,7 +679,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
             "PUT",
             &format!("/meshes/default/meshratelimits/{name}"),
             Some("application/yaml"),
-            policy_yaml(name, 1, "1s"),
+            http_limit_yaml(name, Target::Service("web"), 1, "1s"),
         )
         .expect("created");
     }
@@ -717,7 +703,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
         "PUT",
         "/meshes/default/meshratelimits/x",
         Some("application/yaml"),
-        policy_yaml("y", 1, "1s"),
+        http_limit_yaml("y", Target::Service("web"), 1, "1s"),
     )
     .expect_err("refused");
     assert_eq!(conflict.status(), Some(409));
@@ -740,7 +726,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
         "PUT",
         "/meshes/default/meshratelimits/a",
         Some("application/yaml"),
-        policy_yaml("a", 0, "1s"),
+        http_limit_yaml("a", Target::Service("web"), 0, "1s"),
     )
     .expect_err("invalid");
     assert_eq!(invalid.status(), Some(400));
@@ -764,7 +750,7 @@ fn the_api_speaks_kuma_rest_with_pagination_conflicts_and_limits() {
 /// A `PUT` with `If-Match: <version>` (the client does not send one), returning the status.
 async fn hyper_request(method: &str, base: &str, path: &str, if_match: &str) -> u16 {
     let addr = base.trim_start_matches("http://").to_string();
-    let body = policy_yaml("a", 9, "1s");
+    let body = http_limit_yaml("a", Target::Service("web"), 9, "1s");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/yaml\r\n\
          If-Match: {if_match}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -962,7 +948,7 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
     let url = mesh.cp.url.clone();
     let client = mesh.cp.client();
     let rt = runtime();
-    let mesh_wide = policy_yaml("mesh-wide", 100, "1s").replace(
+    let mesh_wide = http_limit_yaml("mesh-wide", Target::Service("web"), 100, "1s").replace(
         "    kind: MeshService\n    name: web\n",
         "    kind: Mesh\n    proxyTypes: [Sidecar]\n",
     );
@@ -971,19 +957,19 @@ fn diagnose_finds_shadowed_limits_missing_agents_and_data_planes_not_following()
         vec![
             file(
                 "web-2.yaml",
-                dataplane_yaml("web-2", free_port(), free_port()),
+                dataplane_yaml("web-2", "web", None, free_port(), free_port()),
             ),
             file(
                 "web-3.yaml",
                 format!(
                     "{}    - port: {}\n      state: Ignored\n      tags: {{kuma.io/service: web}}\n  listeners:\n    - {{type: ZoneIngress, address: 127.0.0.1, port: {}, name: zi}}\n",
-                    dataplane_yaml("web-3", free_port(), free_port()),
+                    dataplane_yaml("web-3", "web", None, free_port(), free_port()),
                     free_port(),
                     ignored_listener
                 ),
             ),
             file("mesh-wide.yaml", mesh_wide),
-            file("web.yaml", policy_yaml("web", 5, "1s")),
+            file("web.yaml", http_limit_yaml("web", Target::Service("web"), 5, "1s")),
             file("rl.yaml", RATE_LIMIT.to_string()),
         ],
         false,
@@ -1103,7 +1089,7 @@ fn files_starting_with_a_byte_order_mark_validate_and_apply() {
     let cp = ControlPlane::start(&dir.path().join("store.redb"), "127.0.0.1:0");
     let path = dir.path().join("bom.yaml");
     let mut bytes = "\u{feff}".as_bytes().to_vec();
-    bytes.extend_from_slice(policy_yaml("bom", 5, "1s").as_bytes());
+    bytes.extend_from_slice(http_limit_yaml("bom", Target::Service("web"), 5, "1s").as_bytes());
     std::fs::write(&path, &bytes).expect("the file");
     let shown = path.display().to_string();
     let validated = Command::new(BIN)

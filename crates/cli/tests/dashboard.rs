@@ -20,6 +20,7 @@ mod net;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
+use meshlimit_testkit::fixtures::{backend_limit_yaml, dataplane_yaml};
 use net::{backend, free_port};
 use sandbox::Sandbox;
 
@@ -539,12 +540,6 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-fn dataplane_yaml(name: &str, service: &str, port: u16, service_port: u16) -> String {
-    format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {port}\n      servicePort: {service_port}\n      tags:\n        kuma.io/service: {service}\n        app: {service}\n        kuma.io/protocol: http\n"
-    )
-}
-
 /// A million requests a second for all of `backend`: it never limits, and its decisions
 /// carry its name.
 const GLOBAL_POLICY: &str = r#"type: MeshGlobalRateLimit
@@ -562,27 +557,6 @@ spec:
           requestRate:
             num: 1000000
             interval: 1s
-"#;
-
-/// 5 requests an hour for `app: backend`.
-const POLICY: &str = r#"type: MeshRateLimit
-mesh: default
-name: backend-rate-limit
-spec:
-  targetRef:
-    kind: MeshSubset
-    proxyTypes: ["Sidecar"]
-    tags:
-      app: backend
-  from:
-    - targetRef:
-        kind: Mesh
-      default:
-        local:
-          http:
-            requestRate:
-              num: 5
-              interval: 1h
 "#;
 
 /// 2 connections an hour to service `web`, in the kernel.
@@ -694,13 +668,19 @@ fn scrape_after_traffic() -> String {
     let write = |name: &str, text: &str| std::fs::write(resources.join(name), text).unwrap();
     write(
         "backend.yaml",
-        &dataplane_yaml("backend", "backend", http_port, service_port),
+        &dataplane_yaml(
+            "backend",
+            "backend",
+            Some("backend"),
+            http_port,
+            service_port,
+        ),
     );
-    write("policy.yaml", POLICY);
+    write("policy.yaml", &backend_limit_yaml(None));
     write("global.yaml", GLOBAL_POLICY);
     write(
         "web.yaml",
-        &dataplane_yaml("web-1", "web", web_port, free_port()),
+        &dataplane_yaml("web-1", "web", Some("web"), web_port, free_port()),
     );
     write("ratelimit.yaml", RATE_LIMIT);
 

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 #[path = "support/net.rs"]
 mod net;
 
+use meshlimit_testkit::fixtures::dataplane_yaml;
 use meshlimit_testkit::redis::RedisServer;
 use meshlimit_testkit::{Answer, EnvoyProcess, Process, listener_port};
 
@@ -66,23 +67,6 @@ fn get_url(url: &str) -> Result<Answer, String> {
     let (authority, path) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
     let address: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
     http_get(address, path).map_err(|e| format!("GET {url}: {e}"))
-}
-
-fn dataplane_yaml(name: &str, port: u16, service_port: u16) -> String {
-    format!(
-        "type: Dataplane
-mesh: default
-name: {name}
-networking:
-  address: 127.0.0.1
-  inbound:
-    - port: {port}
-      servicePort: {service_port}
-      tags:
-        kuma.io/service: web
-        kuma.io/protocol: http
-"
-    )
 }
 
 /// The total for every instance of `web`, counted by the rate-limit service at `rls`. The
@@ -219,7 +203,7 @@ fn meshlimit_proxies_and_an_envoy_share_one_global_total_in_redis() {
     let mut resources: Vec<String> = names
         .iter()
         .zip(ports)
-        .map(|(name, port)| dataplane_yaml(name, port, service))
+        .map(|(name, port)| dataplane_yaml(name, "web", None, port, service))
         .collect();
     resources.push(policy_yaml(rls));
     let file = dir.path().join("resources.yaml");

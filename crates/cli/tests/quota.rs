@@ -4,6 +4,7 @@
 //! the field instead of the kernel refusing the set later). The proxy's half runs through real sockets in the proxy crate's
 //! `tests/quota.rs`; here: `validate`, `inspect` (the proxy's and Envoy's view) and `simulate`.
 
+use meshlimit_testkit::fixtures::{Target, dataplane_yaml, http_limit_yaml};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -40,12 +41,9 @@ fn file(test: &str, contents: &str) -> PathBuf {
 
 fn resources(num: u64, interval: &str) -> String {
     format!(
-        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  \
-         inbound:\n    - port: 18080\n      servicePort: 18081\n      tags:\n        \
-         kuma.io/service: backend\n        kuma.io/protocol: http\n---\ntype: MeshRateLimit\n\
-         mesh: default\nname: quota\nspec:\n  targetRef:\n    kind: Mesh\n    proxyTypes: [Sidecar]\n  rules:\n    - \
-         default:\n        local:\n          http:\n            requestRate:\n              \
-         num: {num}\n              interval: {interval}\n"
+        "{}---\n{}",
+        dataplane_yaml("backend-1", "backend", None, 18080, 18081),
+        http_limit_yaml("quota", Target::Sidecars, num, interval)
     )
 }
 

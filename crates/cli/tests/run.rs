@@ -20,6 +20,7 @@ mod net;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
+use meshlimit_testkit::fixtures::{backend_limit_yaml, dataplane_yaml};
 use net::{backend, free_port};
 use sandbox::Sandbox;
 
@@ -66,44 +67,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("gave up after 20 s waiting for: {what}");
-}
-
-fn dataplane_yaml(name: &str, port: u16, service_port: u16) -> String {
-    format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n    - port: {port}\n      servicePort: {service_port}\n      tags:\n        kuma.io/service: {name}\n        app: {name}\n        kuma.io/protocol: http\n"
-    )
-}
-
-/// The seed's `backend-rate-limit`, with a status and an interval of our choosing (an hour, so
-/// that no token comes back while the test runs).
-fn policy_yaml(status: u16) -> String {
-    format!(
-        r#"type: MeshRateLimit
-mesh: default
-name: backend-rate-limit
-spec:
-  targetRef:
-    kind: MeshSubset
-    proxyTypes: ["Sidecar"]
-    tags:
-      app: backend
-  from:
-    - targetRef:
-        kind: Mesh
-      default:
-        local:
-          http:
-            requestRate:
-              num: 5
-              interval: 1h
-            onRateLimit:
-              status: {status}
-              headers:
-                set:
-                  - name: "x-kuma-rate-limited"
-                    value: "true"
-"#
-    )
 }
 
 struct Meshlimit {
@@ -285,10 +248,10 @@ fn run_enforces_reloads_and_stops_cleanly() {
     let port = free_port();
     std::fs::write(
         dir.join("backend.yaml"),
-        dataplane_yaml("backend", port, service_port),
+        dataplane_yaml("backend", "backend", Some("backend"), port, service_port),
     )
     .unwrap();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(423)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(423))).unwrap();
 
     let mut meshlimit = Meshlimit::start(&dir);
     let admin = meshlimit.admin();
@@ -319,6 +282,19 @@ fn run_enforces_reloads_and_stops_cleanly() {
         metrics.contains(&allowed) && metrics.contains(&limited),
         "{metrics}"
     );
+    // One process, one build_info, though the control plane and the proxy both serve here.
+    let build_info = format!(
+        "meshlimit_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("meshlimit_build_info"))
+            .collect::<Vec<_>>(),
+        [build_info.as_str()],
+        "{metrics}"
+    );
     let config = get(admin, "/config").unwrap().body;
     assert!(
         config.contains("\"dataplane\": \"backend\"") && config.contains("backend-rate-limit"),
@@ -326,7 +302,7 @@ fn run_enforces_reloads_and_stops_cleanly() {
     );
 
     // A live edit: same rate (the empty bucket stays empty), new status.
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(429))).unwrap();
     eventually("the new status to apply", || {
         get(inbound, "/").unwrap().status == 429
     });
@@ -346,13 +322,13 @@ fn run_enforces_reloads_and_stops_cleanly() {
         "the report names the file:\n{}",
         meshlimit.log_text()
     );
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(429))).unwrap();
 
     // A new Dataplane gets a listener; its backend is not selected by the policy.
     let other_port = free_port();
     std::fs::write(
         dir.join("other.yaml"),
-        dataplane_yaml("other", other_port, service_port),
+        dataplane_yaml("other", "other", Some("other"), other_port, service_port),
     )
     .unwrap();
     let other: SocketAddr = ([127, 0, 0, 1], other_port).into();
@@ -403,7 +379,7 @@ fn a_connection_flood_beyond_the_descriptor_limit_leaves_the_listener_serving() 
     let port = free_port();
     std::fs::write(
         dir.join("backend.yaml"),
-        dataplane_yaml("backend", port, service_port),
+        dataplane_yaml("backend", "backend", Some("backend"), port, service_port),
     )
     .unwrap();
     let mut meshlimit = Meshlimit::start_under(
@@ -488,8 +464,16 @@ fn a_store_seeded_from_another_directory_serves_only_the_new_one() {
     let store = state_dir(&first).join("shared.redb");
     let store_arg = store.to_str().unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    std::fs::write(first.join("a.yaml"), dataplane_yaml("app-a", port_a, 9)).unwrap();
-    std::fs::write(second.join("b.yaml"), dataplane_yaml("app-b", port_b, 9)).unwrap();
+    std::fs::write(
+        first.join("a.yaml"),
+        dataplane_yaml("app-a", "app-a", Some("app-a"), port_a, 9),
+    )
+    .unwrap();
+    std::fs::write(
+        second.join("b.yaml"),
+        dataplane_yaml("app-b", "app-b", Some("app-b"), port_b, 9),
+    )
+    .unwrap();
 
     let mut run_a = Meshlimit::start_with(&first, &["--no-kernel", "--store", store_arg]);
     let url = run_a.url();
@@ -529,7 +513,7 @@ fn a_store_seeded_from_another_directory_serves_only_the_new_one() {
 #[test]
 fn get_json_and_yaml_lists_apply_back_unchanged() {
     let dir = temp_dir();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(429))).unwrap();
     let mut meshlimit = Meshlimit::start(&dir);
     let url = meshlimit.url();
     let second = state_dir(&dir).join("second.yaml");
@@ -567,7 +551,8 @@ fn diagnose_tells_a_kernel_limiter_off_on_purpose_from_a_problem() {
     let port = free_port();
     std::fs::write(
         dir.join("dp.yaml"),
-        dataplane_yaml("redis", port, 9).replace("kuma.io/protocol: http", "kuma.io/protocol: tcp"),
+        dataplane_yaml("redis", "redis", Some("redis"), port, 9)
+            .replace("kuma.io/protocol: http", "kuma.io/protocol: tcp"),
     )
     .unwrap();
     std::fs::write(
@@ -597,7 +582,7 @@ fn diagnose_tells_a_kernel_limiter_off_on_purpose_from_a_problem() {
 #[test]
 fn log_format_json_writes_one_json_object_per_event() {
     let dir = temp_dir();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(429))).unwrap();
     let mut meshlimit = Meshlimit::start_with(&dir, &["--no-kernel", "--log-format", "json"]);
     meshlimit.admin();
     eventually("the listening event", || {
@@ -634,7 +619,7 @@ fn log_format_json_writes_one_json_object_per_event() {
 /// The seed's policy under another name, selecting nothing `run` serves: written through the
 /// API only.
 fn api_only_policy() -> String {
-    policy_yaml(429)
+    backend_limit_yaml(Some(429))
         .replace("name: backend-rate-limit", "name: api-only")
         .replace("app: backend", "app: nobody")
 }
@@ -658,10 +643,10 @@ fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
     let port = free_port();
     std::fs::write(
         dir.join("backend.yaml"),
-        dataplane_yaml("backend", port, service_port),
+        dataplane_yaml("backend", "backend", Some("backend"), port, service_port),
     )
     .unwrap();
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(423)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(423))).unwrap();
 
     // A cgroup that does not exist: the kernel limiter cannot attach, `run` says so and carries on.
     let mut meshlimit = Meshlimit::start_with(&dir, &["--cgroup", "/nonexistent/meshlimit"]);
@@ -679,7 +664,7 @@ fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
     // `meshlimit apply` against the run process: same rate (the empty bucket stays empty), new
     // status, enforced at once.
     let state = state_dir(&dir);
-    std::fs::write(state.join("policy-429.yaml"), policy_yaml(429)).unwrap();
+    std::fs::write(state.join("policy-429.yaml"), backend_limit_yaml(Some(429))).unwrap();
     std::fs::write(state.join("api-only.yaml"), api_only_policy()).unwrap();
     let applied = cli(
         &url,
@@ -722,7 +707,7 @@ fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
     );
 
     // Back in the directory, then removed while `run` is stopped: deleted at the next start.
-    std::fs::write(dir.join("policy.yaml"), policy_yaml(423)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), backend_limit_yaml(Some(423))).unwrap();
     eventually("the policy to be stored again", || {
         cli(&url, &["get", "meshratelimits"]).contains("backend-rate-limit")
     });
@@ -743,7 +728,7 @@ fn writes_through_the_api_and_directory_edits_change_enforcement_live() {
 fn run_attaches_the_kernel_limiter_and_reports_its_counters() {
     let dir = temp_dir();
     let port = free_port();
-    let mut dataplane = dataplane_yaml("web-1", port, free_port());
+    let mut dataplane = dataplane_yaml("web-1", "web-1", Some("web-1"), port, free_port());
     dataplane = dataplane.replace("kuma.io/service: web-1", "kuma.io/service: web");
     std::fs::write(dir.join("web.yaml"), dataplane).unwrap();
     std::fs::write(
@@ -833,7 +818,13 @@ fn a_listener_beyond_loopback_needs_a_token_for_the_api_and_the_admin_routes() {
     let state = state_dir(&dir);
     std::fs::write(
         dir.join("backend.yaml"),
-        dataplane_yaml("backend", free_port(), free_port()),
+        dataplane_yaml(
+            "backend",
+            "backend",
+            Some("backend"),
+            free_port(),
+            free_port(),
+        ),
     )
     .unwrap();
     let refused = Command::new(env!("CARGO_BIN_EXE_meshlimit"))

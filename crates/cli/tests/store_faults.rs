@@ -10,34 +10,18 @@ use std::time::Duration;
 
 use meshlimit_control_plane::ControlPlane;
 use meshlimit_control_plane::wire::SourceFile;
+use meshlimit_testkit::fixtures::{Target, http_limit_yaml};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlimit");
 /// How long a refused start may take; a process still running after it is serving.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-const POLICY: &str = "\
-type: MeshRateLimit
-mesh: default
-name: backend-rate-limit
-spec:
-  targetRef:
-    kind: Mesh
-    proxyTypes: [Sidecar]
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: 5
-              interval: 10s
-";
 
 /// A store written by the store itself, holding a few resources.
 fn real_store(dir: &Path) -> PathBuf {
     let path = dir.join("store.redb");
     let cp = ControlPlane::open(&path).expect("a new store opens");
     for i in 0..20 {
-        let content = POLICY.replace("backend-rate-limit", &format!("limit-{i}"));
+        let content = http_limit_yaml(&format!("limit-{i}"), Target::Sidecars, 5, "10s");
         cp.apply(
             &[SourceFile {
                 name: format!("p{i}.yaml"),
@@ -327,7 +311,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> Answer {
 /// `count` policies named `<prefix>-<i>` in one multi-document body.
 fn policies(prefix: &str, count: usize) -> String {
     (0..count)
-        .map(|i| POLICY.replace("backend-rate-limit", &format!("{prefix}-{i}")))
+        .map(|i| http_limit_yaml(&format!("{prefix}-{i}"), Target::Sidecars, 5, "10s"))
         .collect::<Vec<_>>()
         .join("---\n")
 }

@@ -1,7 +1,8 @@
 //! What operators scrape and probe: `/metrics` (API requests, watch-stream subscribers, xDS
 //! nodes and NACKs, the store's version and write errors, build info) in the Prometheus text
 //! format, or OpenMetrics when asked, and `/ready` (503 with the reason while the store refuses
-//! writes). Every series goes through `prometheus-client`.
+//! writes). Every series goes through `prometheus-client`; the format is chosen and encoded
+//! by `meshlimit-exposition`, as for the proxy's `/metrics`.
 //!
 //! The standalone control plane serves both routes itself ([`crate::ApiConfig::serve_ops`]);
 //! the all-in-one serves them on its admin routes, fed by [`ControlPlane::ready`] and
@@ -14,40 +15,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::state::ControlPlane;
 
-/// The `Content-Type` of each format.
-pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Which text format a scrape gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Prometheus text 0.0.4 (what a plain scrape gets).
-    Prometheus,
-    /// OpenMetrics 1.0 (`Accept: application/openmetrics-text`).
-    OpenMetrics,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
-            _ => Format::Prometheus,
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Format::Prometheus => PROMETHEUS_TEXT,
-            Format::OpenMetrics => OPENMETRICS_TEXT,
-        }
-    }
-}
+pub use meshlimit_exposition::{Format, OPENMETRICS_TEXT, PROMETHEUS_TEXT};
 
 /// The labels of an API request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,11 +34,6 @@ struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
     stream: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
 }
 
 /// The API's own counters (the rest is read from the control plane at each scrape). Cheap to
@@ -113,21 +80,15 @@ impl Metrics {
 
     /// Every series, as of now, in `format`. `xds`: the xDS server this process runs.
     pub fn render(&self, cp: &ControlPlane, xds: Option<&XdsHandle>, format: Format) -> String {
-        let registry = self.registry(cp, xds);
-        let mut out = String::new();
-        // Writing to a String cannot fail; a series that could not be encoded is left out.
-        let _ = match format {
-            Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-            }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
-        };
-        out
+        format.encode(&self.registry(cp, xds))
     }
 
+    /// The standalone control plane's registry: its series and `meshlimit_build_info` (which
+    /// the all-in-one's admin endpoint adds itself).
     fn registry(&self, cp: &ControlPlane, xds: Option<&XdsHandle>) -> Registry {
-        let mut registry = Registry::with_prefix("meshlimit");
-        self.register(&mut registry, cp, xds);
+        let mut registry = Registry::default();
+        meshlimit_exposition::register_build_info(&mut registry);
+        self.register(registry.sub_registry_with_prefix("meshlimit"), cp, xds);
         registry
     }
 
@@ -194,13 +155,6 @@ impl Metrics {
                 ConstCounter::new(counts.nacks),
             );
         }
-        registry.register(
-            "build",
-            "The meshlimit version serving",
-            Info::new(BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
     }
 }
 

@@ -7,22 +7,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use meshlimit_control_plane::{ApiConfig, ControlPlane, api};
+use meshlimit_testkit::fixtures::{Target, http_limit_yaml};
 
-const POLICY: &str = "type: MeshRateLimit
-mesh: default
-name: web
-spec:
-  targetRef:
-    kind: Mesh
-    proxyTypes: [Sidecar]
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: 5
-              interval: 1s
-";
+fn policy() -> String {
+    http_limit_yaml("web", Target::Sidecars, 5, "1s")
+}
 
 struct Answer {
     status: u16,
@@ -110,7 +99,7 @@ fn serve_with(config: ApiConfig) -> (String, tempfile::TempDir) {
 fn a_body_with_a_byte_order_mark_is_accepted() {
     let (addr, _dir) = serve(None);
     let mut body = "\u{feff}".as_bytes().to_vec();
-    body.extend_from_slice(POLICY.as_bytes());
+    body.extend_from_slice(policy().as_bytes());
     let applied = request(
         &addr,
         "POST",
@@ -175,7 +164,7 @@ fn bad_query_values_get_the_problem_json_of_every_400() {
             method,
             path,
             &["Content-Type: application/yaml"],
-            POLICY.as_bytes(),
+            policy().as_bytes(),
         );
         assert_problem(&answer, 400, "the query string");
     }

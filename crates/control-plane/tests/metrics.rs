@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshlimit_control_plane::wire::{DataplaneEvent, SourceFile};
 use meshlimit_control_plane::{ApiConfig, ControlPlane, api};
 use meshlimit_control_plane_client::Client;
+use meshlimit_testkit::fixtures::{Target, dataplane_yaml, http_limit_yaml};
 use meshlimit_xds::XdsServer;
 
 /// One sample: its name, labels and value.
@@ -190,37 +191,6 @@ async fn scrape(client: &Client, openmetrics: bool) -> (String, Vec<Sample>) {
     (text, samples)
 }
 
-const POLICY: &str = "\
-type: MeshRateLimit
-mesh: default
-name: web
-spec:
-  targetRef:
-    kind: Mesh
-    proxyTypes: [Sidecar]
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: 5
-              interval: 1s
-";
-
-const DATAPLANE: &str = "\
-type: Dataplane
-mesh: default
-name: web-1
-networking:
-  address: 127.0.0.1
-  inbound:
-    - port: 19000
-      servicePort: 19001
-      tags:
-        kuma.io/service: web
-        kuma.io/protocol: http
-";
-
 #[tokio::test]
 async fn metrics_parse_strictly_in_both_formats_and_move_with_the_api() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -271,7 +241,11 @@ async fn metrics_parse_strictly_in_both_formats_and_move_with_the_api() {
         .apply(
             vec![SourceFile {
                 name: "all.yaml".into(),
-                content: format!("{POLICY}---\n{DATAPLANE}"),
+                content: format!(
+                    "{}---\n{}",
+                    http_limit_yaml("web", Target::Sidecars, 5, "1s"),
+                    dataplane_yaml("web-1", "web", None, 19000, 19001)
+                ),
             }],
             false,
         )

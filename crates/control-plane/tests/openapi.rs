@@ -1,13 +1,15 @@
 //! `openapi.yaml` against the API as served: the same routes and methods both ways, every path
 //! parameter declared, every `$ref` resolving, the error responses each operation can give
-//! documented; and the live router, probed over a real socket, answers exactly the documented
-//! methods on each path (and 401 to all of them without the token it was given).
+//! documented; an inbound's effective limits, as the policy crate serializes them, match
+//! their schema; and the live router, probed over a real socket, answers exactly the
+//! documented methods on each path (and 401 to all of them without the token it was given).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use meshlimit_control_plane::{ApiConfig, ControlPlane, api};
 use meshlimit_control_plane_client::{Client, ClientError};
+use meshlimit_testkit::fixtures::{Target, http_limit_yaml};
 use serde_yaml_ng::Value;
 
 const METHODS: [&str; 4] = ["GET", "PUT", "POST", "DELETE"];
@@ -269,21 +271,7 @@ async fn the_documented_400_is_what_an_invalid_apply_gets() {
     let example = &doc["components"]["responses"]["BadRequest"]["content"]["application/problem+json"]
         ["example"];
     let (client, _dir) = serve(None).await;
-    let body = "type: MeshRateLimit
-mesh: default
-name: web
-spec:
-  targetRef:
-    kind: MeshService
-    name: web
-  rules:
-    - default:
-        local:
-          http:
-            requestRate:
-              num: 0
-              interval: 1s
-";
+    let body = http_limit_yaml("web", Target::Service("web"), 0, "1s");
     let refused = client
         .call(
             "POST".parse().expect("a method"),
@@ -302,5 +290,124 @@ spec:
     assert_eq!(
         &answered, example,
         "openapi.yaml's example differs from the answer"
+    );
+}
+
+/// Where `value` deviates from `schema` (`$ref`, `allOf`, `nullable`, `type`, `enum`,
+/// `required` and `properties`: what the document uses), each as `path: problem`.
+fn deviations(doc: &Value, schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if let Some(all) = schema["allOf"].as_sequence() {
+        if value.is_null() && schema["nullable"].as_bool() == Some(true) {
+            return;
+        }
+        for part in all {
+            deviations(doc, part, value, path, out);
+        }
+    }
+    if value.is_null() {
+        if schema["nullable"].as_bool() != Some(true) {
+            out.push(format!("{path}: null, and the schema is not nullable"));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_sequence()
+        && !allowed.contains(value)
+    {
+        out.push(format!("{path}: {value:?} is not one of {allowed:?}"));
+    }
+    let kind_ok = match schema["type"].as_str() {
+        Some("object") => value.is_mapping(),
+        Some("array") => value.is_sequence(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_u64() || value.is_i64(),
+        Some("boolean") => value.is_bool(),
+        _ => true,
+    };
+    if !kind_ok {
+        out.push(format!(
+            "{path}: {value:?} is not of type {:?}",
+            schema["type"]
+        ));
+        return;
+    }
+    if let Some(items) = value.as_sequence() {
+        for (i, item) in items.iter().enumerate() {
+            deviations(doc, &schema["items"], item, &format!("{path}[{i}]"), out);
+        }
+    }
+    if let Some(fields) = value.as_mapping()
+        && let Some(properties) = schema["properties"].as_mapping()
+    {
+        for required in schema["required"].as_sequence().into_iter().flatten() {
+            if !fields.contains_key(required) {
+                out.push(format!("{path}: required {required:?} is missing"));
+            }
+        }
+        for (key, field) in fields {
+            let name = key.as_str().unwrap_or_default();
+            match properties.get(key) {
+                Some(property) => deviations(doc, property, field, &format!("{path}.{name}"), out),
+                None => out.push(format!("{path}: {name} is not documented")),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_inbound_with_spiffe_id_routes_and_a_global_limit_is_as_documented() {
+    let doc = document();
+    // Through the policy crate's serde both ways: its names and values, not this test's.
+    let inbound: meshlimit_policy::InboundLimits = serde_yaml_ng::from_str(
+        r#"
+port: 8080
+servicePort: 9000
+service: web
+protocol: http
+http:
+  requestRate: { num: 5, interval: 1s }
+  status: 429
+  headers: { set: [{ name: x-limited, value: "yes" }], add: [] }
+tcp: null
+policies: [local]
+global:
+  service: web
+  key: mgrl/default/web-total/web
+  requestRate: { num: 10, interval: 1s }
+  share: { num: 5, interval: 1s }
+  instances: 2
+  index: 0
+  mode: Shadow
+  status: 503
+  headers: { set: [], add: [{ name: x-note, value: total }] }
+  rateLimitService: http://127.0.0.1:8081
+  timeout: 1m30s
+  failureMode: LocalShare
+  policies: [web-total]
+sources:
+  - spiffeId: { type: Exact, value: "spiffe://default/api" }
+    sni: web.mesh
+    http:
+      requestRate: { num: 50, interval: 1s }
+      status: 429
+      headers: { set: [], add: [] }
+  - spiffeId: { type: Prefix, value: "spiffe://default/" }
+    http: null
+"#,
+    )
+    .expect("an inbound the policy crate reads");
+    let value = serde_yaml_ng::to_value(&inbound).expect("serializable");
+    assert!(
+        !value["global"].is_null() && value["sources"].as_sequence().map(Vec::len) == Some(2),
+        "{value:?}"
+    );
+    let schema: Value = serde_yaml_ng::from_str("$ref: '#/components/schemas/InboundLimits'")
+        .expect("a ref mapping");
+    let mut out = Vec::new();
+    deviations(&doc, &schema, &value, "inbound", &mut out);
+    assert!(
+        out.is_empty(),
+        "InboundLimits as served:\n{}",
+        out.join("\n")
     );
 }

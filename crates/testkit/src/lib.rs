@@ -2,10 +2,11 @@
 //! process started from a bootstrap, with its admin address discovered and its log kept for
 //! the failure message, a real `redis-server` of the test's own ([`redis::RedisServer`]), and
 //! the parsing of an HTTP/1.1 response head, and a process under test with its output lines
-//! ([`Process`]) and the ports to give it ([`listener_port`]). The tests that drive
-//! Envoy (xDS server tests, and the CLI's tests against a control plane) each wrap
-//! [`EnvoyProcess`] with the checks they need.
+//! ([`Process`]) and the ports to give it ([`listener_port`]), and the resource YAML tests
+//! apply ([`fixtures`]). The tests that drive Envoy (xDS server tests, and the CLI's tests
+//! against a control plane) each wrap [`EnvoyProcess`] with the checks they need.
 
+pub mod fixtures;
 pub mod process;
 pub mod redis;
 

@@ -7,7 +7,9 @@
 //!   answered with the current resources;
 //! - a request whose nonce is not the last one sent for its type is stale and ignored;
 //! - a request with the last nonce ACKs (no `error_detail`) or NACKs (`error_detail` set) that
-//!   response; neither is answered — a NACKed version is not resent, the next update is;
+//!   response; neither is answered — a NACKed version is not resent, the next update is. A
+//!   NACK's `version_info` is the version the node still runs: its ACK may have come with a
+//!   nonce an update superseded meanwhile, and been ignored as stale;
 //! - when the node table changes, every subscribed type whose version moved is sent again,
 //!   clusters before listeners so that listeners never name a cluster Envoy lacks.
 
@@ -45,6 +47,9 @@ pub(crate) enum Event {
         /// The nonce of the rejected response.
         nonce: String,
         message: String,
+        /// The version the node still runs (the request's `version_info`; empty when it
+        /// never accepted one).
+        running: String,
     },
 }
 
@@ -132,6 +137,7 @@ impl AdsStream {
                 version: subscription.last_version.clone(),
                 nonce: request.response_nonce,
                 message: error.message,
+                running: request.version_info,
             }),
             None => outcome.events.push(Event::Ack {
                 type_url,
@@ -313,12 +319,46 @@ mod tests {
                 type_url: LISTENER_TYPE.into(),
                 version: "1".into(),
                 nonce,
-                message: "bad listener".into()
+                message: "bad listener".into(),
+                running: "".into()
             }]
         );
         assert!(
             stream.on_update(&table).responses.is_empty(),
             "same table, nothing to send"
+        );
+    }
+
+    #[test]
+    fn a_nack_after_a_superseded_ack_tells_the_version_still_running() {
+        // The update reaches the stream before the node's ACK of version 1 does.
+        let s1 = NodeTable::default().next(&[limits(1)]);
+        let mut stream = AdsStream::default();
+        let first_nonce = stream
+            .on_request(first(LISTENER_TYPE), &s1)
+            .expect("served")
+            .responses[0]
+            .nonce
+            .clone();
+        let s2 = s1.next(&[limits(2)]);
+        let pushed = stream.on_update(&s2);
+        let second_nonce = pushed.responses[0].nonce.clone();
+        let late_ack = stream
+            .on_request(request(LISTENER_TYPE, "1", &first_nonce), &s2)
+            .expect("served");
+        assert!(late_ack.events.is_empty(), "a superseded nonce is stale");
+        let out = stream
+            .on_request(nack(LISTENER_TYPE, "1", &second_nonce, "bad"), &s2)
+            .expect("served");
+        assert_eq!(
+            out.events,
+            [Event::Nack {
+                type_url: LISTENER_TYPE.into(),
+                version: "2".into(),
+                nonce: second_nonce,
+                message: "bad".into(),
+                running: "1".into()
+            }]
         );
     }
 

@@ -236,17 +236,22 @@ impl Shared {
                     version,
                     nonce,
                     message,
+                    running,
                 } => {
                     tracing::warn!(
                         node,
                         type_url,
                         version,
                         nonce,
+                        running,
                         error = message.trim_end(),
                         "Envoy rejected a configuration (NACK)"
                     );
                     self.nacks.fetch_add(1, Ordering::Relaxed);
                     if let Some(t) = type_status(status, &type_url) {
+                        if !running.is_empty() {
+                            t.acked_version = Some(running);
+                        }
                         t.nacks += 1;
                         t.last_nack = Some(Nack {
                             version,
@@ -335,7 +340,10 @@ async fn run_stream(
             _ = closing.changed() => continue,
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    let table = tables.borrow_and_update().clone();
+                    // `borrow`, not `borrow_and_update`: a table that changed meanwhile must
+                    // still wake the `changed` arm, or its push would be lost (a request, such
+                    // as an ACK, answers nothing of a newer version).
+                    let table = tables.borrow().clone();
                     stream
                         .on_request(request, &table)
                         .map_err(|e| Status::invalid_argument(e.0))
@@ -434,6 +442,35 @@ mod tests {
         following
             .await
             .expect("the follower ends without panicking");
+    }
+
+    #[test]
+    fn a_nack_records_the_version_the_node_still_runs() {
+        let (_server, handle) = XdsServer::new();
+        handle.update(vec![dataplane("a")]);
+        let sent = |version: &str| Event::Sent {
+            type_url: LISTENER_TYPE.into(),
+            version: version.into(),
+        };
+        // Version 1's ACK came with a superseded nonce: the stream never reported it.
+        handle.shared.record(
+            "default.a",
+            vec![
+                Event::Connected,
+                sent("1"),
+                sent("2"),
+                Event::Nack {
+                    type_url: LISTENER_TYPE.into(),
+                    version: "2".into(),
+                    nonce: "2".into(),
+                    message: "bad".into(),
+                    running: "1".into(),
+                },
+            ],
+        );
+        let status = handle.node_status("default.a").expect("known");
+        assert_eq!(status.listeners.acked_version.as_deref(), Some("1"));
+        assert_eq!(status.listeners.nacks, 1);
     }
 
     #[test]

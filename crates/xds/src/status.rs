@@ -26,7 +26,7 @@ pub struct TypeStatus {
     pub current_version: String,
     /// The last version sent to the node.
     pub sent_version: Option<String>,
-    /// The last version the node accepted (ACK).
+    /// The last version the node accepted: ACKed, or named as still running by a NACK.
     pub acked_version: Option<String>,
     /// How many responses the node rejected (NACK) since the server started.
     pub nacks: u64,

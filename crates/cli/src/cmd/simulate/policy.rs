@@ -43,7 +43,13 @@ pub struct PolicyFlags {
     /// Simulate a client with this SPIFFE ID (for rules with `matches`).
     #[arg(long, value_name = "ID", requires = "policy")]
     pub spiffe_id: Option<String>,
-    /// Simulate a client that asked for this TLS server name (for rules with `matches`).
+    /// With --spiffe-id: the TLS server name the simulated client asked for. Alone it changes
+    /// nothing.
+    ///
+    /// A rule's match that names both a spiffeID and an SNI applies only when this equals its
+    /// SNI; a match with a spiffeID alone applies whatever this is. Matches with an SNI and no
+    /// spiffeID are left out: Kuma applies them on zone proxy listeners, never on a sidecar
+    /// inbound, so --sni without --spiffe-id simulates the inbound's limit for every client.
     #[arg(long, value_name = "NAME", requires = "policy")]
     pub sni: Option<String>,
 }
