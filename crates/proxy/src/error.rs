@@ -128,15 +128,14 @@ pub(crate) fn add_rate_limit_headers(
     }
 }
 
-/// Envoy's `X-RateLimit-Reset` of its local rate limit: the time until the next token
-/// (0 while one is left), in milliseconds rounded up, then in whole seconds rounded down.
+/// Envoy's `X-RateLimit-Reset` of its local rate limit: 0 while a token is left, else the
+/// time to the next token in whole seconds, rounded up (checked against a real Envoy).
 fn envoy_reset(decision: &Decision) -> u64 {
     if decision.remaining() > 0 {
-        return 0;
+        0
+    } else {
+        ceil_secs(decision.next_token_in())
     }
-    let next = decision.next_token_in();
-    let ms = next.as_millis() + u128::from(!next.as_nanos().is_multiple_of(1_000_000));
-    u64::try_from(ms / 1000).unwrap_or(u64::MAX)
 }
 
 fn local<B>(status: StatusCode, body: Bytes) -> Response<ProxyBody<B>> {

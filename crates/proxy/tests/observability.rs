@@ -129,8 +129,8 @@ async fn envoy_draft_03_fields_for_clients_built_for_envoy() {
     assert_eq!(rejected.status, 423);
     assert_eq!(rejected.headers["x-ratelimit-remaining"], "0");
     assert_eq!(
-        rejected.headers["x-ratelimit-reset"], "1",
-        "1.5 s to the next token, in whole seconds as Envoy truncates them"
+        rejected.headers["x-ratelimit-reset"], "2",
+        "1.5 s to the next token, rounded up as Envoy does"
     );
     assert_eq!(
         rejected.headers["retry-after"], "2",
