@@ -18,8 +18,9 @@
 //!   ([`meshlimit_policy::global::DESCRIPTOR_SHARE`]): then the service itself decides, from a
 //!   bucket per (limit, instance) held in memory, so that the instances together keep the
 //!   total as the meshlimit proxies' own shares do. Those buckets live only while Redis is
-//!   failing in effect: they start full, and the service forgets them all if it ever holds
-//!   more than [`MAX_SHARE_BUCKETS`].
+//!   failing in effect: they start full, and at [`MAX_SHARE_BUCKETS`] the service forgets the
+//!   full ones (exactly: a full bucket is a new one), then, if it must, the one closest to
+//!   full, never a drained one.
 //! - `hits_addend` above 1 is refused (`INVALID_ARGUMENT`): a check takes exactly one token,
 //!   and taking several is not one atomic step.
 
@@ -49,9 +50,9 @@ use crate::{GlobalBuckets, GlobalSettings};
 /// The rate-limit domain of meshlimit's descriptors (the filter's `domain`).
 pub const DOMAIN: &str = meshlimit_policy::global::DESCRIPTOR_DOMAIN;
 
-/// The most (limit, instance) share buckets kept for `LocalShare` fallbacks; beyond it they
-/// are all forgotten (and start full again), so that descriptors made up by a peer cannot
-/// grow the service's memory.
+/// The most (limit, instance) share buckets kept for `LocalShare` fallbacks, so that
+/// descriptors made up by a peer cannot grow the service's memory; nor can they refill a
+/// drained bucket by pushing it out (see [`ShareBuckets::make_room`]).
 pub const MAX_SHARE_BUCKETS: usize = 10_000;
 
 /// The service; cheap to clone, clones share the buckets and the counters.
@@ -75,6 +76,7 @@ impl std::fmt::Debug for RateLimitServer {
 struct ShareBuckets {
     clock: Arc<dyn Clock>,
     buckets: Mutex<HashMap<(String, u32), Arc<Bucket>>>,
+    capacity: usize,
 }
 
 impl ShareBuckets {
@@ -83,10 +85,10 @@ impl ShareBuckets {
         let settings = share.rate.settings();
         let bucket = {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            if buckets.len() >= MAX_SHARE_BUCKETS
+            if buckets.len() >= self.capacity
                 && !buckets.contains_key(&(key.to_string(), share.index))
             {
-                buckets.clear();
+                Self::make_room(&mut buckets, self.capacity, now);
             }
             buckets
                 .entry((key.to_string(), share.index))
@@ -98,6 +100,30 @@ impl ShareBuckets {
             bucket.reconfigure(settings, now);
         }
         bucket.check(now)
+    }
+
+    /// Room for one more bucket: the full ones go (a full bucket is exactly a new one), and
+    /// while that is not enough the one with the fewest tokens missing. A drained bucket is
+    /// the last to go, so that a flood of made-up descriptors cannot hand its limit a fresh
+    /// burst.
+    fn make_room(buckets: &mut HashMap<(String, u32), Arc<Bucket>>, capacity: usize, now: u64) {
+        let missing = |bucket: &Bucket| {
+            bucket
+                .settings()
+                .max_tokens()
+                .saturating_sub(bucket.peek(now))
+        };
+        buckets.retain(|_, bucket| missing(bucket) > 0);
+        while buckets.len() >= capacity {
+            let Some(closest) = buckets
+                .iter()
+                .min_by_key(|(_, bucket)| missing(bucket))
+                .map(|(key, _)| key.clone())
+            else {
+                return;
+            };
+            buckets.remove(&closest);
+        }
     }
 }
 
@@ -142,7 +168,22 @@ impl RateLimitServer {
             shares: Arc::new(ShareBuckets {
                 clock,
                 buckets: Mutex::default(),
+                capacity: MAX_SHARE_BUCKETS,
             }),
+        }
+    }
+
+    /// Keeps at most `capacity` `LocalShare` fallback buckets (default
+    /// [`MAX_SHARE_BUCKETS`]; at least 1).
+    pub fn with_max_share_buckets(self, capacity: usize) -> RateLimitServer {
+        let shares = ShareBuckets {
+            clock: Arc::clone(&self.shares.clock),
+            buckets: Mutex::default(),
+            capacity: capacity.max(1),
+        };
+        RateLimitServer {
+            shares: Arc::new(shares),
+            ..self
         }
     }
 

@@ -25,10 +25,15 @@ fn options() -> GlobalOptions {
 
 /// The service on a loopback port over `redis`, and its address.
 async fn start(redis: &RedisServer) -> (RateLimitServer, String) {
+    start_with(redis, meshlimit_global::rls::MAX_SHARE_BUCKETS).await
+}
+
+/// As [`start`], keeping at most `shares` local-share fallback buckets.
+async fn start_with(redis: &RedisServer, shares: usize) -> (RateLimitServer, String) {
     let buckets = GlobalBuckets::connect(&redis.url(), options())
         .await
         .expect("Redis is up");
-    let server = RateLimitServer::new(buckets);
+    let server = RateLimitServer::new(buckets).with_max_share_buckets(shares);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -249,4 +254,49 @@ async fn without_redis_a_local_share_limit_is_decided_by_each_senders_share() {
         .await
         .expect_err("no Redis, no answer");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_descriptors_cannot_refill_a_drained_share() {
+    let redis = RedisServer::start();
+    let (_server, address) = start_with(&redis, 4).await;
+    let mut client = client(&address).await;
+    let share = |key: &str, num| {
+        descriptor_with_share(
+            key,
+            hourly(10),
+            LocalShare {
+                index: 0,
+                rate: hourly(num),
+            },
+        )
+    };
+    let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+    redis.kill();
+    // The real limit: 2 an hour for this instance, drained.
+    let real = "mgrl/default/p/web";
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(
+            ask(&mut client, request(vec![share(real, 2)]))
+                .await
+                .overall_code,
+        );
+    }
+    assert_eq!(codes, [ok, ok, over]);
+    // A peer floods the service with made-up limits, well past its 4 fallback buckets: each
+    // takes one of 5 tokens, so none is full and some must go.
+    for i in 0..20 {
+        let made_up = format!("mgrl/default/flood-{i}/web");
+        let code = ask(&mut client, request(vec![share(&made_up, 5)])).await;
+        assert_eq!(code.overall_code, ok);
+    }
+    // The drained share was never the one pushed out: still no token.
+    assert_eq!(
+        ask(&mut client, request(vec![share(real, 2)]))
+            .await
+            .overall_code,
+        over,
+        "a flood of descriptors handed the limit a fresh burst"
+    );
 }
