@@ -366,6 +366,7 @@ service: web
 protocol: http
 http:
   requestRate: { num: 5, interval: 1s }
+  policy: local
   status: 429
   headers: { set: [{ name: x-limited, value: "yes" }], add: [] }
 tcp: null
@@ -383,6 +384,7 @@ global:
   rateLimitService: http://127.0.0.1:8081
   timeout: 1m30s
   failureMode: LocalShare
+  policy: web-total
   policies: [web-total]
 sources:
   - spiffeId: { type: Exact, value: "spiffe://default/api" }
@@ -398,7 +400,10 @@ sources:
     .expect("an inbound the policy crate reads");
     let value = serde_yaml_ng::to_value(&inbound).expect("serializable");
     assert!(
-        !value["global"].is_null() && value["sources"].as_sequence().map(Vec::len) == Some(2),
+        !value["global"].is_null()
+            && value["sources"].as_sequence().map(Vec::len) == Some(2)
+            && value["http"]["policy"].as_str() == Some("local")
+            && value["global"]["policy"].as_str() == Some("web-total"),
         "{value:?}"
     );
     let schema: Value = serde_yaml_ng::from_str("$ref: '#/components/schemas/InboundLimits'")
