@@ -48,6 +48,7 @@ fn json_is_the_contract_shape_with_merged_limits() {
                 // backend-rate-limit (MeshSubset, less specific) remain.
                 "http": {
                     "requestRate": {"num": 2, "interval": "10s"},
+                    "policy": "backend-v2",
                     "status": 423,
                     "headers": {
                         "set": [{"name": "x-kuma-rate-limited", "value": "true"}],
@@ -62,6 +63,7 @@ fn json_is_the_contract_shape_with_merged_limits() {
                     "spiffeId": {"type": "Exact", "value": "spiffe://default/frontend"},
                     "http": {
                         "requestRate": {"num": 50, "interval": "10s"},
+                        "policy": "backend-v2",
                         "status": 423,
                         "headers": {
                             "set": [{"name": "x-kuma-rate-limited", "value": "true"}],
