@@ -1065,6 +1065,7 @@ fn inbounds_without_a_global_limit_serialize_as_before() {
             "headers": {"set": [], "add": []},
             "timeout": "25ms",
             "failureMode": "LocalShare",
+            "policy": "web",
             "policies": ["web"],
         })
     );
