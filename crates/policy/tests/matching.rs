@@ -260,6 +260,36 @@ fn merge_is_field_by_field() {
 }
 
 #[test]
+fn the_limit_names_the_policy_whose_rate_won() {
+    let general = policy(
+        "general",
+        "{kind: Mesh}",
+        "{http: {requestRate: {num: 100, interval: 1s}}}",
+    );
+    // A more specific policy that only changes the status leaves the rate, and its name, to
+    // the general one.
+    let status_only = policy(
+        "status-only",
+        "{kind: MeshService, name: web}",
+        "{http: {onRateLimit: {status: 503}}}",
+    );
+    let set_of = |policies: &[String]| inbound(&set(policies), "dp-1", 8080);
+    let i = set_of(&[general.clone(), status_only]);
+    let h = i.http.expect("http");
+    assert_eq!(
+        (h.policy.as_str(), h.status.code().as_u16()),
+        ("general", 503)
+    );
+    assert_eq!(i.policies, ["general", "status-only"]);
+    // One that sets the rate takes it over.
+    let i = set_of(&[
+        general,
+        policy("specific", "{kind: MeshService, name: web}", &http(10)),
+    ]);
+    assert_eq!(i.http.expect("http").policy, "specific");
+}
+
+#[test]
 fn header_lists_are_replaced_whole_and_set_and_add_separately() {
     let set = set(&[
         policy(
