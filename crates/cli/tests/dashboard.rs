@@ -523,11 +523,16 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// One HTTP/1.1 GET on a fresh connection: the status and the body.
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    get_with(addr, path, "")
+}
+
+/// [`get`] with more header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: backend\r\n{headers}Connection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
@@ -657,8 +662,8 @@ fn sample(metrics: &str, name: &str, labels: &str) -> Option<u64> {
 }
 
 /// The scrape of a `meshlimit run` that has limited requests of an inbound and connections to
-/// a kernel-limited destination.
-fn scrape_after_traffic() -> String {
+/// a kernel-limited destination: in the Prometheus text format, then in OpenMetrics.
+fn scrape_after_traffic() -> (String, String) {
     let dir = std::env::temp_dir().join(format!("meshlimit-dashboard-{}", std::process::id()));
     let resources = dir.join("resources");
     let _ = std::fs::remove_dir_all(&dir);
@@ -705,13 +710,87 @@ fn scrape_after_traffic() -> String {
         sample(&metrics, "meshlimit_http_requests_total", &labels) == Some(2)
             && sample(&metrics, "meshlimit_kernel_connections_total", "limited") == Some(1)
     });
+    let (_, open_metrics) = get_with(
+        admin,
+        "/metrics",
+        "Accept: application/openmetrics-text; version=1.0.0\r\n",
+    )
+    .expect("an OpenMetrics scrape");
     run.stop();
-    metrics
+    (metrics, open_metrics)
+}
+
+/// `scripts/setup promparse` installs it; scripts/test says where.
+fn prometheus_python() -> PathBuf {
+    let path = std::env::var_os("MESHLIMIT_PROMETHEUS_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-prometheus/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup promparse",
+        path.display()
+    );
+    path
+}
+
+/// Parses `text` with the Prometheus Python client's parser for `format` (`prometheus` or
+/// `openmetrics`, the strict one): the families it read, or its error.
+fn parse_with_prometheus_client(format: &str, text: &str) -> Result<usize, String> {
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families as prometheus
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+parse = openmetrics if sys.argv[1] == "openmetrics" else prometheus
+families = list(parse(sys.stdin.read()))
+assert all(family.samples or family.type for family in families)
+print(len(families))
+"#;
+    let mut child = Command::new(prometheus_python())
+        .args(["-c", SCRIPT, format])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the scrape");
+    let out = child.wait_with_output().expect("python ends");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 #[test]
 fn every_dashboard_query_names_metrics_and_labels_the_binary_exports() {
-    let scrape = Scrape::parse(&scrape_after_traffic());
+    let (text_format, open_metrics) = scrape_after_traffic();
+    // Both formats as Prometheus's own client library reads them, every family included.
+    let families = text_format
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .count();
+    assert!(families > 30, "a whole scrape: {text_format}");
+    assert_eq!(
+        parse_with_prometheus_client("prometheus", &text_format),
+        Ok(families)
+    );
+    assert_eq!(
+        parse_with_prometheus_client("openmetrics", &open_metrics),
+        Ok(families)
+    );
+    // The parsers are not lenient: a broken line is refused.
+    let broken = open_metrics.replacen("meshlimit_build_info{", "meshlimit build_info{", 1);
+    assert!(parse_with_prometheus_client("openmetrics", &broken).is_err());
+    let scrape = Scrape::parse(&text_format);
     for family in ["meshlimit_http_requests_total", "meshlimit_kernel_tokens"] {
         assert!(scrape.labels(family).is_some(), "{family} in the scrape");
     }
