@@ -344,6 +344,53 @@ fn policy_mode_merges_policies_and_reads_them_from_standard_input() {
 }
 
 #[test]
+fn connections_mode_simulates_the_inbounds_tcp_limit() {
+    // The seed's TCP policy: 5 connections per 10 s, a token every 2 s.
+    let seed_tcp = repo_file(SEED_TCP);
+    let dataplanes = repo_file(DATAPLANES);
+    let arrivals = "0\n1\n2\n3\n4\n5\n1999\n2000\n2001\n";
+    let out = meshlimit(
+        &[
+            "--policy",
+            &seed_tcp,
+            &dataplanes,
+            "--dataplane",
+            "backend-1",
+            "--inbound",
+            "18080",
+            "--connections",
+            "--arrivals",
+            "-",
+        ],
+        Some(arrivals),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.contains("inbound 18080 (service backend): TCP limit 5 connections per 10s"),
+        "{header}"
+    );
+    let verdicts: Vec<&str> = lines.collect();
+    assert_eq!(
+        verdicts,
+        [
+            "0 allow",
+            "1 allow",
+            "2 allow",
+            "3 allow",
+            "4 allow",
+            "5 deny",
+            "1999 deny",
+            "2000 allow",
+            "2001 deny",
+            "admitted 6 of 9",
+        ]
+    );
+}
+
+#[test]
 fn policy_mode_exits_2_when_there_is_no_http_limit_to_simulate() {
     let examples = repo_file("examples/policies");
     let dataplanes = repo_file(DATAPLANES);
@@ -401,7 +448,7 @@ fn policy_mode_exits_2_when_there_is_no_http_limit_to_simulate() {
             &[
                 "inbound 16379 of Dataplane 'redis-1' (service redis, tcp) has no HTTP request limit: \
                  it has a TCP connection limit of 100 connections per 1s instead (from mesh-connections); \
-                 simulate replays HTTP requests only",
+                 add --connections to replay the arrivals as connections",
             ],
         ),
         (
@@ -428,6 +475,18 @@ fn policy_mode_exits_2_when_there_is_no_http_limit_to_simulate() {
                 "18080",
             ],
             &["has no HTTP request limit: no MeshRateLimit selects it"],
+        ),
+        (
+            &[
+                "--policy",
+                &dataplanes,
+                "--dataplane",
+                "backend-1",
+                "--inbound",
+                "18080",
+                "--connections",
+            ],
+            &["has no TCP connection limit: no MeshRateLimit selects it"],
         ),
     ];
     for (args, reasons) in cases {

@@ -3,8 +3,8 @@
 //! driven by the trace's offsets instead of a clock.
 //!
 //! The bucket comes either from flags ([`bucket_settings`]) or, with `--policy`, from the
-//! effective HTTP limit of one inbound after matching and merging the policy files
-//! ([`policy::limit`]).
+//! effective HTTP limit (or, with `--connections`, TCP limit) of one inbound after matching
+//! and merging the policy files ([`policy::limit`]).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -23,7 +23,8 @@ use trace::{Arrival, TraceError};
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  meshlimit simulate --rate 5/10s --arrivals trace.txt\n  \
-    meshlimit simulate --policy policies/ --dataplane backend-1 --inbound 18080 --arrivals trace.txt\n\
+    meshlimit simulate --policy examples/policies --dataplane backend-1 --inbound 18080 --arrivals examples/trace.txt\n  \
+    meshlimit simulate --policy examples/policies --dataplane redis-1 --inbound 16379 --connections --arrivals examples/trace.txt\n\
     The trace holds one arrival per line: an offset in milliseconds from the start \
     (decimals allowed, non-decreasing). Blank lines and lines starting with # are skipped."
 )]

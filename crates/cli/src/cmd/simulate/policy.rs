@@ -1,6 +1,7 @@
 //! The `--policy` mode of `meshlimit simulate`: the bucket is the effective HTTP request limit
-//! of one inbound of one Dataplane, after matching and merging every policy in the files (the
-//! same engine as `validate` and `inspect`). A `MeshRateLimit` refills smoothly, as Envoy does.
+//! of one inbound of one Dataplane (with `--connections`, its TCP connection limit), after
+//! matching and merging every policy in the files (the same engine as `validate` and
+//! `inspect`). A `MeshRateLimit` refills smoothly, as Envoy does.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ pub struct PolicyFlags {
     /// inbound, so --sni without --spiffe-id simulates the inbound's limit for every client.
     #[arg(long, value_name = "NAME", requires = "policy")]
     pub sni: Option<String>,
+    /// The arrivals are new connections: simulate the inbound's TCP connection limit
+    /// (`local.tcp.connectionRate`) instead of its HTTP request limits.
+    #[arg(long, requires = "policy", conflicts_with_all = ["spiffe_id", "sni"])]
+    pub connections: bool,
 }
 
 /// The buckets to simulate, in the order the proxy checks them (the local `MeshRateLimit`,
@@ -79,6 +84,11 @@ pub enum PolicyError {
         known: Vec<String>,
     },
     NoHttpLimit {
+        dataplane: String,
+        inbound: Box<InboundLimits>,
+    },
+    /// `--connections`, and the inbound has no TCP connection limit.
+    NoTcpLimit {
         dataplane: String,
         inbound: Box<InboundLimits>,
     },
@@ -124,8 +134,8 @@ impl fmt::Display for PolicyError {
                 match (&inbound.tcp, inbound.policies.is_empty()) {
                     (Some(TcpLimit { connection_rate }), _) => write!(
                         f,
-                        ": it has a TCP connection limit of {} instead (from {}); simulate \
-                         replays HTTP requests only",
+                        ": it has a TCP connection limit of {} instead (from {}); add \
+                         --connections to replay the arrivals as connections",
                         rate_text(connection_rate, "connections"),
                         inbound.policies.join(", ")
                     ),
@@ -135,6 +145,23 @@ impl fmt::Display for PolicyError {
                         ": the MeshRateLimits that select it ({}) set no HTTP request rate there",
                         inbound.policies.join(", ")
                     ),
+                }
+            }
+            PolicyError::NoTcpLimit { dataplane, inbound } => {
+                write!(
+                    f,
+                    "inbound {} of Dataplane '{dataplane}' (service {}) has no TCP connection \
+                     limit",
+                    inbound.port, inbound.service
+                )?;
+                if inbound.policies.is_empty() {
+                    f.write_str(": no MeshRateLimit selects it")
+                } else {
+                    write!(
+                        f,
+                        ": the MeshRateLimits that select it ({}) set no connectionRate there",
+                        inbound.policies.join(", ")
+                    )
                 }
             }
         }
@@ -186,6 +213,29 @@ fn limit_in(set: &ResourceSet, flags: &PolicyFlags) -> Result<PolicyLimit, Polic
             known: known_inbounds(&limits),
         });
     };
+    if flags.connections {
+        let Some(tcp) = &inbound.tcp else {
+            return Err(PolicyError::NoTcpLimit {
+                dataplane: name.to_string(),
+                inbound: Box::new(inbound),
+            });
+        };
+        // The proxy's TCP bucket and Envoy's network local rate limit: one token per
+        // connection, a smooth refill.
+        return Ok(PolicyLimit {
+            buckets: vec![tcp.connection_rate.settings()],
+            description: format!(
+                "# Dataplane {name} (mesh {}), inbound {port} (service {}): TCP limit {}, {} \
+                 refill, over it the connection is closed at once; MeshRateLimits on this \
+                 inbound: {}",
+                flags.mesh,
+                inbound.service,
+                rate_text(&tcp.connection_rate, "connections"),
+                Refill::Smooth,
+                inbound.policies.join(", ")
+            ),
+        });
+    }
     if inbound.http.is_none() && inbound.global.is_none() {
         return Err(PolicyError::NoHttpLimit {
             dataplane: name.to_string(),
