@@ -1,6 +1,6 @@
 //! The command line's shared conventions: `--cp`/`--token` only on commands that contact a
 //! control plane, environment hints that do not pretend a variable is set, and one duration
-//! form for every duration flag.
+//! form for every duration flag, the same proxy flags on `run` and `dataplane`.
 
 use std::process::{Command, Output};
 
@@ -154,5 +154,35 @@ fn the_control_plane_logs_through_the_same_setup_as_run() {
         last["timestamp"]
             .as_str()
             .is_some_and(|t| t.starts_with("20"))
+    );
+}
+
+#[test]
+fn run_and_dataplane_take_the_same_proxy_flags() {
+    let (run, dataplane) = (help("run"), help("dataplane"));
+    for flag in [
+        "--rate-limit-headers[=<STYLE>]",
+        "--max-request-header-bytes <BYTES>",
+        "--max-request-body-bytes <BYTES>",
+        "--upstream-timeout <DURATION>",
+        "--request-headers-timeout <DURATION>",
+        "--idle-timeout <DURATION>",
+        "--max-connections <N>",
+        "--max-connections-per-inbound <N>",
+        "--forward-connect",
+    ] {
+        assert!(run.contains(flag), "run lacks {flag}:\n{run}");
+        assert!(
+            dataplane.contains(flag),
+            "dataplane lacks {flag}:\n{dataplane}"
+        );
+    }
+    // The header style is checked where it is parsed.
+    let out = meshlimit(&["run", "--rate-limit-headers=draft-99", "--help"]);
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("draft-99") && error.contains("x-ratelimit"),
+        "{error}"
     );
 }
