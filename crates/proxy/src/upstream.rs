@@ -21,8 +21,8 @@ use http_body_util::combinators::MapErr;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use meshlimit_bucket::{Clock, MonotonicClock};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::error::ClientBodyError;
 
@@ -37,6 +37,7 @@ const MAX_IDLE: usize = 1024;
 /// unused for longer is closed when a request next takes from the pool (until then, or until
 /// the application closes it, it stays open).
 const IDLE_FOR: Duration = Duration::from_secs(60);
+const IDLE_FOR_NS: u64 = IDLE_FOR.as_nanos() as u64;
 
 /// The idle connections to one inbound's application.
 #[derive(Debug, Default)]
@@ -47,7 +48,8 @@ pub(crate) struct UpstreamPool {
 #[derive(Debug)]
 struct Idle {
     addr: SocketAddr,
-    since: Instant,
+    /// When it was given back, on the coarse clock: an idle time of a minute needs no finer.
+    since_ns: u64,
     sender: SendRequest<UpstreamBody>,
 }
 
@@ -100,10 +102,10 @@ impl UpstreamPool {
             .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
+        let now_ns = MonotonicClock.now_ns();
         while idle
             .front()
-            .is_some_and(|oldest| now - oldest.since > IDLE_FOR)
+            .is_some_and(|oldest| now_ns.saturating_sub(oldest.since_ns) > IDLE_FOR_NS)
         {
             idle.pop_front();
         }
@@ -137,7 +139,7 @@ impl UpstreamPool {
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle {
                 addr: lease.addr,
-                since: Instant::now(),
+                since_ns: MonotonicClock.now_ns(),
                 sender: lease.sender,
             });
         }
