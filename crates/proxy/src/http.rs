@@ -865,6 +865,7 @@ fn to_downstream(
         inbound: Arc::clone(inbound),
         active: None,
         started_ns: 0,
+        broken: None,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -885,6 +886,9 @@ struct Relayed {
     /// When the request arrived, on the inbound's latency clock: its duration is recorded
     /// when this body ends or is dropped.
     started_ns: u64,
+    /// The application broke off: the error is held back for one poll, so that what came
+    /// before it (the head, the first bytes) is flushed to the client before hyper aborts.
+    broken: Option<hyper::Error>,
 }
 
 impl Relayed {
@@ -903,22 +907,43 @@ impl Body for Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
+        // The upstream connection reads the body for it; polled before and, when the body
+        // had nothing yet, once more after (asking for a frame is what lets it read on).
+        let this = &mut *self;
+        if let Some(error) = this.broken.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if let Some(lease) = &mut this.lease {
+            let _ = lease.poll_io(cx);
+        }
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
+        {
+            let _ = lease.poll_io(cx);
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        match ready!(polled) {
             Some(Err(error)) => {
-                // hyper stops polling a body that failed: counted once per response.
-                self.lease = None;
-                self.inbound.counters.upstream_resets.inc();
+                // Counted once per response: the error is returned once, and hyper stops
+                // polling a body that failed.
+                this.lease = None;
+                this.inbound.counters.upstream_resets.inc();
                 tracing::warn!(
-                    inbound = %self.inbound.key,
-                    error = %error_chain(error),
+                    inbound = %this.inbound.key,
+                    error = %error_chain(&error),
                     "upstream broke off the response body; aborting the client's response"
                 );
+                this.broken = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
-            None => self.give_back(),
-            Some(Ok(_)) => {}
+            None => {
+                this.give_back();
+                Poll::Ready(None)
+            }
+            frame => Poll::Ready(frame),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
