@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use arc_swap::Guard;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::PathAndQuery;
@@ -109,29 +108,35 @@ pub(crate) async fn serve_connection(
         Arc::clone(&activity),
     ));
     let service = service_fn(move |request| {
-        let conn = Arc::clone(&conn);
-        async move {
-            let active = Active::start(&conn.2);
-            let inbound = &conn.0;
-            let started_ns = inbound.latency_clock.now_ns();
-            let mut response = handle(request, inbound, &conn.1).await;
-            let counters = &inbound.counters;
-            let status = response.status();
-            match response.body_mut() {
-                // A relayed body keeps the request in flight until it is sent, and its
-                // duration runs until then.
-                Either::Left(body) => {
-                    counters.responses.count(Source::Application, status);
-                    body.active = Some(active);
-                    body.started_ns = started_ns;
-                }
-                Either::Right(_) => {
-                    counters.responses.count(Source::Proxy, status);
-                    let ns = inbound.latency_clock.now_ns().saturating_sub(started_ns);
-                    counters.request_duration.record(ns);
-                }
+        let (inbound, ctx, activity) = &*conn;
+        let started_ns = inbound.latency_clock.now_ns();
+        match begin(request, inbound, ctx) {
+            // Answered at once: no future to keep, nothing boxed, and the request is over.
+            Begun::Answered(response) => {
+                activity.answered();
+                inbound
+                    .counters
+                    .responses
+                    .count(Source::Proxy, response.status());
+                let ns = inbound.latency_clock.now_ns().saturating_sub(started_ns);
+                inbound.counters.request_duration.record(ns);
+                Served::Ready(Some(response))
             }
-            Ok::<_, Infallible>(response)
+            begun => {
+                let active = Active::start(activity);
+                let conn = Arc::clone(&conn);
+                Served::Pending(Box::pin(async move {
+                    let inbound = &conn.0;
+                    let response = match begun {
+                        Begun::Forward(forwarding) => finish(forwarding, inbound, &conn.1).await,
+                        Begun::AskStore(request) => {
+                            handle_with_store(request, inbound, &conn.1).await
+                        }
+                        Begun::Answered(response) => response,
+                    };
+                    relay(response, active, started_ns, inbound)
+                }))
+            }
         }
     });
     let connection = ctx.server.serve_connection(TokioIo::new(stream), service);
@@ -161,6 +166,57 @@ pub(crate) async fn serve_connection(
         count_refused_head(&inbound, error.as_ref());
         tracing::debug!(error = %error_chain(error.as_ref()), "client connection ended with an error");
     }
+}
+
+/// The future hyper keeps for a request (for HTTP/2, moved into a task of its own): an answer
+/// ready at once, or the boxed exchange with the application, so that it stays two words
+/// large whatever forwarding needs.
+// The ready answer is what hyper takes out of this future anyway: boxing it would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+enum Served {
+    Ready(Option<Response<ToClient>>),
+    Pending(Pin<Box<dyn Future<Output = Response<ToClient>> + Send>>),
+}
+
+impl Future for Served {
+    type Output = Result<Response<ToClient>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Served::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // hyper polls a request's future no more once it has answered.
+                None => Poll::Pending,
+            },
+            Served::Pending(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// A forwarded request's answer, counted: a relayed body keeps the request in flight until
+/// it is sent, and its duration runs until then; one of the proxy's own ends it here.
+fn relay(
+    mut response: Response<ToClient>,
+    active: Active,
+    started_ns: u64,
+    inbound: &Inbound,
+) -> Response<ToClient> {
+    let counters = &inbound.counters;
+    let status = response.status();
+    match response.body_mut() {
+        Either::Left(body) => {
+            counters.responses.count(Source::Application, status);
+            body.active = Some(active);
+            body.started_ns = started_ns;
+        }
+        Either::Right(_) => {
+            counters.responses.count(Source::Proxy, status);
+            let ns = inbound.latency_clock.now_ns().saturating_sub(started_ns);
+            counters.request_duration.record(ns);
+        }
+    }
+    response
 }
 
 /// hyper answers a request head it cannot parse itself (HTTP/1.1: 400, or 431 for one over
@@ -284,6 +340,19 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// A request answered as it arrived: the connection is idle again from now, as if an
+    /// [`Active`] had started and ended.
+    fn answered(&self) {
+        let since = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Before the request is seen: a timer that sees a request sees its end too.
+        self.idle_since_ms.fetch_max(since, Ordering::AcqRel);
+        if !self.seen_request.load(Ordering::Relaxed) {
+            self.seen_request.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// A request in flight on its connection, until dropped.
 struct Active(Arc<Activity>);
 
@@ -307,47 +376,111 @@ impl Drop for Active {
     }
 }
 
-/// One request, one token of each limit of the inbound.
-async fn handle(
+/// What the first, synchronous step made of a request.
+enum Begun {
+    /// The proxy's own answer (a rejection, a refused request), decided without waiting.
+    Answered(Response<ToClient>),
+    /// Admitted: to the application.
+    Forward(Forward),
+    /// The inbound has a global limit and the proxy a shared store: admission waits for it.
+    AskStore(Request<Incoming>),
+}
+
+/// An admitted request, rewritten for the application, and the admission's answer for the
+/// rate-limit header fields.
+struct Forward {
+    request: Request<UpstreamBody>,
+    upstream: std::net::SocketAddr,
+    rate_limit: Option<(Arc<QuotaPolicy>, Decision)>,
+}
+
+/// One request, one token of each limit of the inbound: everything that needs no waiting
+/// (without a shared store, the whole admission) is done here, before any future exists.
+fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Begun {
+    if request.method() == Method::CONNECT && !ctx.forward_connect {
+        inbound.counters.connect_refused.inc();
+        return Begun::Answered(error_response(RequestError::Connect));
+    }
+    let plan = inbound.plan.load();
+    if ctx.shared.is_some() && plan.global.is_some() {
+        return Begun::AskStore(request);
+    }
+    let admitted = match admit_now(&plan, ctx) {
+        Ok(admitted) => admitted,
+        Err(error) => return Begun::Answered(error_response(error)),
+    };
+    match after_admission(request, &plan, admitted, inbound, ctx) {
+        Ok(forwarding) => Begun::Forward(forwarding),
+        Err(response) => Begun::Answered(response),
+    }
+}
+
+/// The same steps as [`begin`] and [`finish`], for an inbound whose global limit asks the
+/// shared store. The plan is held by its reference count while the store is awaited, as a
+/// guard is meant for short reads.
+async fn handle_with_store(
     request: Request<Incoming>,
     inbound: &Arc<Inbound>,
     ctx: &HttpContext,
 ) -> Response<ToClient> {
-    if request.method() == Method::CONNECT && !ctx.forward_connect {
-        inbound.counters.connect_refused.inc();
-        return error_response(RequestError::Connect);
-    }
-    let (upstream_request, upstream, rate_limit) = {
-        let guard = inbound.plan.load();
-        let store = ctx.shared.as_deref().filter(|_| guard.global.is_some());
-        // A check of the store is awaited: the plan is then held by its reference count, as
-        // a guard is meant for short reads. Without one, `admit` never waits.
-        let owned;
-        let plan: &InboundPlan = if store.is_some() {
-            owned = Guard::into_inner(guard);
-            &owned
-        } else {
-            &guard
+    let plan = inbound.plan.load_full();
+    let forwarding = {
+        let admitted = match (&ctx.shared, &plan.global) {
+            (Some(store), Some(global)) => {
+                admit_with_store(&plan, global, inbound, ctx, store.as_ref()).await
+            }
+            // The plan changed meanwhile: no store to ask any more.
+            _ => admit_now(&plan, ctx),
         };
-        let admitted = match admit(plan, inbound, ctx, store).await {
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(error) => return error_response(error),
         };
-        let rate_limit = if ctx.rate_limit_headers == RateLimitHeaders::Off {
-            None
-        } else {
-            admitted.closest()
-        };
-        if let Err(error) = check_body(&request, ctx.body_limit) {
-            return local_after_admission(error, inbound, &rate_limit, ctx);
+        match after_admission(request, &plan, admitted, inbound, ctx) {
+            Ok(forwarding) => forwarding,
+            Err(response) => return response,
         }
-        (
-            to_upstream(request, plan, ctx.body_limit),
-            plan.upstream,
-            rate_limit,
-        )
     };
-    match forward(upstream_request, upstream, inbound, ctx).await {
+    finish(forwarding, inbound, ctx).await
+}
+
+/// Phase 2 and 3 for an admitted request: its body size, then its rewriting.
+// The proxy's answer is returned as the response it is (see `Served`).
+#[allow(clippy::result_large_err)]
+fn after_admission(
+    request: Request<Incoming>,
+    plan: &InboundPlan,
+    admitted: Admitted<'_>,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+) -> Result<Forward, Response<ToClient>> {
+    let rate_limit = if ctx.rate_limit_headers == RateLimitHeaders::Off {
+        None
+    } else {
+        admitted.closest()
+    };
+    if let Err(error) = check_body(&request, ctx.body_limit) {
+        return Err(local_after_admission(error, inbound, &rate_limit, ctx));
+    }
+    Ok(Forward {
+        request: to_upstream(request, plan, ctx.body_limit),
+        upstream: plan.upstream,
+        rate_limit,
+    })
+}
+
+/// Phases 4 and 5: the exchange with the application, and its response on the way back.
+async fn finish(
+    forwarding: Forward,
+    inbound: &Arc<Inbound>,
+    ctx: &HttpContext,
+) -> Response<ToClient> {
+    let Forward {
+        request,
+        upstream,
+        rate_limit,
+    } = forwarding;
+    match forward(request, upstream, inbound, ctx).await {
         Ok((mut response, lease)) => {
             if let Some((quota, decision)) = &rate_limit {
                 add_rate_limit_headers(
@@ -419,19 +552,40 @@ impl Admitted<'_> {
 
 /// Phase 1: a token of the local limit (`MeshRateLimit`), then, for the requests it admits,
 /// of the global one (`MeshGlobalRateLimit`), in the order of Envoy's local and global rate
-/// limit filters. `store` is the shared store when the inbound has a global limit and the
-/// proxy has a store.
-async fn admit<'p>(
+/// limit filters; without a shared store, the global limit takes from this instance's share,
+/// so nothing waits.
+fn admit_now<'p>(
     plan: &'p InboundPlan,
-    inbound: &Inbound,
     ctx: &HttpContext,
-    store: Option<&dyn SharedBuckets>,
 ) -> Result<Admitted<'p>, RequestError<'p>> {
     let local = admit_local(plan, ctx)?;
     let global = match &plan.global {
-        Some(global) => admit_global(global, inbound, ctx, store).await?,
+        Some(global) => enforce(global, local_share(global, ctx), ctx)?,
         None => None,
     };
+    Ok(Admitted { local, global })
+}
+
+/// Phase 1 with a shared store: the global limit's token comes from the store.
+async fn admit_with_store<'p>(
+    plan: &'p InboundPlan,
+    global: &'p GlobalPlan,
+    inbound: &Inbound,
+    ctx: &HttpContext,
+    store: &dyn SharedBuckets,
+) -> Result<Admitted<'p>, RequestError<'p>> {
+    let local = admit_local(plan, ctx)?;
+    let verdict = match ask_store(global, store).await {
+        Ok(decision) => {
+            store_answered(inbound);
+            Verdict {
+                decision,
+                quota: Some(&global.total_quota),
+            }
+        }
+        Err(failure) => fall_back(global, inbound, ctx, &failure),
+    };
+    let global = enforce(global, verdict, ctx)?;
     Ok(Admitted { local, global })
 }
 
@@ -466,27 +620,14 @@ struct Verdict<'p> {
     quota: Option<&'p Arc<QuotaPolicy>>,
 }
 
-/// Phase 1b: one token of the total, from the store, or of this instance's share without
-/// one. In `Shadow` mode a request the limit would reject is counted and admitted.
-async fn admit_global<'p>(
+/// Phase 1b: the global limit's verdict (one token of the total, from the store, or of this
+/// instance's share without one) enforced. In `Shadow` mode a request the limit would reject
+/// is counted and admitted.
+fn enforce<'p>(
     global: &'p GlobalPlan,
-    inbound: &Inbound,
+    verdict: Verdict<'p>,
     ctx: &HttpContext,
-    store: Option<&dyn SharedBuckets>,
 ) -> Result<Option<Answer<'p>>, RequestError<'p>> {
-    let verdict = match store {
-        None => local_share(global, ctx),
-        Some(store) => match ask_store(global, store).await {
-            Ok(decision) => {
-                store_answered(inbound);
-                Verdict {
-                    decision,
-                    quota: Some(&global.total_quota),
-                }
-            }
-            Err(failure) => fall_back(global, inbound, ctx, &failure),
-        },
-    };
     let counters = &global.counters;
     match (verdict.decision.admitted(), global.mode) {
         (true, GlobalMode::Limit) => {
@@ -724,6 +865,7 @@ fn to_downstream(
         inbound: Arc::clone(inbound),
         active: None,
         started_ns: 0,
+        broken: None,
     };
     Response::from_parts(parts, Either::Left(body))
 }
@@ -744,6 +886,9 @@ struct Relayed {
     /// When the request arrived, on the inbound's latency clock: its duration is recorded
     /// when this body ends or is dropped.
     started_ns: u64,
+    /// The application broke off: the error is held back for one poll, so that what came
+    /// before it (the head, the first bytes) is flushed to the client before hyper aborts.
+    broken: Option<hyper::Error>,
 }
 
 impl Relayed {
@@ -762,22 +907,43 @@ impl Body for Relayed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
+        // The upstream connection reads the body for it; polled before and, when the body
+        // had nothing yet, once more after (asking for a frame is what lets it read on).
+        let this = &mut *self;
+        if let Some(error) = this.broken.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if let Some(lease) = &mut this.lease {
+            let _ = lease.poll_io(cx);
+        }
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
+        {
+            let _ = lease.poll_io(cx);
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        match ready!(polled) {
             Some(Err(error)) => {
-                // hyper stops polling a body that failed: counted once per response.
-                self.lease = None;
-                self.inbound.counters.upstream_resets.inc();
+                // Counted once per response: the error is returned once, and hyper stops
+                // polling a body that failed.
+                this.lease = None;
+                this.inbound.counters.upstream_resets.inc();
                 tracing::warn!(
-                    inbound = %self.inbound.key,
-                    error = %error_chain(error),
+                    inbound = %this.inbound.key,
+                    error = %error_chain(&error),
                     "upstream broke off the response body; aborting the client's response"
                 );
+                this.broken = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
-            None => self.give_back(),
-            Some(Ok(_)) => {}
+            None => {
+                this.give_back();
+                Poll::Ready(None)
+            }
+            frame => Poll::Ready(frame),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
