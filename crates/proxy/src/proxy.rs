@@ -64,6 +64,7 @@ impl Proxy {
             accept_errors: Default::default(),
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared), limits));
+        tokio::spawn(sweep_upstreams(Arc::clone(&shared)));
         Proxy { shared, supervisor }
     }
 
@@ -98,6 +99,26 @@ impl Proxy {
                 open = self.shared.connections.len(),
                 "drain timeout reached; closing the remaining connections"
             );
+        }
+    }
+}
+
+/// How often the idle connections to the applications are looked at (see
+/// [`crate::upstream::UpstreamPool::sweep`]).
+const UPSTREAM_SWEEP: Duration = Duration::from_secs(5);
+
+/// Closes idle upstream connections the applications closed, until shutdown.
+async fn sweep_upstreams(shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(UPSTREAM_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                for inbound in shared.inbounds.load().iter() {
+                    inbound.upstream.sweep();
+                }
+            }
         }
     }
 }

@@ -15,8 +15,10 @@
 //! the exchange polls it until the response head, the relayed body until the end. A request
 //! then wakes one task, not three, and takes no extra trips through the scheduler's queue,
 //! where a proxy sharing a core with its application spends its tail latency. An idle
-//! connection is polled by nobody: one the application closed meanwhile is found closed when
-//! a request next looks at it, or fails unwritten and the request is retried on a new one.
+//! connection is polled by nobody but the pool's sweep, every few seconds, which closes those
+//! the application closed meanwhile (so that they hold no descriptor); one closed since is
+//! found closed when a request next looks at it, or fails unwritten and the request is
+//! retried on a new one.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -185,6 +187,21 @@ impl UpstreamPool {
             }
         }
         None
+    }
+
+    /// Looks at every idle connection once: those the application closed meanwhile, and those
+    /// idle for too long, are closed now rather than when a request next takes from the pool
+    /// (nobody polls an idle connection, so a close would otherwise hold its descriptor).
+    pub(crate) fn sweep(&self) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now_ns = MonotonicClock.now_ns();
+        idle.retain_mut(|idle| {
+            idle.lease.refresh();
+            idle.lease.usable() && now_ns.saturating_sub(idle.since_ns) <= IDLE_FOR_NS
+        });
     }
 
     /// Gives a connection back after its response body was read to the end.
