@@ -482,15 +482,7 @@ async fn finish(
     } = forwarding;
     match forward(request, upstream, inbound, ctx).await {
         Ok((mut response, lease)) => {
-            if let Some((quota, decision)) = &rate_limit {
-                add_rate_limit_headers(
-                    response.headers_mut(),
-                    ctx.rate_limit_headers,
-                    quota,
-                    decision,
-                    false,
-                );
-            }
+            add_admission_headers(response.headers_mut(), &rate_limit, ctx);
             to_downstream(response, lease, inbound)
         }
         Err(error) => local_after_admission(error, inbound, &rate_limit, ctx),
@@ -514,16 +506,19 @@ fn local_after_admission(
         _ => {}
     }
     let mut response = error_response(error);
-    if let Some((quota, decision)) = rate_limit {
-        add_rate_limit_headers(
-            response.headers_mut(),
-            ctx.rate_limit_headers,
-            quota,
-            decision,
-            false,
-        );
-    }
+    add_admission_headers(response.headers_mut(), rate_limit, ctx);
     response
+}
+
+/// The rate-limit header fields of an admitted request's answer, when they are on.
+fn add_admission_headers(
+    headers: &mut HeaderMap,
+    rate_limit: &Option<(Arc<QuotaPolicy>, Decision)>,
+    ctx: &HttpContext,
+) {
+    if let Some((quota, decision)) = rate_limit {
+        add_rate_limit_headers(headers, ctx.rate_limit_headers, quota, decision, false);
+    }
 }
 
 /// A bucket's answer to an admitted request and the bucket, for the rate-limit header fields.

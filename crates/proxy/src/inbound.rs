@@ -86,7 +86,8 @@ impl ByPolicy {
 
     /// One counter summed over every policy.
     pub(crate) fn sum(&self, counter: impl Fn(&PolicyCounters) -> &Counter) -> u64 {
-        self.all().iter().map(|c| counter(c).get()).sum()
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.iter().map(|c| counter(c).get()).sum()
     }
 }
 

@@ -160,27 +160,27 @@ pub(crate) fn compile(
         .expect("a socket address is a valid authority");
     let upstream_host = HeaderValue::try_from(upstream_authority.as_str())
         .expect("an authority is a valid header value");
-    let http = match (&limits.http, limits.protocol) {
-        (Some(http), Protocol::Http) => Some(HttpPlan {
-            bucket: carry(
-                previous.and_then(|p| p.http.as_ref().map(|h| &h.bucket)),
-                http.request_rate.settings(),
-                now_ns,
-            ),
-            reject: reject_template(
-                http.status,
-                &http.headers,
-                Bytes::from_static(REJECTED_BODY),
-            ),
-            quota: Arc::new(QuotaPolicy::new(&http.policy, &http.request_rate)),
-        }),
-        _ => None,
+    // The empty policy counts the requests of an inbound without a local limit.
+    let (http, local_policy) = match (&limits.http, limits.protocol) {
+        (Some(http), Protocol::Http) => (
+            Some(HttpPlan {
+                bucket: carry(
+                    previous.and_then(|p| p.http.as_ref().map(|h| &h.bucket)),
+                    http.request_rate.settings(),
+                    now_ns,
+                ),
+                reject: reject_template(
+                    http.status,
+                    &http.headers,
+                    Bytes::from_static(REJECTED_BODY),
+                ),
+                quota: Arc::new(QuotaPolicy::new(&http.policy, &http.request_rate)),
+            }),
+            http.policy.as_str(),
+        ),
+        _ => (None, ""),
     };
-    let local_counters = counters.local.of(limits
-        .http
-        .as_ref()
-        .filter(|_| http.is_some())
-        .map_or("", |h| h.policy.as_str()));
+    let local_counters = counters.local.of(local_policy);
     let global = match (&limits.global, limits.protocol) {
         (Some(global), Protocol::Http) => Some(compile_global(
             global,
