@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::Cap;
 use crate::plan::InboundPlan;
-use crate::upstream::UpstreamPool;
+use crate::workers::Pools;
 
 /// Which inbound of which Dataplane. Its listener lives as long as the key stays configured
 /// (and its address does not change).
@@ -219,8 +219,8 @@ pub(crate) struct Inbound {
     pub plan: ArcSwap<InboundPlan>,
     /// What request and upstream durations are measured with.
     pub latency_clock: Arc<dyn Clock>,
-    /// Idle HTTP connections to the application.
-    pub upstream: UpstreamPool,
+    /// Idle HTTP connections to the application, per worker.
+    pub upstream: Pools,
     /// The inbound's open connections and its own cap (`usize::MAX` without one).
     pub cap: Arc<Cap>,
     /// Whether the last check of the shared store failed: an outage is logged when it starts

@@ -20,7 +20,7 @@
 //!
 //! Each module uses only modules listed before it: `store` (the [`SharedBuckets`] interface)
 //! and `plan` (no dependencies), `options`, `error`, `limits` (connection caps, the descriptor limit), `upstream` (the pool
-//! of connections to the application), `inbound` (an inbound's key, counters, current plan and
+//! of connections to the application), `workers` (the runtimes connections are served on), `inbound` (an inbound's key, counters, current plan and
 //! upstream pool), `http` and `tcp` (one connection each), `state` (what the tasks share,
 //! [`Status`], [`ProxyProblem`]), `metrics`, `listener` (bind, accept, stop), `reconcile`,
 //! `proxy`, and `admin` on top.
@@ -41,6 +41,7 @@ mod state;
 mod store;
 mod tcp;
 mod upstream;
+mod workers;
 
 pub use admin::{
     ADMIN_MAX_CONNECTIONS, Admin, Collected, ConfigSource, MetricsSource, ReadinessSource,

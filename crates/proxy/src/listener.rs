@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use meshlimit_bucket::Clock;
 use meshlimit_policy::effective::Protocol;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +19,7 @@ use crate::limits::{self, Cap, Refused};
 use crate::plan::InboundPlan;
 use crate::state::{ListenerStatus, Shared};
 use crate::tcp;
+use crate::workers::Workers;
 
 /// A bound inbound and the task accepting on it.
 pub(crate) struct Listener {
@@ -50,7 +51,7 @@ impl Listener {
             counters,
             plan: ArcSwap::from_pointee(plan),
             latency_clock: Arc::clone(&shared.latency_clock),
-            upstream: Default::default(),
+            upstream: shared.workers.pools(),
             cap: Cap::new(
                 shared
                     .options
@@ -69,6 +70,7 @@ impl Listener {
                 tracker: shared.connections.clone(),
                 cap: Arc::clone(&shared.cap),
                 accept_errors: Arc::clone(&shared.accept_errors),
+                workers: Arc::clone(&shared.workers),
             },
         ));
         Ok(Listener { inbound, accept })
@@ -98,6 +100,7 @@ struct Accepting {
     tracker: TaskTracker,
     cap: Arc<Cap>,
     accept_errors: Arc<Counter>,
+    workers: Arc<Workers>,
 }
 
 /// Accepts until the inbound stops. A connection beyond a connection cap, or over the TCP
@@ -110,6 +113,7 @@ async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, accepting: Ac
         tracker,
         cap,
         accept_errors,
+        workers,
     } = accepting;
     loop {
         let accepted = tokio::select! {
@@ -147,22 +151,56 @@ async fn accept_loop(listener: TcpListener, inbound: Arc<Inbound>, accepting: Ac
             continue;
         }
         inbound.counters.tcp_allowed.inc();
-        match plan.protocol {
-            Protocol::Http => {
-                let served =
-                    http::serve_connection(stream, Arc::clone(&inbound), Arc::clone(&http_ctx));
-                tracker.spawn(async move {
-                    served.await;
-                    drop(permit);
-                });
+        let serve = Serve {
+            inbound: Arc::clone(&inbound),
+            http: Arc::clone(&http_ctx),
+            protocol: plan.protocol,
+            upstream: plan.upstream,
+        };
+        let Some(worker) = workers.next() else {
+            tracker.spawn(async move {
+                serve.run(stream).await;
+                drop(permit);
+            });
+            continue;
+        };
+        // Out of this runtime's reactor, into the worker's.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                accept_errors.inc();
+                tracing::warn!(%error, address = %inbound.local_addr, "cannot hand a connection to a worker");
+                continue;
             }
-            Protocol::Tcp => {
-                let relayed = tcp::relay(stream, Arc::clone(&inbound), plan.upstream);
-                tracker.spawn(async move {
-                    relayed.await;
-                    drop(permit);
-                });
-            }
+        };
+        tracker.spawn_on(
+            async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve.run(stream).await,
+                    Err(error) => {
+                        tracing::warn!(%error, "a worker cannot take a connection");
+                    }
+                }
+                drop(permit);
+            },
+            worker,
+        );
+    }
+}
+
+/// What serves one admitted connection, wherever it runs.
+struct Serve {
+    inbound: Arc<Inbound>,
+    http: Arc<HttpContext>,
+    protocol: Protocol,
+    upstream: std::net::SocketAddr,
+}
+
+impl Serve {
+    async fn run(self, stream: TcpStream) {
+        match self.protocol {
+            Protocol::Http => http::serve_connection(stream, self.inbound, self.http).await,
+            Protocol::Tcp => tcp::relay(stream, self.inbound, self.upstream).await,
         }
     }
 }

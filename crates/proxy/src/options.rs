@@ -79,6 +79,12 @@ pub struct ProxyOptions {
     /// What request and upstream durations (the latency histograms) are measured with;
     /// `None`: the system's precise monotonic clock. Tests inject theirs.
     pub latency_clock: Option<Arc<dyn Clock>>,
+    /// Threads of the proxy's own that serve connections, each with a single-threaded runtime:
+    /// the accept loops (on the runtime that spawned the proxy) hand admitted connections to
+    /// them in turn, and a connection stays on its worker from start to end, as with Envoy's
+    /// `--concurrency` workers. 0 (the default): connections are served on the runtime that
+    /// spawned the proxy.
+    pub worker_threads: usize,
 }
 
 impl ProxyOptions {
@@ -105,6 +111,7 @@ impl Default for ProxyOptions {
             drain_timeout: Duration::from_secs(10),
             shared: None,
             latency_clock: None,
+            worker_threads: 0,
         }
     }
 }
@@ -133,6 +140,7 @@ impl fmt::Debug for ProxyOptions {
                 "latency_clock",
                 &self.latency_clock.as_ref().map(|_| "Clock"),
             )
+            .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }
@@ -150,6 +158,7 @@ impl PartialEq for ProxyOptions {
             && self.max_connections_per_inbound == other.max_connections_per_inbound
             && self.forward_connect == other.forward_connect
             && self.drain_timeout == other.drain_timeout
+            && self.worker_threads == other.worker_threads
             && match (&self.shared, &other.shared) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -2,6 +2,7 @@
 //! configured inbound, applying each new configuration with [`reconcile`].
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::metrics::ProxyStats;
 use crate::options::ProxyOptions;
 use crate::reconcile::reconcile;
 use crate::state::{Shared, Status};
+use crate::workers::Workers;
 
 /// A running proxy. Dropping it leaves the listeners running until the runtime stops; call
 /// [`Proxy::shutdown`] to stop accepting and drain.
@@ -37,16 +39,22 @@ impl Proxy {
     /// [`Status::version`]. Applying means: listeners are bound for new inbounds, removed inbounds stop
     /// accepting (their in-flight requests finish), and changed limits take effect on the next
     /// request of existing connections, keeping the tokens of buckets whose settings did not
-    /// change.
+    /// change. Fails only when the worker threads of [`ProxyOptions::worker_threads`] cannot
+    /// be started.
     pub fn spawn(
         options: ProxyOptions,
         clock: Arc<dyn Clock>,
         limits: watch::Receiver<Versioned<Vec<DataplaneLimits>>>,
-    ) -> Proxy {
+    ) -> io::Result<Proxy> {
+        let workers = Arc::new(Workers::start(options.worker_threads)?);
         let max_connections = options
             .max_connections
             .unwrap_or_else(|| default_max_connections(soft_fd_limit()));
-        tracing::info!(max_connections, "client connection cap over all inbounds");
+        tracing::info!(
+            max_connections,
+            worker_threads = options.worker_threads,
+            "client connection cap over all inbounds"
+        );
         let shared = Arc::new(Shared {
             http: Arc::new(HttpContext::new(&options, Arc::clone(&clock))),
             latency_clock: options
@@ -62,10 +70,11 @@ impl Proxy {
             connections: TaskTracker::new(),
             cap: Cap::new(max_connections),
             accept_errors: Default::default(),
+            workers,
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared), limits));
         tokio::spawn(sweep_upstreams(Arc::clone(&shared)));
-        Proxy { shared, supervisor }
+        Ok(Proxy { shared, supervisor })
     }
 
     /// Follows what the proxy applied; `wait_for` a generation or a listener.
@@ -84,7 +93,7 @@ impl Proxy {
     }
 
     /// Graceful shutdown: stop accepting, let in-flight HTTP requests and open TCP relays
-    /// finish (up to the drain timeout), then return.
+    /// finish (up to the drain timeout), stop the worker threads, then return.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         let _ = self.supervisor.await;
@@ -100,6 +109,7 @@ impl Proxy {
                 "drain timeout reached; closing the remaining connections"
             );
         }
+        self.shared.workers.stop().await;
     }
 }
 

@@ -16,6 +16,7 @@ use crate::http::HttpContext;
 use crate::inbound::{Counter, Inbound, InboundKey};
 use crate::limits::Cap;
 use crate::options::ProxyOptions;
+use crate::workers::Workers;
 
 /// What the proxy is doing after the last configuration it applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     pub cap: Arc<Cap>,
     /// Failed accepts (out of descriptors and the like), over all inbounds.
     pub accept_errors: Arc<Counter>,
+    /// Where connections are served.
+    pub workers: Arc<Workers>,
 }
 
 #[cfg(test)]

@@ -432,7 +432,8 @@ async fn not_ready_until_the_source_sends_a_configuration() {
         ProxyOptions::default(),
         Arc::new(FakeClock::new(0)),
         receiver,
-    );
+    )
+    .expect("starting the proxy");
     let mut status = proxy.status();
     status.wait_for(|s| s.generation >= 1).await.unwrap();
     let admin = admin(&proxy).await;

@@ -144,7 +144,8 @@ async fn the_proxy_and_envoy_admit_the_same_requests_and_connections() {
     }
 
     let (_sender, receiver) = watch::channel(Versioned::new(1, vec![via_proxy]));
-    let proxy = Proxy::spawn(ProxyOptions::default(), Arc::new(MonotonicClock), receiver);
+    let proxy = Proxy::spawn(ProxyOptions::default(), Arc::new(MonotonicClock), receiver)
+        .expect("starting the proxy");
     proxy
         .status()
         .wait_for(|s| s.generation >= 1 && s.listeners.len() == 2)

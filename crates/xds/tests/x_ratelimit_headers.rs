@@ -110,7 +110,8 @@ async fn the_proxy_sends_envoys_draft_03_fields_as_envoy_does() {
     };
     // The precise clock, as Envoy's: the reset of an empty bucket depends on the time since
     // its last token left.
-    let proxy = Proxy::spawn(options, Arc::new(PreciseMonotonicClock), receiver);
+    let proxy = Proxy::spawn(options, Arc::new(PreciseMonotonicClock), receiver)
+        .expect("starting the proxy");
     let proxy_port = proxy
         .status()
         .wait_for(|s| !s.listeners.is_empty())

@@ -49,8 +49,10 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&ctx.cp, ctx.token.clone())?;
     let report_interval = args.report_interval;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // Following the control plane, the admin endpoint and the accept loops; traffic is served on
+    // the proxy's worker threads (or here too, with one).
+    args.connections.worker_threads()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(serve(client, args, report_interval))
@@ -73,7 +75,8 @@ async fn serve(client: Client, args: Args, report_interval: Duration) -> anyhow:
         ..ProxyOptions::default()
     };
     args.connections.apply(&mut options, fd_limit)?;
-    let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), followed.limits);
+    let proxy = Proxy::spawn(options, Arc::new(MonotonicClock), followed.limits)
+        .context("starting the proxy's worker threads")?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding the admin endpoint to {}", args.admin))?;

@@ -89,9 +89,6 @@ pub struct Args {
     /// Kernel buckets kept at most (client network namespace × destination).
     #[arg(long, value_name = "N", default_value_t = LimiterOptions::default().bucket_capacity)]
     kernel_buckets: u32,
-    /// Threads serving traffic; 1 runs the whole proxy on one thread. Default: one per core.
-    #[arg(long, value_name = "N")]
-    worker_threads: Option<usize>,
     /// Redis holding the buckets of MeshGlobalRateLimit totals shared by every instance
     /// (`redis://host:port`). Without it, each instance enforces its share of the total.
     #[arg(long, value_name = "URL")]
@@ -196,17 +193,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let mut runtime = match args.worker_threads {
-        Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime
+    // The control plane, the admin endpoint and the accept loops; traffic is served on the
+    // proxy's worker threads (or here too, with one).
+    args.connections.worker_threads()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -334,7 +324,8 @@ fn start_proxy(
             );
         }
     });
-    Ok(Proxy::spawn(options, Arc::new(MonotonicClock), limits))
+    Proxy::spawn(options, Arc::new(MonotonicClock), limits)
+        .context("starting the proxy's worker threads")
 }
 
 /// The kernel limiter follows every store version's `RateLimit` destinations; without it, says

@@ -178,7 +178,8 @@ impl Harness {
             options.latency_clock = Some(Arc::new(clock.clone()));
         }
         let (limits, receiver) = watch::channel(Versioned::new(1, config));
-        let proxy = Proxy::spawn(options, Arc::new(clock.clone()), receiver);
+        let proxy =
+            Proxy::spawn(options, Arc::new(clock.clone()), receiver).expect("starting the proxy");
         let mut status = proxy.status();
         status.wait_for(|s| s.generation >= 1).await.unwrap();
         Harness {

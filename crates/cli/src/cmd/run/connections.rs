@@ -61,6 +61,11 @@ pub struct ConnectionArgs {
     /// Forward CONNECT requests to the application (default: answered 404, as Envoy does).
     #[arg(long)]
     forward_connect: bool,
+    /// Threads serving traffic, each keeping the connections handed to it from start to end
+    /// (as Envoy's --concurrency workers); 1 serves everything on one thread. Default: one per
+    /// core.
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
 impl ConnectionArgs {
@@ -86,7 +91,19 @@ impl ConnectionArgs {
         );
         options.max_connections_per_inbound = self.max_connections_per_inbound;
         options.forward_connect = self.forward_connect;
+        // One thread: the process's own runtime serves the connections too.
+        let threads = self.worker_threads()?;
+        options.worker_threads = if threads > 1 { threads } else { 0 };
         Ok(())
+    }
+
+    /// How many threads serve traffic: `--worker-threads`, or one per core.
+    pub fn worker_threads(&self) -> anyhow::Result<usize> {
+        match self.worker_threads {
+            Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
+            Some(threads) => Ok(threads),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
     }
 }
 
