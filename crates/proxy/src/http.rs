@@ -403,7 +403,7 @@ struct Forward {
 fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Begun {
     if request.method() == Method::CONNECT && !ctx.forward_connect {
         inbound.counters.connect_refused.inc();
-        return Begun::Answered(error_response(RequestError::Connect));
+        return Begun::Answered(error_response(RequestError::Connect, request.version()));
     }
     let plan = inbound.plan.load();
     if ctx.shared.is_some() && plan.global.is_some() {
@@ -411,7 +411,7 @@ fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Be
     }
     let admitted = match admit_now(&plan, ctx) {
         Ok(admitted) => admitted,
-        Err(error) => return Begun::Answered(error_response(error)),
+        Err(error) => return Begun::Answered(error_response(error, request.version())),
     };
     match after_admission(request, &plan, admitted, inbound, ctx) {
         Ok(forwarding) => Begun::Forward(forwarding),
@@ -438,7 +438,7 @@ async fn handle_with_store(
         };
         let admitted = match admitted {
             Ok(admitted) => admitted,
-            Err(error) => return error_response(error),
+            Err(error) => return error_response(error, request.version()),
         };
         match after_admission(request, &plan, admitted, inbound, ctx) {
             Ok(forwarding) => forwarding,
@@ -509,7 +509,8 @@ fn local_after_admission(
         RequestError::UpstreamUnavailable => counters.upstream_unavailable.inc(),
         _ => {}
     }
-    let mut response = error_response(error);
+    // None of these answers is a rejection's template: the version changes nothing.
+    let mut response = error_response(error, Version::HTTP_11);
     add_admission_headers(response.headers_mut(), rate_limit, ctx);
     response
 }
