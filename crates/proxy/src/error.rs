@@ -2,7 +2,7 @@
 //! into the HTTP response the client gets.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use meshlimit_bucket::Decision;
 
@@ -38,8 +38,11 @@ pub(crate) enum RequestError<'a> {
     Connect,
 }
 
-/// The edge: every local answer is built here.
-pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B>> {
+/// The edge: every local answer is built here, for a request of `version`.
+pub(crate) fn error_response<B>(
+    error: RequestError<'_>,
+    version: Version,
+) -> Response<ProxyBody<B>> {
     match error {
         RequestError::RateLimited {
             reject,
@@ -50,7 +53,7 @@ pub(crate) fn error_response<B>(error: RequestError<'_>) -> Response<ProxyBody<B
             // The template's headers as they are: nothing else to insert on the common path.
             let mut response = Response::new(Either::Right(Full::new(reject.body.clone())));
             *response.status_mut() = reject.status;
-            *response.headers_mut() = reject.headers.clone();
+            *response.headers_mut() = reject.headers_for(version).clone();
             add_rate_limit_headers(
                 response.headers_mut(),
                 rate_limit_headers,

@@ -67,7 +67,11 @@ impl HttpContext {
             // byte by byte included (no request is in flight until its head is complete).
             // hyper's timer would be a second, racing deadline, and costs a boxed timer per
             // request.
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            // One buffer, the body copied behind the head: a response is one `write` of it
+            // either way (`writev` otherwise), and hyper's queue of buffers costs more
+            // instructions than copying the small bodies of most answers.
+            .writev(false);
         server
             .http2()
             .timer(TokioTimer::new())
@@ -399,7 +403,7 @@ struct Forward {
 fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Begun {
     if request.method() == Method::CONNECT && !ctx.forward_connect {
         inbound.counters.connect_refused.inc();
-        return Begun::Answered(error_response(RequestError::Connect));
+        return Begun::Answered(error_response(RequestError::Connect, request.version()));
     }
     let plan = inbound.plan.load();
     if ctx.shared.is_some() && plan.global.is_some() {
@@ -407,7 +411,7 @@ fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Be
     }
     let admitted = match admit_now(&plan, ctx) {
         Ok(admitted) => admitted,
-        Err(error) => return Begun::Answered(error_response(error)),
+        Err(error) => return Begun::Answered(error_response(error, request.version())),
     };
     match after_admission(request, &plan, admitted, inbound, ctx) {
         Ok(forwarding) => Begun::Forward(forwarding),
@@ -434,7 +438,7 @@ async fn handle_with_store(
         };
         let admitted = match admitted {
             Ok(admitted) => admitted,
-            Err(error) => return error_response(error),
+            Err(error) => return error_response(error, request.version()),
         };
         match after_admission(request, &plan, admitted, inbound, ctx) {
             Ok(forwarding) => forwarding,
@@ -505,7 +509,8 @@ fn local_after_admission(
         RequestError::UpstreamUnavailable => counters.upstream_unavailable.inc(),
         _ => {}
     }
-    let mut response = error_response(error);
+    // None of these answers is a rejection's template: the version changes nothing.
+    let mut response = error_response(error, Version::HTTP_11);
     add_admission_headers(response.headers_mut(), rate_limit, ctx);
     response
 }
@@ -970,56 +975,74 @@ impl Drop for Relayed {
 /// `TE: trailers` is kept (gRPC needs it), as Envoy does, and so is `Host`, whatever
 /// `Connection` names: without it the request has no target (RFC 9112 §3.2).
 ///
-/// Called twice per request: one pass over the names finds whether there is anything to do
-/// (most requests carry no hop-by-hop field; most responses only `Connection: keep-alive`),
-/// and the fields `Connection` names are removed by their text, without building names.
+/// Called twice per request: one pass over the names finds which hop-by-hop fields there are
+/// (most requests carry none; most responses only `Connection: keep-alive`), and only those
+/// are looked up again. A token of `Connection` that names one of them needs no lookup of its
+/// own; any other is removed by its text, without building a name.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    let hop_by_hop = |name: &HeaderName| {
-        name == CONNECTION
-            || name == TE
-            || name == TRAILER
-            || name == TRANSFER_ENCODING
-            || name == UPGRADE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    };
-    if !headers.keys().any(hop_by_hop) {
-        return;
-    }
-    // Taken out of the map (all its values), so that the map can be changed while they are read.
-    let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) = match headers.entry(CONNECTION) {
-        http::header::Entry::Occupied(entry) => {
-            let mut values = entry.remove_entry_mult().1;
-            (values.next(), values.collect())
-        }
-        http::header::Entry::Vacant(_) => (None, Vec::new()),
-    };
-    for token in first
-        .iter()
-        .chain(&more)
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-    {
-        if !token.eq_ignore_ascii_case(TE.as_str()) && !token.eq_ignore_ascii_case(HOST.as_str()) {
-            // A token that is no valid field name names no field.
-            let _ = headers.remove(token);
-        }
-    }
-    for name in [
+    // Removed whenever present; the bit of each is its index.
+    let fixed: [&HeaderName; 5] = [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &TRAILER,
         &TRANSFER_ENCODING,
         &UPGRADE,
-    ] {
-        if headers.contains_key(name) {
+    ];
+    const CONNECTION_BIT: u8 = 1 << 5;
+    const TE_BIT: u8 = 1 << 6;
+    let mut present = 0u8;
+    for name in headers.keys() {
+        present |= if name == CONNECTION {
+            CONNECTION_BIT
+        } else if name == TE {
+            TE_BIT
+        } else {
+            fixed
+                .iter()
+                .position(|hop| name == *hop)
+                .map_or(0, |at| 1 << at)
+        };
+    }
+    if present == 0 {
+        return;
+    }
+    if present & CONNECTION_BIT != 0 {
+        // Taken out of the map (all its values), so that the map can be changed while they
+        // are read.
+        let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) = match headers.entry(CONNECTION)
+        {
+            http::header::Entry::Occupied(entry) => {
+                let mut values = entry.remove_entry_mult().1;
+                (values.next(), values.collect())
+            }
+            http::header::Entry::Vacant(_) => (None, Vec::new()),
+        };
+        for token in first
+            .iter()
+            .chain(&more)
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+        {
+            let kept_or_known = [TE.as_str(), HOST.as_str(), CONNECTION.as_str()]
+                .into_iter()
+                .chain(fixed.iter().map(|hop| hop.as_str()))
+                .any(|name| token.eq_ignore_ascii_case(name));
+            if !kept_or_known {
+                // A token that is no valid field name names no field.
+                let _ = headers.remove(token);
+            }
+        }
+    }
+    for (at, name) in fixed.into_iter().enumerate() {
+        if present & (1 << at) != 0 {
             headers.remove(name);
         }
     }
-    if let Some(te) = headers.get(TE)
+    if present & TE_BIT != 0
+        && let Some(te) = headers.get(TE)
         && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
     {
         headers.remove(TE);
@@ -1144,5 +1167,30 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-three"]);
+
+        // Tokens naming hop-by-hop fields in any case, one naming `TE` (kept as `trailers`),
+        // and an ordinary field named `close`.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("Keep-Alive, UPGRADE, te, close, connection"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert("close", HeaderValue::from_static("1"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-end-to-end"]);
+
+        // Nothing hop-by-hop: untouched.
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("backend.test"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        let before = headers.clone();
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
 use meshlimit_bucket::{Bucket, Decision, Settings};
 use meshlimit_policy::effective::{
     FailureMode, GlobalLimit, GlobalMode, InboundLimits, Protocol, Rate, RejectHeaders,
@@ -140,7 +140,21 @@ pub(crate) struct GlobalPlan {
 pub(crate) struct RejectTemplate {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// `headers` and, with a body, its `content-length` last, where hyper's HTTP/2 server
+    /// would otherwise format and insert it on every rejection (an allocation each). HTTP/1.1
+    /// writes the length itself, for less than parsing one from the map.
+    pub h2_headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl RejectTemplate {
+    pub(crate) fn headers_for(&self, version: Version) -> &HeaderMap {
+        if version == Version::HTTP_2 {
+            &self.h2_headers
+        } else {
+            &self.headers
+        }
+    }
 }
 
 /// Body of a request rejected by the local limit, as Envoy's local rate limit sends it.
@@ -264,9 +278,14 @@ fn reject_template(status: RejectStatus, set_add: &RejectHeaders, body: Bytes) -
     for header in &set_add.add {
         headers.append(header.name().clone(), header.value().clone());
     }
+    let mut h2_headers = headers.clone();
+    if !body.is_empty() {
+        h2_headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     RejectTemplate {
         status: status.code(),
         headers,
+        h2_headers,
         body,
     }
 }
@@ -331,6 +350,14 @@ mod tests {
         assert_eq!(reject.headers["x-b"], "4");
         assert_eq!(reject.headers["content-type"], "text/html");
         assert_eq!(reject.body, "local_rate_limited");
+        // HTTP/2's fields: the same, then the body's length.
+        assert!(!reject.headers.contains_key("content-length"));
+        let h2: Vec<_> = reject.headers_for(Version::HTTP_2).iter().collect();
+        let mut expected: Vec<_> = reject.headers.iter().collect();
+        let length = HeaderValue::from_static("18");
+        expected.push((&http::header::CONTENT_LENGTH, &length));
+        assert_eq!(h2, expected);
+        assert_eq!(reject.headers_for(Version::HTTP_11), &reject.headers);
         assert_eq!(
             plan.http.as_ref().unwrap().quota.policy_header,
             "\"limit\";q=5;w=10"
@@ -440,6 +467,7 @@ mod tests {
         assert_eq!(g.reject.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(g.reject.body.is_empty());
         assert_eq!(g.reject.headers.len(), 1);
+        assert_eq!(g.reject.h2_headers, g.reject.headers);
         assert_eq!(g.reject.headers["x-global"], "1");
         // The local limit is compiled as before, beside it.
         assert_eq!(plan.http.as_ref().unwrap().bucket.peek(0), 5);

@@ -231,6 +231,8 @@ async fn connect(addr: SocketAddr) -> Result<Lease, ExchangeError> {
         .map_err(ExchangeError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (sender, io) = http1::Builder::new()
+        // One buffer, as for the client's side (see `HttpContext`).
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(ExchangeError::Http)?;
