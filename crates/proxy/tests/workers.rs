@@ -52,7 +52,13 @@ async fn workers_share_the_bucket_and_keep_their_own_application_connections() {
     // The control: served on the test's runtime, one pool, one connection to the application.
     let alone = upstream().await;
     let inline = Harness::start(
-        vec![dataplane("web", alone.addr.port(), Protocol::Http, limit(), None)],
+        vec![dataplane(
+            "web",
+            alone.addr.port(),
+            Protocol::Http,
+            limit(),
+            None,
+        )],
         ProxyOptions::default(),
     )
     .await;
@@ -64,7 +70,13 @@ async fn workers_share_the_bucket_and_keep_their_own_application_connections() {
 
     let app = upstream().await;
     let harness = Harness::start(
-        vec![dataplane("web", app.addr.port(), Protocol::Http, limit(), None)],
+        vec![dataplane(
+            "web",
+            app.addr.port(),
+            Protocol::Http,
+            limit(),
+            None,
+        )],
         ProxyOptions {
             worker_threads: 2,
             ..ProxyOptions::default()
