@@ -33,8 +33,8 @@ pub(crate) struct Workers {
     /// The worker the next connection goes to.
     next: AtomicUsize,
     stop: CancellationToken,
-    /// Each closes when its thread has dropped its runtime, and every task on it.
-    gone: Mutex<Vec<oneshot::Receiver<()>>>,
+    /// Each thread, and what closes once it has dropped its runtime and every task on it.
+    gone: Mutex<Vec<Leaving>>,
 }
 
 impl Workers {
@@ -44,24 +44,16 @@ impl Workers {
         let mut handles = Vec::with_capacity(threads);
         let mut gone = Vec::with_capacity(threads);
         for index in 0..threads {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
-            let stopped = stop.clone();
-            let (leaving, left) = oneshot::channel::<()>();
-            gone.push(left);
-            let started = std::thread::Builder::new()
-                .name(format!("meshlimit-wrk-{index}"))
-                .spawn(move || {
-                    WORKER.set(index);
-                    runtime.block_on(stopped.cancelled());
-                    drop(runtime);
-                    drop(leaving);
-                });
-            if let Err(error) = started {
-                stop.cancel();
-                return Err(error);
+            match start_one(index, &stop) {
+                Ok((handle, left)) => {
+                    handles.push(handle);
+                    gone.push(left);
+                }
+                Err(error) => {
+                    // The threads started so far end.
+                    stop.cancel();
+                    return Err(error);
+                }
             }
         }
         Ok(Workers {
@@ -95,11 +87,48 @@ impl Workers {
     pub(crate) async fn stop(&self) {
         self.stop.cancel();
         let gone = std::mem::take(&mut *self.gone.lock().unwrap_or_else(PoisonError::into_inner));
-        for left in gone {
-            // Closed without a value: the thread has ended.
+        for (thread, left) in gone {
+            // Closed without a value: the thread is past its runtime, so joining it now waits
+            // for its last step only.
             let _ = left.await;
+            let _ = thread.join();
         }
     }
+}
+
+/// A worker thread on its way out.
+type Leaving = (std::thread::JoinHandle<()>, oneshot::Receiver<()>);
+
+/// One worker thread, with its runtime built on it (a runtime dropped where the caller's is
+/// running would panic): its handle, and the thread.
+fn start_one(index: usize, stop: &CancellationToken) -> io::Result<(Handle, Leaving)> {
+    let stopped = stop.clone();
+    let (leaving, left) = oneshot::channel::<()>();
+    let (built, handle) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("meshlimit-wrk-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = built.send(Err(error));
+                    return;
+                }
+            };
+            let _ = built.send(Ok(runtime.handle().clone()));
+            WORKER.set(index);
+            runtime.block_on(stopped.cancelled());
+            drop(runtime);
+            drop(leaving);
+        })?;
+    // Waits for the thread's first step only: building a runtime takes microseconds.
+    let handle = handle
+        .recv()
+        .map_err(|_| io::Error::other("a worker thread ended as it started"))??;
+    Ok((handle, (thread, left)))
 }
 
 impl Drop for Workers {
