@@ -170,6 +170,7 @@ fn run_and_dataplane_take_the_same_proxy_flags() {
         "--max-connections <N>",
         "--max-connections-per-inbound <N>",
         "--forward-connect",
+        "--worker-threads <N>",
     ] {
         assert!(run.contains(flag), "run lacks {flag}:\n{run}");
         assert!(
@@ -185,4 +186,14 @@ fn run_and_dataplane_take_the_same_proxy_flags() {
         error.contains("draft-99") && error.contains("x-ratelimit"),
         "{error}"
     );
+    // So is the thread count, on both.
+    for command in ["run", "dataplane"] {
+        let out = meshlimit(&[command, "--worker-threads", "0", "--help"]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            error.contains("--worker-threads") && error.contains("1.."),
+            "{command}: {error}"
+        );
+    }
 }

@@ -51,7 +51,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let report_interval = args.report_interval;
     // Following the control plane, the admin endpoint and the accept loops; traffic is served on
     // the proxy's worker threads (or here too, with one).
-    args.connections.worker_threads()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

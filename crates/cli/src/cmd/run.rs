@@ -195,7 +195,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // The control plane, the admin endpoint and the accept loops; traffic is served on the
     // proxy's worker threads (or here too, with one).
-    args.connections.worker_threads()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -64,7 +64,7 @@ pub struct ConnectionArgs {
     /// Threads serving traffic, each keeping the connections handed to it from start to end
     /// (as Envoy's --concurrency workers); 1 serves everything on one thread. Default: one per
     /// core.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     worker_threads: Option<usize>,
 }
 
@@ -91,19 +91,13 @@ impl ConnectionArgs {
         );
         options.max_connections_per_inbound = self.max_connections_per_inbound;
         options.forward_connect = self.forward_connect;
-        // One thread: the process's own runtime serves the connections too.
-        let threads = self.worker_threads()?;
+        // `--worker-threads`, or one per core; with one, the process's own runtime serves the
+        // connections too.
+        let threads = self
+            .worker_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         options.worker_threads = if threads > 1 { threads } else { 0 };
         Ok(())
-    }
-
-    /// How many threads serve traffic: `--worker-threads`, or one per core.
-    pub fn worker_threads(&self) -> anyhow::Result<usize> {
-        match self.worker_threads {
-            Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
-            Some(threads) => Ok(threads),
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
-        }
     }
 }
 
