@@ -126,17 +126,16 @@ pub(crate) async fn serve_connection(
                 inbound.counters.request_duration.record(ns);
                 Served::Ready(Some(response))
             }
-            begun => {
+            Begun::Later(later) => {
                 let active = Active::start(activity);
                 let conn = Arc::clone(&conn);
                 Served::Pending(Box::pin(async move {
                     let inbound = &conn.0;
-                    let response = match begun {
-                        Begun::Forward(forwarding) => finish(forwarding, inbound, &conn.1).await,
-                        Begun::AskStore(request) => {
+                    let response = match later {
+                        Later::Forward(forwarding) => finish(forwarding, inbound, &conn.1).await,
+                        Later::AskStore(request) => {
                             handle_with_store(request, inbound, &conn.1).await
                         }
-                        Begun::Answered(response) => response,
                     };
                     relay(response, active, started_ns, inbound)
                 }))
@@ -384,6 +383,12 @@ impl Drop for Active {
 enum Begun {
     /// The proxy's own answer (a rejection, a refused request), decided without waiting.
     Answered(Response<ToClient>),
+    /// What is left needs waiting.
+    Later(Later),
+}
+
+/// A request's steps that wait, in its boxed future.
+enum Later {
     /// Admitted: to the application.
     Forward(Forward),
     /// The inbound has a global limit and the proxy a shared store: admission waits for it.
@@ -407,14 +412,14 @@ fn begin(request: Request<Incoming>, inbound: &Inbound, ctx: &HttpContext) -> Be
     }
     let plan = inbound.plan.load();
     if ctx.shared.is_some() && plan.global.is_some() {
-        return Begun::AskStore(request);
+        return Begun::Later(Later::AskStore(request));
     }
     let admitted = match admit_now(&plan, ctx) {
         Ok(admitted) => admitted,
         Err(error) => return Begun::Answered(error_response(error, request.version())),
     };
     match after_admission(request, &plan, admitted, inbound, ctx) {
-        Ok(forwarding) => Begun::Forward(forwarding),
+        Ok(forwarding) => Begun::Later(Later::Forward(forwarding)),
         Err(response) => Begun::Answered(response),
     }
 }

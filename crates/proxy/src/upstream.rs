@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -120,6 +120,12 @@ pub(crate) enum ExchangeError {
 }
 
 impl UpstreamPool {
+    /// The idle connections, locked; a panic elsewhere while it was held leaves a queue that
+    /// is still whole.
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Sends `request` to the application at `addr`; the response head and the connection,
     /// to give back with [`UpstreamPool::give_back`] once the response body has been read.
     pub(crate) async fn send(
@@ -155,10 +161,7 @@ impl UpstreamPool {
     /// stale and foreign ones go; one not ready yet (still sending the previous request's
     /// body, or not yet past the previous response) stays for later.
     fn take(&self, addr: SocketAddr) -> Option<Lease> {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle();
         let now_ns = MonotonicClock.now_ns();
         while idle
             .front()
@@ -193,10 +196,7 @@ impl UpstreamPool {
     /// idle for too long, are closed now rather than when a request next takes from the pool
     /// (nobody polls an idle connection, so a close would otherwise hold its descriptor).
     pub(crate) fn sweep(&self) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle();
         let now_ns = MonotonicClock.now_ns();
         idle.retain_mut(|idle| {
             idle.lease.refresh();
@@ -211,10 +211,7 @@ impl UpstreamPool {
         if !lease.usable() {
             return;
         }
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle {
                 since_ns: MonotonicClock.now_ns(),
