@@ -45,23 +45,30 @@ async fn requests(addr: std::net::SocketAddr, connections: usize) -> Vec<u16> {
     statuses
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workers_share_the_bucket_and_keep_their_own_application_connections() {
-    let limit = || Some(http_limit(6, Duration::from_secs(3600), 429));
-
-    // The control: served on the test's runtime, one pool, one connection to the application.
-    let alone = upstream().await;
-    let inline = Harness::start(
+/// A proxy with `worker_threads` in front of `app`, its inbound limited to six requests.
+async fn proxy(app: &Upstream, worker_threads: usize) -> Harness {
+    let limit = http_limit(6, Duration::from_secs(3600), 429);
+    Harness::start(
         vec![dataplane(
             "web",
-            alone.addr.port(),
+            app.addr.port(),
             Protocol::Http,
-            limit(),
+            Some(limit),
             None,
         )],
-        ProxyOptions::default(),
+        ProxyOptions {
+            worker_threads,
+            ..ProxyOptions::default()
+        },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_bucket_and_keep_their_own_application_connections() {
+    // The control: served on the test's runtime, one pool, one connection to the application.
+    let alone = upstream().await;
+    let inline = proxy(&alone, 0).await;
     assert_eq!(worker_threads(), 0, "no workers without worker_threads");
     let statuses = requests(inline.addr("web"), 3).await;
     assert_eq!(statuses, [200; 5]);
@@ -69,20 +76,7 @@ async fn workers_share_the_bucket_and_keep_their_own_application_connections() {
     inline.proxy.shutdown().await;
 
     let app = upstream().await;
-    let harness = Harness::start(
-        vec![dataplane(
-            "web",
-            app.addr.port(),
-            Protocol::Http,
-            limit(),
-            None,
-        )],
-        ProxyOptions {
-            worker_threads: 2,
-            ..ProxyOptions::default()
-        },
-    )
-    .await;
+    let harness = proxy(&app, 2).await;
     assert_eq!(worker_threads(), 2);
     let addr = harness.addr("web");
     // Connections 1 and 3 go to the first worker, 2 and the HTTP/2 one to the second: each
